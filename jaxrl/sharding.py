@@ -1,0 +1,182 @@
+"""Meshes, logical-axis rules, and multi-host start-up.
+
+Sharding is declared once, by logical axis names on parameters and activations, and mapped to the
+mesh axes `data`, `fsdp` and `tensor` by a rules table:
+
+    mesh = make_mesh(MeshSpec.parse("data=1,fsdp=-1,tensor=1"))
+    lm = LogicalMesh(mesh)                          # DEFAULT_RULES
+    lm.sharding(("embed", "mlp"), shape=(4096, 11008))   # NamedSharding(P("fsdp", "tensor"))
+
+A logical axis whose mesh axes do not divide the dimension is replicated instead (a 2-KV-head
+model on tensor=4 keeps its KV heads whole); two logical axes of one tensor landing on the same
+mesh axis is an error.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxrl.errors import JaxrlError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical axis -> mesh axes (None: replicated). Parameters shard `embed` over fsdp and the
+# head/mlp/vocab dimensions over tensor; activations shard `batch` over data and fsdp.
+DEFAULT_RULES: tuple[tuple[str, tuple[str, ...] | str | None], ...] = (
+    ("batch", ("data", "fsdp")),
+    ("seq", None),
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("layers", None),
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSpec:
+    """Sizes of the three mesh axes; one of them may be -1 (the remaining devices)."""
+
+    data: int = 1
+    fsdp: int = -1
+    tensor: int = 1
+
+    @classmethod
+    def parse(cls, text: str) -> MeshSpec:
+        """Parses `data=1,fsdp=-1,tensor=1` (axes left out are 1, or -1 for fsdp if none is -1)."""
+        sizes: dict[str, int] = {}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, sep, value = part.partition("=")
+            name = name.strip()
+            if not sep or name not in MESH_AXES:
+                raise JaxrlError(f"bad mesh spec {text!r}: expected axis=size with axes {MESH_AXES}")
+            try:
+                sizes[name] = int(value)
+            except ValueError:
+                raise JaxrlError(f"bad mesh spec {text!r}: size of {name!r} is not an integer") from None
+        if not sizes:
+            raise JaxrlError(f"bad mesh spec {text!r}: expected e.g. 'data=1,fsdp=-1,tensor=1'")
+        defaults = {a: 1 for a in MESH_AXES}
+        if -1 not in sizes.values() and "fsdp" not in sizes:
+            defaults["fsdp"] = -1
+        return cls(**{**defaults, **sizes})
+
+    def resolve(self, num_devices: int) -> tuple[int, int, int]:
+        """Axis sizes with -1 filled in; raises if they do not multiply to `num_devices`."""
+        sizes = [self.data, self.fsdp, self.tensor]
+        if sizes.count(-1) > 1 or any(s == 0 or s < -1 for s in sizes):
+            raise JaxrlError(f"bad mesh spec {self}: sizes must be positive, at most one -1")
+        known = int(np.prod([s for s in sizes if s != -1]))
+        if -1 in sizes:
+            if num_devices % known:
+                raise JaxrlError(
+                    f"mesh spec {self} does not divide {num_devices} devices "
+                    f"(the fixed axes multiply to {known})"
+                )
+            sizes[sizes.index(-1)] = num_devices // known
+        if int(np.prod(sizes)) != num_devices:
+            raise JaxrlError(
+                f"mesh spec {self} needs {int(np.prod(sizes))} devices but {num_devices} are available"
+            )
+        return tuple(sizes)
+
+
+def make_mesh(spec: MeshSpec | str = "", devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A ("data", "fsdp", "tensor") mesh over `devices` (default: all devices of all hosts)."""
+    if isinstance(spec, str):
+        spec = MeshSpec.parse(spec) if spec else MeshSpec()
+    devices = list(jax.devices() if devices is None else devices)
+    shape = spec.resolve(len(devices))
+    if devices == list(jax.devices()):
+        return jax.make_mesh(shape, MESH_AXES, devices=devices)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+
+
+@dataclasses.dataclass(frozen=True)
+class LogicalMesh:
+    """A mesh with the rules that map logical axis names onto it."""
+
+    mesh: Mesh
+    rules: tuple[tuple[str, tuple[str, ...] | str | None], ...] = DEFAULT_RULES
+
+    def spec(self, axes: Sequence[str | None], shape: Sequence[int] | None = None) -> PartitionSpec:
+        """The PartitionSpec for a tensor whose dimensions carry `axes`.
+
+        Dimensions the mapped mesh axes do not divide (given `shape`) stay replicated.
+        """
+        table = dict(self.rules)
+        used: dict[str, str] = {}
+        out = []
+        for dim, name in enumerate(axes):
+            if name is None:
+                out.append(None)
+                continue
+            if name not in table:
+                raise JaxrlError(f"no sharding rule for logical axis {name!r}; known: {sorted(table)}")
+            target = table[name]
+            mesh_axes = (target,) if isinstance(target, str) else tuple(target or ())
+            mesh_axes = tuple(a for a in mesh_axes if self.mesh.shape[a] > 1)
+            for a in mesh_axes:
+                if a in used:
+                    raise JaxrlError(
+                        f"logical axes {used[a]!r} and {name!r} of one tensor both map to mesh "
+                        f"axis {a!r}; change the sharding rules"
+                    )
+                used[a] = name
+            size = int(np.prod([self.mesh.shape[a] for a in mesh_axes])) if mesh_axes else 1
+            if shape is not None and shape[dim] % size:
+                mesh_axes = ()
+            out.append(mesh_axes[0] if len(mesh_axes) == 1 else (mesh_axes or None))
+        return PartitionSpec(*out)
+
+    def sharding(self, axes: Sequence[str | None], shape: Sequence[int] | None = None) -> NamedSharding:
+        return NamedSharding(self.mesh, self.spec(axes, shape))
+
+    def replicated(self) -> NamedSharding:
+        return NamedSharding(self.mesh, PartitionSpec())
+
+    def constrain(self, x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+        """`with_sharding_constraint` by logical axes (inside jit)."""
+        return jax.lax.with_sharding_constraint(x, self.sharding(axes, x.shape))
+
+
+def constrain(lm: LogicalMesh | None, x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
+    """Constrains `x` when a mesh is given; the identity on a single device."""
+    return x if lm is None else lm.constrain(x, axes)
+
+
+def put(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+    """A host array placed with `sharding`; each host copies only the slices its devices hold."""
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
+def init_distributed(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
+    """Starts `jax.distributed` when running on several hosts; returns whether it did.
+
+    On Cloud TPU VMs the arguments are found from the environment; elsewhere pass them, or set
+    JAXRL_COORDINATOR, JAXRL_NUM_PROCESSES and JAXRL_PROCESS_ID.
+    """
+    coordinator = coordinator or os.environ.get("JAXRL_COORDINATOR")
+    if num_processes is None and "JAXRL_NUM_PROCESSES" in os.environ:
+        num_processes = int(os.environ["JAXRL_NUM_PROCESSES"])
+    if process_id is None and "JAXRL_PROCESS_ID" in os.environ:
+        process_id = int(os.environ["JAXRL_PROCESS_ID"])
+    on_tpu_pod = "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ["TPU_WORKER_HOSTNAMES"]
+    if coordinator is None and not on_tpu_pod:
+        return False
+    if jax.distributed.is_initialized():
+        return True
+    jax.distributed.initialize(
+        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
+    )
+    return True

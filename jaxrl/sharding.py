@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jaxrl.errors import JaxrlError
 
@@ -95,9 +95,10 @@ def make_mesh(spec: MeshSpec | str = "", devices: Sequence[jax.Device] | None = 
         spec = MeshSpec.parse(spec) if spec else MeshSpec()
     devices = list(jax.devices() if devices is None else devices)
     shape = spec.resolve(len(devices))
+    auto = (AxisType.Auto,) * len(MESH_AXES)  # the compiler propagates shardings inside jit
     if devices == list(jax.devices()):
-        return jax.make_mesh(shape, MESH_AXES, devices=devices)
-    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES)
+        return jax.make_mesh(shape, MESH_AXES, devices=devices, axis_types=auto)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES, axis_types=auto)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,0 +1,10 @@
+"""Flax ports of Hugging Face decoders: config, model, weights in and out, sampling."""
+
+from jaxrl.models.config import PRESETS, ModelConfig, RopeScaling, preset
+from jaxrl.models.decoder import Decoder, KVCache, init_cache
+from jaxrl.models.params import abstract_decoder, count_params, init_decoder, state_shardings
+
+__all__ = [
+    "PRESETS", "ModelConfig", "RopeScaling", "preset", "Decoder", "KVCache", "init_cache",
+    "abstract_decoder", "count_params", "init_decoder", "state_shardings",
+]

@@ -1,0 +1,271 @@
+"""Model configuration: one frozen dataclass for every supported family.
+
+Llama, Qwen2 and OLMo-2 differ only by flags here (norm placement, QK-norm, q/k/v bias, tied
+embeddings, rope scaling). `from_hf_config` / `to_hf_config` translate Hugging Face `config.json`
+dictionaries; `PRESETS` holds the study's and common models plus tiny test shapes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax.numpy as jnp
+
+from jaxrl.errors import JaxrlError
+
+FAMILIES = ("olmo2", "qwen2", "llama")
+ARCHITECTURES = {"olmo2": "Olmo2ForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """HF `rope_parameters` beyond theta: `linear` or `llama3` (Llama 3.1/3.2)."""
+
+    rope_type: str = "llama3"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and numerics of a decoder. Shapes: D=hidden_size, F=intermediate_size."""
+
+    family: str = "llama"
+    vocab_size: int = 32000
+    hidden_size: int = 512
+    intermediate_size: int = 1376
+    num_layers: int = 8
+    num_heads: int = 8
+    num_kv_heads: int = 8
+    head_dim: int = 64
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    rms_norm_eps: float = 1e-6
+    max_position_embeddings: int = 4096
+    post_norm: bool = False  # OLMo-2: h = x + norm(attn(x)) instead of h = x + attn(norm(x))
+    qk_norm: bool = False  # OLMo-2: RMSNorm over the full q / k projection, before RoPE
+    norm_weight_fp32: bool = False  # OLMo-2: multiply by the norm weight in fp32, then cast
+    qkv_bias: bool = False  # Qwen2 (and Llama with attention_bias)
+    o_bias: bool = False  # Llama with attention_bias
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    pad_token_id: int | None = None
+    dtype: str = "float32"  # compute dtype of matmuls
+    param_dtype: str = "float32"
+    remat: bool = False  # recompute each layer in the backward pass
+
+    def __post_init__(self):
+        if self.family not in FAMILIES:
+            raise JaxrlError(f"unknown model family {self.family!r}; supported: {', '.join(FAMILIES)}")
+        if self.num_heads % self.num_kv_heads:
+            raise JaxrlError(
+                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
+            )
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in DTYPES:
+                raise JaxrlError(f"{name}={getattr(self, name)!r}; choose one of {sorted(DTYPES)}")
+
+    @property
+    def compute_dtype(self):
+        return DTYPES[self.dtype]
+
+    @property
+    def weight_dtype(self):
+        return DTYPES[self.param_dtype]
+
+    def replace(self, **changes) -> ModelConfig:
+        return dataclasses.replace(self, **changes)
+
+    def num_params(self) -> int:
+        """Parameter count, worked from the shapes (embedding and lm_head counted once if tied)."""
+        d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
+        q, kv = self.num_heads * hd, self.num_kv_heads * hd
+        attn = d * q + 2 * d * kv + q * d
+        attn += (q + 2 * kv) * self.qkv_bias + d * self.o_bias + (q + kv) * self.qk_norm
+        layer = attn + 3 * d * f + 2 * d
+        embed = self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * layer + embed + d
+
+    # --- Hugging Face config.json -------------------------------------------------------------
+
+    @classmethod
+    def from_hf_config(cls, hf: dict[str, Any], **overrides) -> ModelConfig:
+        """Reads a HF `config.json` dict (transformers 4.x `rope_scaling` or 5.x `rope_parameters`)."""
+        model_type = hf.get("model_type")
+        if model_type not in FAMILIES:
+            raise JaxrlError(
+                f"unsupported model_type {model_type!r}; supported: {', '.join(FAMILIES)}"
+            )
+        if hf.get("hidden_act", "silu") != "silu":
+            raise JaxrlError(f"unsupported hidden_act {hf['hidden_act']!r}; only 'silu' is supported")
+        if hf.get("mlp_bias"):
+            raise JaxrlError("unsupported mlp_bias=true")
+        if hf.get("use_sliding_window"):
+            raise JaxrlError("unsupported use_sliding_window=true (Qwen2 sliding-window attention)")
+        rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
+        theta = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        scaling = None
+        if rope_type == "llama3":
+            scaling = RopeScaling(
+                "llama3",
+                float(rope["factor"]),
+                float(rope["low_freq_factor"]),
+                float(rope["high_freq_factor"]),
+                int(rope["original_max_position_embeddings"]),
+            )
+        elif rope_type == "linear":
+            scaling = RopeScaling("linear", float(rope["factor"]))
+        elif rope_type != "default":
+            raise JaxrlError(f"unsupported rope type {rope_type!r}; supported: default, linear, llama3")
+        heads = hf["num_attention_heads"]
+        eos = hf.get("eos_token_id")
+        bias = bool(hf.get("attention_bias", False))
+        fields = dict(
+            family=model_type,
+            vocab_size=hf["vocab_size"],
+            hidden_size=hf["hidden_size"],
+            intermediate_size=hf["intermediate_size"],
+            num_layers=hf["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=hf.get("num_key_value_heads") or heads,
+            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+            rope_theta=theta,
+            rope_scaling=scaling,
+            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+            max_position_embeddings=hf.get("max_position_embeddings", 4096),
+            post_norm=model_type == "olmo2",
+            qk_norm=model_type == "olmo2",
+            norm_weight_fp32=model_type == "olmo2",
+            qkv_bias=model_type == "qwen2" or bias,
+            o_bias=model_type == "llama" and bias,
+            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            bos_token_id=hf.get("bos_token_id"),
+            eos_token_ids=tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,)),
+            pad_token_id=hf.get("pad_token_id"),
+        )
+        return cls(**{**fields, **overrides})
+
+    def to_hf_config(self) -> dict[str, Any]:
+        """A HF `config.json` dict that transformers loads into the matching architecture."""
+        rope: dict[str, Any] = {"rope_type": "default", "rope_theta": self.rope_theta}
+        if self.rope_scaling is not None:
+            rope = {**dataclasses.asdict(self.rope_scaling), "rope_theta": self.rope_theta}
+            if rope["rope_type"] == "linear":
+                rope = {"rope_type": "linear", "factor": rope["factor"], "rope_theta": self.rope_theta}
+        eos = list(self.eos_token_ids)
+        hf = {
+            "architectures": [ARCHITECTURES[self.family]],
+            "model_type": self.family,
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": self.rms_norm_eps,
+            "max_position_embeddings": self.max_position_embeddings,
+            "rope_theta": self.rope_theta,
+            "rope_parameters": rope,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": eos[0] if len(eos) == 1 else (eos or None),
+            "pad_token_id": self.pad_token_id,
+            "torch_dtype": self.param_dtype,
+        }
+        if self.family == "llama":
+            hf["attention_bias"] = self.o_bias
+            hf["mlp_bias"] = False
+        if self.family == "olmo2":
+            hf["attention_bias"] = False
+        if self.family == "qwen2":
+            hf["use_sliding_window"] = False
+        if self.rope_scaling is not None:
+            hf["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+        return hf
+
+    @classmethod
+    def from_hf_dir(cls, directory: str | Path, **overrides) -> ModelConfig:
+        path = Path(directory) / "config.json"
+        if not Path(directory).is_dir():
+            raise JaxrlError(f"model directory {directory} does not exist")
+        if not path.exists():
+            raise JaxrlError(f"{directory} has no config.json; is it a Hugging Face model directory?")
+        try:
+            hf = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise JaxrlError(f"{path} is not valid JSON ({e.msg}, line {e.lineno})") from None
+        return cls.from_hf_config(hf, **overrides)
+
+
+def _olmo2(layers, hidden, inter, heads, **kw) -> ModelConfig:
+    return ModelConfig(
+        family="olmo2", vocab_size=100352, hidden_size=hidden, intermediate_size=inter,
+        num_layers=layers, num_heads=heads, num_kv_heads=heads, head_dim=hidden // heads,
+        rope_theta=500000.0, rms_norm_eps=1e-6, max_position_embeddings=4096, post_norm=True,
+        qk_norm=True, norm_weight_fp32=True, bos_token_id=100257, eos_token_ids=(100257,),
+        pad_token_id=100277, **kw,
+    )  # fmt: skip
+
+
+def _qwen25(layers, hidden, inter, heads, kv_heads, vocab, tied, max_pos) -> ModelConfig:
+    return ModelConfig(
+        family="qwen2", vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
+        num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, head_dim=hidden // heads,
+        rope_theta=1000000.0, rms_norm_eps=1e-6, max_position_embeddings=max_pos, qkv_bias=True,
+        tie_word_embeddings=tied, bos_token_id=151643, eos_token_ids=(151645, 151643),
+        pad_token_id=151643,
+    )  # fmt: skip
+
+
+def _llama3(layers, hidden, inter, heads, kv_heads, head_dim, tied, factor) -> ModelConfig:
+    return ModelConfig(
+        family="llama", vocab_size=128256, hidden_size=hidden, intermediate_size=inter,
+        num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
+        rope_theta=500000.0, rope_scaling=RopeScaling("llama3", factor, 1.0, 4.0, 8192),
+        rms_norm_eps=1e-5, max_position_embeddings=131072, tie_word_embeddings=tied,
+        bos_token_id=128000, eos_token_ids=(128001, 128008, 128009),
+    )  # fmt: skip
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "olmo2-1124-7b": _olmo2(32, 4096, 11008, 32),
+    "olmo2-1124-13b": _olmo2(40, 5120, 13824, 40),
+    "olmo2-0425-1b": _olmo2(16, 2048, 8192, 16),
+    "qwen2.5-0.5b": _qwen25(24, 896, 4864, 14, 2, 151936, True, 32768),
+    "qwen2.5-1.5b": _qwen25(28, 1536, 8960, 12, 2, 151936, True, 131072),
+    "qwen2.5-7b": _qwen25(28, 3584, 18944, 28, 4, 152064, False, 131072),
+    "llama3.2-1b": _llama3(16, 2048, 8192, 32, 8, 64, True, 32.0),
+    "llama3.1-8b": _llama3(32, 4096, 14336, 32, 8, 128, False, 8.0),
+    # Tiny shapes for tests and CPU runs.
+    "tiny-olmo2": ModelConfig(
+        family="olmo2", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2,
+        num_heads=4, num_kv_heads=4, head_dim=16, rope_theta=500000.0, post_norm=True,
+        qk_norm=True, norm_weight_fp32=True,
+    ),
+    "tiny-qwen2": ModelConfig(
+        family="qwen2", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2,
+        num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=1000000.0, qkv_bias=True,
+        tie_word_embeddings=True,
+    ),
+    "tiny-llama": ModelConfig(
+        family="llama", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2,
+        num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=500000.0, rms_norm_eps=1e-5,
+        rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 64), max_position_embeddings=256,
+    ),
+}  # fmt: skip
+
+
+def preset(name: str, **overrides) -> ModelConfig:
+    if name not in PRESETS:
+        raise JaxrlError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
+    return PRESETS[name].replace(**overrides)

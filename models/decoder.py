@@ -1,0 +1,255 @@
+"""One NNX decoder for Llama, Qwen2 and OLMo-2.
+
+The families differ only by `ModelConfig` flags. Per-layer weights are stacked on a leading
+`layers` axis and run with `lax.scan`, so compile time does not grow with depth. Shapes:
+B batch, T new tokens, S key slots (T without a cache), D hidden, H / K query / KV heads,
+E head_dim, F mlp, V vocab, L layers.
+
+Masking is by segment ids and positions: a query attends to a key when both have the same
+non-zero segment id and the key's position is not after the query's. Padding is segment 0, so
+left or right padding and packed sequences all work the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxrl.sharding import LogicalMesh, constrain
+from jaxrl.models.config import ModelConfig
+
+NEG_INF = -1e30
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Keys and values of every layer for S slots, and where the next tokens go.
+
+    k, v: [L, B, S, K, E] in the compute dtype; segment_bs: int32 [B, S], 0 for empty slots;
+    position_bs: int32 [B, S]; index: int32 scalar, the first slot the next call writes.
+    """
+
+    k: jax.Array
+    v: jax.Array
+    segment_bs: jax.Array
+    position_bs: jax.Array
+    index: jax.Array
+
+
+def rms_norm(x, weight, eps: float, weight_fp32: bool, axes=(-1,)):
+    """RMSNorm over `axes` in fp32; OLMo-2 multiplies by the weight before casting back."""
+    xf = x.astype(jnp.float32)
+    xf = xf * jax.lax.rsqrt(jnp.mean(jnp.square(xf), axis=axes, keepdims=True) + eps)
+    if weight_fp32:
+        return (weight.astype(jnp.float32) * xf).astype(x.dtype)
+    return weight.astype(x.dtype) * xf.astype(x.dtype)
+
+
+def rope_frequencies(config: ModelConfig) -> jax.Array:
+    """Inverse frequencies [E/2] (fp32), with linear or llama3 scaling applied."""
+    e = config.head_dim
+    inv = 1.0 / (config.rope_theta ** (jnp.arange(0, e, 2, dtype=jnp.float32) / e))
+    s = config.rope_scaling
+    if s is None:
+        return inv
+    if s.rope_type == "linear":
+        return inv / s.factor
+    low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+    high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+    wavelen = 2 * math.pi / inv
+    scaled = jnp.where(wavelen > low_wavelen, inv / s.factor, inv)
+    smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+        s.high_freq_factor - s.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x_bthe, cos_bte, sin_bte):
+    """Rotate-half RoPE (the HF convention): halves of the head dim are the pair."""
+    x1, x2 = jnp.split(x_bthe.astype(jnp.float32), 2, axis=-1)
+    cos, sin = cos_bte[:, :, None, :], sin_bte[:, :, None, :]
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_bthe.dtype)
+
+
+def attention(q_bthe, k_bske, v_bske, allowed_bts):
+    """Grouped-query attention with fp32 scores and softmax. Returns [B, T, H, E]."""
+    b, t, h, e = q_bthe.shape
+    kv_heads = k_bske.shape[2]
+    q = q_bthe.reshape(b, t, kv_heads, h // kv_heads, e)
+    scores = jnp.einsum("btkge,bske->bkgts", q, k_bske, preferred_element_type=jnp.float32)
+    scores = jnp.where(allowed_bts[:, None, None], scores / math.sqrt(e), NEG_INF)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_bske.dtype)
+    out = jnp.einsum("bkgts,bske->btkge", probs, v_bske)
+    return out.reshape(b, t, h, e)
+
+
+class Layers(nnx.Module):
+    """The stacked weights of all L layers (leading axis `layers`)."""
+
+    def __init__(self, c: ModelConfig, rngs: nnx.Rngs):
+        L, D, F, H, K, E = (
+            c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads,
+            c.head_dim,
+        )  # fmt: skip
+        normal = nnx.initializers.normal(0.02)
+        dtype = c.weight_dtype
+
+        def weight(shape, axes):
+            return nnx.Param(normal(rngs.params(), shape, dtype), axes=axes)
+
+        def const(value, shape, axes):
+            return nnx.Param(jnp.full(shape, value, dtype), axes=axes)
+
+        self.q = weight((L, D, H, E), ("layers", "embed", "heads", "head_dim"))
+        self.k = weight((L, D, K, E), ("layers", "embed", "kv_heads", "head_dim"))
+        self.v = weight((L, D, K, E), ("layers", "embed", "kv_heads", "head_dim"))
+        self.o = weight((L, H, E, D), ("layers", "heads", "head_dim", "embed"))
+        self.q_bias = const(0.0, (L, H, E), ("layers", "heads", "head_dim")) if c.qkv_bias else None
+        self.k_bias = const(0.0, (L, K, E), ("layers", "kv_heads", "head_dim")) if c.qkv_bias else None
+        self.v_bias = const(0.0, (L, K, E), ("layers", "kv_heads", "head_dim")) if c.qkv_bias else None
+        self.o_bias = const(0.0, (L, D), ("layers", "embed")) if c.o_bias else None
+        self.q_norm = const(1.0, (L, H, E), ("layers", "heads", "head_dim")) if c.qk_norm else None
+        self.k_norm = const(1.0, (L, K, E), ("layers", "kv_heads", "head_dim")) if c.qk_norm else None
+        self.gate = weight((L, D, F), ("layers", "embed", "mlp"))
+        self.up = weight((L, D, F), ("layers", "embed", "mlp"))
+        self.down = weight((L, F, D), ("layers", "mlp", "embed"))
+        self.attn_norm = const(1.0, (L, D), ("layers", "embed"))
+        self.mlp_norm = const(1.0, (L, D), ("layers", "embed"))
+
+    def arrays(self) -> dict[str, jax.Array]:
+        """The stacked weights as plain arrays, absent optional ones left out."""
+        return {k: v[...] for k, v in vars(self).items() if isinstance(v, nnx.Param)}
+
+
+def block(c: ModelConfig, lm: LogicalMesh | None, p, x_btd, rope, mask, kv=None):
+    """One decoder layer on one layer's weights `p`. Returns (x_btd, (k, v) written to the cache)."""
+    dt = c.compute_dtype
+    cos, sin = rope
+    norm = lambda x, w, axes=(-1,): rms_norm(x, w, c.rms_norm_eps, c.norm_weight_fp32, axes)
+    mm = lambda spec, x, w: jnp.einsum(spec, x, w.astype(dt))
+
+    h = x_btd if c.post_norm else norm(x_btd, p["attn_norm"])
+    q = mm("btd,dhe->bthe", h, p["q"])
+    k = mm("btd,dke->btke", h, p["k"])
+    v = mm("btd,dke->btke", h, p["v"])
+    if c.qkv_bias:
+        q, k, v = q + p["q_bias"].astype(dt), k + p["k_bias"].astype(dt), v + p["v_bias"].astype(dt)
+    if c.qk_norm:  # over the whole projection, all heads together
+        q, k = norm(q, p["q_norm"], (-2, -1)), norm(k, p["k_norm"], (-2, -1))
+    q = constrain(lm, apply_rope(q, cos, sin), ("batch", "seq", "heads", None))
+    k = constrain(lm, apply_rope(k, cos, sin), ("batch", "seq", "kv_heads", None))
+    if kv is not None:  # write the new keys/values into this layer's cache, attend to all slots
+        k_cache, v_cache, index = kv
+        k = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), index, axis=1)
+        v = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, axis=1)
+    out = mm("bthe,hed->btd", attention(q, k.astype(dt), v.astype(dt), mask), p["o"])
+    if c.o_bias:
+        out = out + p["o_bias"].astype(dt)
+    x_btd = x_btd + (norm(out, p["attn_norm"]) if c.post_norm else out)
+
+    h = x_btd if c.post_norm else norm(x_btd, p["mlp_norm"])
+    gated = jax.nn.silu(mm("btd,df->btf", h, p["gate"])) * mm("btd,df->btf", h, p["up"])
+    gated = constrain(lm, gated, ("batch", "seq", "mlp"))
+    out = mm("btf,fd->btd", gated, p["down"])
+    x_btd = x_btd + (norm(out, p["mlp_norm"]) if c.post_norm else out)
+    return constrain(lm, x_btd, ("batch", "seq", None)), (None if kv is None else (k, v))
+
+
+class Decoder(nnx.Module):
+    """A causal LM. `Decoder(config, rngs=nnx.Rngs(0), mesh=lm)`; create it sharded with
+    `jaxrl.models.init_decoder`, or load weights with `jaxrl.models.load_hf`."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, mesh: LogicalMesh | None = None):
+        self.config = config
+        self.mesh = mesh
+        V, D, dtype = config.vocab_size, config.hidden_size, config.weight_dtype
+        self.embed = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (V, D), dtype),
+                               axes=("vocab", "embed"))  # fmt: skip
+        self.layers = Layers(config, rngs)
+        self.final_norm = nnx.Param(jnp.ones((D,), dtype), axes=("embed",))
+        self.lm_head = (
+            None
+            if config.tie_word_embeddings
+            else nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (D, V), dtype),
+                           axes=("embed", "vocab"))  # fmt: skip
+        )
+
+    def hidden_states(self, tokens_bt, segment_ids_bt=None, positions_bt=None, cache=None):
+        """Final-normed hidden states [B, T, D] (compute dtype) and the updated cache.
+
+        segment_ids_bt: int [B, T], 0 for padding (default: all 1).
+        positions_bt: int [B, T] (default: count of non-padding tokens before each token).
+        cache: a KVCache; the T tokens are written at slots [cache.index, cache.index + T).
+        """
+        c, lm = self.config, self.mesh
+        if segment_ids_bt is None:
+            segment_ids_bt = jnp.ones(tokens_bt.shape, jnp.int32)
+        segment_ids_bt = segment_ids_bt.astype(jnp.int32)
+        if positions_bt is None:
+            positions_bt = jnp.maximum(jnp.cumsum(segment_ids_bt > 0, axis=1) - 1, 0)
+        positions_bt = positions_bt.astype(jnp.int32)
+        angles = positions_bt[..., None].astype(jnp.float32) * rope_frequencies(c)
+        rope = (jnp.cos(angles), jnp.sin(angles))
+
+        seg_k, pos_k = segment_ids_bt, positions_bt
+        if cache is not None:
+            write = lambda a, new: jax.lax.dynamic_update_slice_in_dim(a, new, cache.index, axis=1)
+            seg_k, pos_k = write(cache.segment_bs, segment_ids_bt), write(cache.position_bs, positions_bt)
+        mask = (
+            (segment_ids_bt[:, :, None] == seg_k[:, None, :])
+            & (seg_k[:, None, :] > 0)
+            & (pos_k[:, None, :] <= positions_bt[:, :, None])
+        )
+
+        x = jnp.take(self.embed[...], tokens_bt, axis=0).astype(c.compute_dtype)
+        x = constrain(lm, x, ("batch", "seq", None))
+
+        def step(x, layer):
+            p, kv = layer
+            return block(c, lm, p, x, rope, mask, kv)
+
+        if c.remat:
+            step = jax.checkpoint(step, prevent_cse=False)
+        params = self.layers.arrays()
+        kv = None if cache is None else (cache.k, cache.v, jnp.broadcast_to(cache.index, (c.num_layers,)))
+        x, written = jax.lax.scan(step, x, (params, kv))
+        x = rms_norm(x, self.final_norm[...], c.rms_norm_eps, c.norm_weight_fp32)
+        if cache is not None:
+            t = tokens_bt.shape[1]
+            cache = KVCache(*written, seg_k, pos_k, cache.index + t)
+        return x, cache
+
+    def unembed(self) -> jax.Array:
+        """The output projection [D, V] (the transposed embedding when tied)."""
+        return self.embed[...].T if self.lm_head is None else self.lm_head[...]
+
+    def logits(self, h_btd) -> jax.Array:
+        """fp32 logits [B, T, V] from hidden states."""
+        w = self.unembed().astype(self.config.compute_dtype)
+        out = jnp.einsum("btd,dv->btv", h_btd, w, preferred_element_type=jnp.float32)
+        return constrain(self.mesh, out, ("batch", "seq", "vocab"))
+
+    def __call__(self, tokens_bt, segment_ids_bt=None, positions_bt=None) -> jax.Array:
+        """fp32 logits [B, T, V] for a batch without a cache."""
+        h, _ = self.hidden_states(tokens_bt, segment_ids_bt, positions_bt)
+        return self.logits(h)
+
+
+def init_cache(config: ModelConfig, batch: int, slots: int, mesh: LogicalMesh | None = None) -> KVCache:
+    """An empty cache of `slots` positions per row, sharded like the activations."""
+    shape = (config.num_layers, batch, slots, config.num_kv_heads, config.head_dim)
+    k = jnp.zeros(shape, config.compute_dtype)
+    zeros_bs = jnp.zeros((batch, slots), jnp.int32)
+    if mesh is not None:
+        kv_axes = ("layers", "batch", "seq", "kv_heads", None)
+        k = jax.device_put(k, mesh.sharding(kv_axes, shape))
+        zeros_bs = jax.device_put(zeros_bs, mesh.sharding(("batch", "seq"), (batch, slots)))
+    return KVCache(k, jnp.zeros_like(k), zeros_bs, zeros_bs, jnp.zeros((), jnp.int32))

@@ -248,17 +248,17 @@ PRESETS: dict[str, ModelConfig] = {
     "llama3.1-8b": _llama3(32, 4096, 14336, 32, 8, 128, False, 8.0),
     # Tiny shapes for tests and CPU runs.
     "tiny-olmo2": ModelConfig(
-        family="olmo2", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2,
+        family="olmo2", vocab_size=384, hidden_size=64, intermediate_size=128, num_layers=2,
         num_heads=4, num_kv_heads=4, head_dim=16, rope_theta=500000.0, post_norm=True,
         qk_norm=True, norm_weight_fp32=True,
     ),
     "tiny-qwen2": ModelConfig(
-        family="qwen2", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2,
+        family="qwen2", vocab_size=384, hidden_size=64, intermediate_size=128, num_layers=2,
         num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=1000000.0, qkv_bias=True,
         tie_word_embeddings=True,
     ),
     "tiny-llama": ModelConfig(
-        family="llama", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2,
+        family="llama", vocab_size=384, hidden_size=64, intermediate_size=128, num_layers=2,
         num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=500000.0, rms_norm_eps=1e-5,
         rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 64), max_position_embeddings=256,
     ),

@@ -1,0 +1,78 @@
+"""The `jaxrl` command. Each sub-command imports its floor lazily, so `jaxrl --help` is instant.
+
+Every sub-command is one `_name(sub)` function below that adds its parser and returns the
+function that runs it. A `JaxrlError` is printed on one line and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jaxrl.errors import JaxrlError
+
+
+def _convert(sub):
+    p = sub.add_parser("convert", help="HF directory -> Orbax checkpoint, or Orbax -> HF directory")
+    p.add_argument("src", help="a HF model directory or an Orbax model checkpoint")
+    p.add_argument("dst", help="where to write the other format")
+    p.add_argument("--mesh", default="", help="mesh spec, e.g. data=1,fsdp=-1,tensor=1")
+    p.add_argument("--dtype", default=None, help="parameter dtype: float32, bfloat16, float16")
+
+    def run(args):
+        from jaxrl.models.convert import convert
+
+        kind = convert(args.src, args.dst, mesh=args.mesh, dtype=args.dtype)
+        print(f"wrote {kind} model to {args.dst}")
+
+    return run
+
+
+def _compare(sub):
+    p = sub.add_parser("compare", help="our logits beside transformers' PyTorch logits")
+    p.add_argument("model", help="a HF model directory")
+    p.add_argument("--prompts", default=None, help="text file, one prompt per line")
+    p.add_argument("--dtype", default="float32", help="compute and parameter dtype of both models")
+    p.add_argument("--mesh", default="", help="mesh spec for our model")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    def run(args):
+        from jaxrl.models.compare import compare_cli
+
+        compare_cli(args)
+
+    return run
+
+
+COMMANDS = [_convert, _compare]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxrl", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    runners = {}
+    for command in COMMANDS:
+        before = set(sub.choices)
+        runner = command(sub)
+        (name,) = set(sub.choices) - before
+        runners[name] = runner
+    parser.set_defaults(_runners=runners)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        args._runners[args.command](args)
+    except JaxrlError as e:
+        print(f"jaxrl {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"jaxrl {args.command}: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -69,6 +69,9 @@ class MeshSpec:
             defaults["fsdp"] = -1
         return cls(**{**defaults, **sizes})
 
+    def __str__(self) -> str:
+        return f"data={self.data},fsdp={self.fsdp},tensor={self.tensor}"
+
     def resolve(self, num_devices: int) -> tuple[int, int, int]:
         """Axis sizes with -1 filled in; raises if they do not multiply to `num_devices`."""
         sizes = [self.data, self.fsdp, self.tensor]

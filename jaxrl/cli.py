@@ -1,6 +1,6 @@
 """The `jaxrl` command. Each sub-command imports its floor lazily, so `jaxrl --help` is instant.
 
-Every sub-command is one `_name(sub)` function below that adds its parser and returns the
+Every sub-command is one `@command` function below that adds its parser and returns the
 function that runs it. A `JaxrlError` is printed on one line and exits with status 2.
 """
 
@@ -11,7 +11,16 @@ import sys
 
 from jaxrl.errors import JaxrlError
 
+COMMANDS = []
 
+
+def command(add_parser):
+    """Registers a sub-command: `add_parser(sub)` adds its parser and returns `run(args)`."""
+    COMMANDS.append(add_parser)
+    return add_parser
+
+
+@command
 def _convert(sub):
     p = sub.add_parser("convert", help="HF directory -> Orbax checkpoint, or Orbax -> HF directory")
     p.add_argument("src", help="a HF model directory or an Orbax model checkpoint")
@@ -28,6 +37,7 @@ def _convert(sub):
     return run
 
 
+@command
 def _compare(sub):
     p = sub.add_parser("compare", help="our logits beside transformers' PyTorch logits")
     p.add_argument("model", help="a HF model directory")
@@ -44,7 +54,7 @@ def _compare(sub):
     return run
 
 
-COMMANDS = [_convert, _compare]
+# New sub-commands go above this line, each one `@command` function.
 
 
 def build_parser() -> argparse.ArgumentParser:

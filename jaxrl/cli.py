@@ -54,6 +54,24 @@ def _compare(sub):
     return run
 
 
+@command
+def _tiny(sub):
+    p = sub.add_parser("tiny", help="build a tiny random HF model with its own tokenizer (no download)")
+    p.add_argument("dst", help="directory to write the model to")
+    p.add_argument("--preset", default="tiny-olmo2", help="tiny-olmo2, tiny-qwen2 or tiny-llama")
+    p.add_argument("--seed", type=int, default=0)
+
+    def run(args):
+        from jaxrl.models.config import PRESETS
+        from jaxrl.tiny import build_tiny_model
+
+        if args.preset not in PRESETS:
+            raise JaxrlError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
+        print(f"wrote {build_tiny_model(args.dst, args.preset, args.seed)}")
+
+    return run
+
+
 # New sub-commands go above this line, each one `@command` function.
 
 

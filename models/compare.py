@@ -48,12 +48,15 @@ def compare(model_dir: str | Path, prompts: list[str], dtype: str = "float32", m
         raise JaxrlError("compare needs PyTorch: pip install 'jaxrl[torch]'") from None
     import jax.numpy as jnp
 
+    from jaxrl.models.checkpoint import is_orbax_model
     from jaxrl.models.hf_io import load_hf
     from jaxrl.sharding import LogicalMesh, make_mesh
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise JaxrlError(f"model directory {model_dir} does not exist")
+    if is_orbax_model(model_dir):
+        raise JaxrlError(f"{model_dir} is an Orbax checkpoint; `jaxrl convert` it to a HF directory first")
     if not prompts:
         raise JaxrlError("no prompts to compare on")
     ours = load_hf(model_dir, LogicalMesh(make_mesh(mesh)), param_dtype=dtype, dtype=dtype)

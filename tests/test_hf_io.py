@@ -124,3 +124,16 @@ def test_path_that_does_not_exist(tmp_path, capsys):
     assert main(["convert", str(tmp_path / "nope"), str(tmp_path / "out")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["compare", str(tmp_path / "nope")]) == 2
+
+
+def test_compare_rejects_orbax_checkpoint(tiny, tmp_path, capsys):
+    assert main(["convert", str(tiny), str(tmp_path / "orbax")]) == 0
+    assert main(["compare", str(tmp_path / "orbax")]) == 2
+    assert "is an Orbax checkpoint; `jaxrl convert` it" in capsys.readouterr().err
+
+
+def test_tiny_command_builds_a_loadable_model(tmp_path):
+    assert main(["tiny", str(tmp_path / "t"), "--preset", "tiny-qwen2"]) == 0
+    model = load_model(tmp_path / "t")
+    assert model.config.family == "qwen2" and model.config.tie_word_embeddings
+    assert transformers.AutoTokenizer.from_pretrained(tmp_path / "t").eos_token == "<|endoftext|>"

@@ -150,7 +150,7 @@ def write_safetensors(
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
     weight_map = {}
-    for file_name, shard in zip(names, shards):
+    for file_name, shard in zip(names, shards, strict=True):
         header, offset = {"__metadata__": {"format": "pt"}}, 0
         for name, shape, dtype in shard:
             nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize

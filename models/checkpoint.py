@@ -18,11 +18,11 @@ from pathlib import Path
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
-
-from jaxrl.errors import JaxrlError
 from jaxrl.models.config import ModelConfig
 from jaxrl.models.decoder import Decoder
 from jaxrl.models.params import abstract_decoder, state_shardings
+
+from jaxrl.errors import JaxrlError
 from jaxrl.sharding import LogicalMesh, make_mesh
 
 PARAMS_DIR = "params"

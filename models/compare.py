@@ -47,9 +47,9 @@ def compare(model_dir: str | Path, prompts: list[str], dtype: str = "float32", m
     except ImportError:
         raise JaxrlError("compare needs PyTorch: pip install 'jaxrl[torch]'") from None
     import jax.numpy as jnp
-
     from jaxrl.models.checkpoint import is_orbax_model
     from jaxrl.models.hf_io import load_hf
+
     from jaxrl.sharding import LogicalMesh, make_mesh
 
     model_dir = Path(model_dir)

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxrl.errors import JaxrlError
 from jaxrl.models.checkpoint import is_hf_model, is_orbax_model, load_model, save_model
 from jaxrl.models.hf_io import export_hf
+
+from jaxrl.errors import JaxrlError
 from jaxrl.sharding import LogicalMesh, make_mesh
 
 

@@ -18,9 +18,9 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jaxrl.models.config import ModelConfig
 
 from jaxrl.sharding import LogicalMesh, constrain
-from jaxrl.models.config import ModelConfig
 
 NEG_INF = -1e30
 

@@ -19,12 +19,12 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
-
-from jaxrl.errors import JaxrlError
 from jaxrl.models.config import DTYPES, ModelConfig
 from jaxrl.models.decoder import Decoder
 from jaxrl.models.keymap import hf_key_map, hf_names
 from jaxrl.models.params import abstract_decoder, state_shardings
+
+from jaxrl.errors import JaxrlError
 from jaxrl.sharding import LogicalMesh, make_mesh, put
 from jaxrl.tensorfiles import SafetensorsDir, write_safetensors
 

@@ -11,7 +11,6 @@ import dataclasses
 from collections.abc import Callable
 
 import numpy as np
-
 from jaxrl.models.config import ModelConfig
 
 Transform = Callable[[np.ndarray], np.ndarray]

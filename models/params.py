@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import jax
 from flax import nnx
-
 from jaxrl.models.config import ModelConfig
 from jaxrl.models.decoder import Decoder
+
 from jaxrl.sharding import LogicalMesh
 
 

@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 import transformers
-
 from jaxrl.models.config import PRESETS, ModelConfig
 
 

@@ -4,10 +4,10 @@ import jax
 import numpy as np
 import pytest
 import transformers
-
-from jaxrl.errors import JaxrlError
 from jaxrl.models import PRESETS, ModelConfig, abstract_decoder, count_params, preset
 from jaxrl.models.keymap import hf_names
+
+from jaxrl.errors import JaxrlError
 
 
 def hf_shapes_from_our_params(config: ModelConfig) -> dict[str, tuple[int, ...]]:

@@ -13,9 +13,9 @@ import sys
 
 import numpy as np
 import pytest
-
 from jaxrl.models.config import preset
 from jaxrl.models.keymap import hf_names
+
 from jaxrl.tensorfiles import write_safetensors
 
 CONFIG = preset(
@@ -55,6 +55,7 @@ def test_peak_memory_near_largest_tensor(tmp_path):
     assert out.returncode == 0, out.stderr[-2000:]
     rss = json.loads(out.stdout.strip().splitlines()[-1])
     overshoot = rss["peak"] - rss["after"]
-    print(f"model {model_bytes / 2**20:.0f} MiB, peak {rss['peak'] / 2**20:.0f} MiB, after {rss['after'] / 2**20:.0f} MiB")
+    mib = {k: round(v / 2**20) for k, v in {"model": model_bytes, **rss}.items()}
+    print(f"MiB: model {mib['model']}, peak {mib['peak']}, after load {mib['after']}")
     assert model_bytes > 30 * LARGEST
     assert overshoot <= 4 * LARGEST + 100 * 2**20, (overshoot / 2**20, model_bytes / 2**20)

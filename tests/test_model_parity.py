@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 from hf_models import FAMILY_CASES, build_hf_model
-
 from jaxrl.models.hf_io import load_hf
+
 from jaxrl.sharding import LogicalMesh, make_mesh
 
 

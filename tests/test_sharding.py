@@ -17,7 +17,8 @@ def test_parse_and_resolve():
 
 @pytest.mark.parametrize(
     "text, message",
-    [("tensor=3", "does not divide 8 devices"), ("fsdp=3", "needs 3 devices but 8"), ("data=2,fsdp=2,tensor=1", "needs 4 devices"),
+    [("tensor=3", "does not divide 8 devices"), ("fsdp=3", "needs 3 devices but 8"),
+     ("data=2,fsdp=2,tensor=1", "needs 4 devices"),
      ("pipeline=2", "expected axis=size"), ("fsdp=two", "not an integer"),
      ("data=-1,fsdp=-1", "at most one -1"), ("", "expected e.g.")],
 )  # fmt: skip

@@ -19,6 +19,7 @@ def test_every_package_is_listed():
             parts = init.parent.relative_to(ROOT / folder).parts
             found.add(".".join((name, *parts)))
     assert found - listed == set(), "add these to [tool.setuptools] packages"
+    assert listed - found == set(), "these listed packages have no __init__.py (the install fails)"
 
 
 def test_cli_lists_commands_and_rejects_bad_preset(tmp_path):

@@ -103,8 +103,10 @@ def _apply_override(cls: type, data: dict, override: str) -> None:
             raise _unknown_key(tp, name, where)
         if depth == len(parts) - 1:
             if _is_dataclass_type(_strip_optional(field_type)):
-                raise JaxrlError(f"override {override!r}: {where} is a section; set one of its keys, "
-                                 f"e.g. {where}.{_field_names(_strip_optional(field_type))[0]}=...")
+                raise JaxrlError(
+                    f"override {override!r}: {where} is a section; set one of its keys, "
+                    f"e.g. {where}.{_field_names(_strip_optional(field_type))[0]}=..."
+                )
             node[name] = _Text(value.strip())
         else:
             child = node.get(name)
@@ -179,14 +181,13 @@ def _coerce(value: Any, tp: Any, where: str, base: Any = dataclasses.MISSING) ->
                 return choice
         close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise JaxrlError(f"recipe: {where} must be one of {', '.join(repr(a) for a in args)}; "
-                         f"got {_show(value)}{hint}")
+        raise JaxrlError(f"recipe: {where} must be one of {', '.join(repr(a) for a in args)}; got {_show(value)}{hint}")
     if origin in (tuple, list, Sequence, typing.Sequence) or tp in (tuple, list):
         items = _as_list(value, where, tp)
         if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):
             if len(items) != len(args):
                 raise JaxrlError(f"recipe: {where} must have {len(args)} items, got {len(items)}")
-            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(items, args)))
+            return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(items, args, strict=True)))
         item_type = args[0] if args else Any
         out = [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(items)]
         return out if origin is list or tp is list else tuple(out)
@@ -196,8 +197,7 @@ def _coerce(value: Any, tp: Any, where: str, base: Any = dataclasses.MISSING) ->
         if not isinstance(value, Mapping):
             raise JaxrlError(f"recipe: {where} must be a mapping, got {_show(value)}")
         key_type, value_type = args if args else (Any, Any)
-        return {_coerce(k, key_type, f"{where}.{k}"): _coerce(v, value_type, f"{where}.{k}")
-                for k, v in value.items()}
+        return {_coerce(k, key_type, f"{where}.{k}"): _coerce(v, value_type, f"{where}.{k}") for k, v in value.items()}
     if tp is bool:
         if isinstance(value, bool):
             return value

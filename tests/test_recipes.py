@@ -113,8 +113,12 @@ BAD = [
     ("file", "seed: 1.5\n", [], "seed must be an integer, got 1.5"),
     ("file", None, ["optim.lr=fast"], "optim.lr must be a number"),
     ("file", None, ["bf16=maybe"], "bf16 must be true or false"),
-    ("file", None, ["optim.schedule=cosin"], "must be one of 'constant', 'linear', 'cosine'; got 'cosin' "
-                                             "(did you mean 'cosine'?)"),
+    (
+        "file",
+        None,
+        ["optim.schedule=cosin"],
+        "must be one of 'constant', 'linear', 'cosine'; got 'cosin' (did you mean 'cosine'?)",
+    ),
     ("file", None, ["seed"], "malformed override 'seed'"),
     ("file", None, ["optim..lr=1"], "malformed override"),
     ("file", None, ["=3"], "malformed override"),

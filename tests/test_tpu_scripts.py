@@ -174,7 +174,8 @@ def test_launch_wires_coordinator_and_passes_environment(env, tmp_path):
     names += ["HF_TOKEN", "XLA_FLAGS", "EXTRA", "UNSET_VAR"]
     fake.write_text(
         f"#!{sys.executable}\nimport json, os, sys\n"
-        f"print(json.dumps({{'argv': sys.argv[1:], 'cwd': os.getcwd(), 'env': {{n: os.environ.get(n) for n in {names!r}}}}}))\n"
+        f"seen = {{'env': {{n: os.environ.get(n) for n in {names!r}}}}}\n"
+        "print(json.dumps({**seen, 'argv': sys.argv[1:], 'cwd': os.getcwd()}))\n"
     )
     fake.chmod(0o755)
     worker_env = {"HOME": str(home), "PATH": os.environ["PATH"], "TPU_WORKER_ID": "2"}
@@ -227,8 +228,9 @@ def test_stop_signals_the_run_on_every_worker(env, tmp_path):
     victim = subprocess.Popen(["sleep", "60"])
     try:
         (home / "jaxrl-logs/grpo1.worker0.pid").write_text(f"{victim.pid}\n")
-        out = subprocess.run(["bash", "-c", option(tokens, "command")[0]], env={"HOME": str(home), "PATH": os.environ["PATH"]},
-                             capture_output=True, text=True, timeout=30)
+        worker_env = {"HOME": str(home), "PATH": os.environ["PATH"]}
+        remote = option(tokens, "command")[0]
+        out = subprocess.run(["bash", "-c", remote], env=worker_env, capture_output=True, text=True, timeout=30)
         assert f"sent SIGTERM to {victim.pid}" in out.stdout
         assert victim.wait(timeout=10) == -signal.SIGTERM
     finally:

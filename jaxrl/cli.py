@@ -72,6 +72,24 @@ def _tiny(sub):
     return run
 
 
+@command
+def _train(sub):
+    p = sub.add_parser("train", help="train a model: SFT or GRPO from a recipe plus dotted overrides")
+    kinds = p.add_subparsers(dest="method", required=True)
+    for method, what in (("sft", "supervised fine-tuning"), ("grpo", "GRPO")):
+        q = kinds.add_parser(method, help=f"{what}: --recipe FILE [a.b=value ...]")
+        q.add_argument("--recipe", default=None, help="YAML recipe (see train/recipes/); defaults otherwise")
+        q.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optimizer.learning_rate=1e-6")
+
+    def run(args):
+        import importlib
+
+        module = importlib.import_module(f"jaxrl.train.{args.method}")
+        print(module.run(args.recipe, args.overrides))
+
+    return run
+
+
 # New sub-commands go above this line, each one `@command` function.
 
 

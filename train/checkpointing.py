@@ -1,0 +1,136 @@
+"""Training checkpoints: an Orbax CheckpointManager at RUN/checkpoints/<step>/.
+
+Each step directory holds three items:
+
+    params/       the parameter tree as plain nested dicts, exactly what `save_model` writes, so
+                  `load_model(RUN/checkpoints/<step>)` and `StandardCheckpointer().restore(...)` work
+    opt_state/    the optax state, its leaves flattened to {"0": ..., "1": ...} in tree order
+    train_state/  JSON: {"step", "data" (iterator position), "rng" (uint32 key data),
+                  "skipped_updates", "time"}
+
+Orbax writes a step into a temporary directory and renames it when complete (or, on gs://,
+marks it committed), so a step directory is complete or not listed. A step whose files are
+damaged afterwards fails to restore: `restore_latest` says so, moves it to
+RUN/checkpoints.corrupt/, and falls back to the previous step.
+"""
+
+from __future__ import annotations
+
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from jaxrl.train.config import CheckpointConfig
+
+PARAMS, OPT_STATE, TRAIN_STATE = "params", "opt_state", "train_state"
+
+
+def _flatten(tree) -> dict[str, Any]:
+    return {str(i): leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
+
+
+def _unflatten(like, flat: dict[str, Any]):
+    leaves, treedef = jax.tree.flatten(like)
+    if len(flat) != len(leaves):
+        raise ValueError(f"optimizer state has {len(flat)} leaves, expected {len(leaves)}")
+    return jax.tree.unflatten(treedef, [flat[str(i)] for i in range(len(leaves))])
+
+
+class Checkpoints:
+    """Save and restore (params, optimizer state, train state) at RUN/checkpoints/<step>/."""
+
+    def __init__(self, directory: str | Path, config: CheckpointConfig | None = None):
+        self.directory = epath.Path(directory)
+        self.config = config or CheckpointConfig()
+        self.manager = self._open()
+
+    def _open(self) -> ocp.CheckpointManager:
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=self.config.save_total_limit,
+            enable_async_checkpointing=self.config.async_save,
+            create=True,
+        )
+        return ocp.CheckpointManager(self.directory, options=options, item_names=(PARAMS, OPT_STATE, TRAIN_STATE))
+
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def save(self, step: int, params, opt_state, train_state: dict[str, Any]) -> None:
+        """Starts writing step `step` (returns once device arrays are copied out when async)."""
+        if step in self.manager.all_steps():
+            return
+        train_state = {**train_state, "step": int(step), "time": time.time()}
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                **{
+                    PARAMS: ocp.args.StandardSave(params),
+                    OPT_STATE: ocp.args.StandardSave(_flatten(opt_state)),
+                    TRAIN_STATE: ocp.args.JsonSave(train_state),
+                }
+            ),
+            force=True,
+        )
+
+    def wait(self) -> None:
+        self.manager.wait_until_finished()
+
+    def close(self) -> None:
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+    def restore(self, step: int, abstract_params, abstract_opt_state):
+        """(params, opt_state, train_state) of `step`, placed with the abstract trees' shardings."""
+        restored = self.manager.restore(
+            step,
+            args=ocp.args.Composite(
+                **{
+                    PARAMS: ocp.args.StandardRestore(abstract_params),
+                    OPT_STATE: ocp.args.StandardRestore(_flatten(abstract_opt_state)),
+                    TRAIN_STATE: ocp.args.JsonRestore(),
+                }
+            ),
+        )
+        train_state = dict(restored[TRAIN_STATE])
+        if train_state.get("step") != step:
+            raise ValueError(f"train_state says step {train_state.get('step')}, directory says {step}")
+        opt_state = _unflatten(abstract_opt_state, restored[OPT_STATE])
+        return restored[PARAMS], opt_state, train_state
+
+    def restore_latest(self, abstract_params, abstract_opt_state):
+        """The newest step that restores, or None when there is none. Damaged steps are moved aside."""
+        for step in reversed(self.steps()):
+            try:
+                return self.restore(step, abstract_params, abstract_opt_state)
+            except Exception as e:  # any failure to read a step means the step is unusable
+                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                aside = self._move_aside(step)
+                warnings.warn(
+                    f"checkpoint step {step} in {self.directory} cannot be restored ({reason[:200]}); "
+                    f"moved it to {aside} and falling back to the previous checkpoint",
+                    stacklevel=2,
+                )
+        return None
+
+    def _move_aside(self, step: int) -> epath.Path:
+        src = self.directory / str(step)
+        dst_dir = self.directory.parent / (self.directory.name + ".corrupt")
+        dst_dir.mkdir(parents=True, exist_ok=True)
+        dst = dst_dir / f"{step}-{int(time.time())}"
+        if jax.process_index() == 0:
+            src.rename(dst)
+        self.manager.reload()
+        return dst
+
+
+def rng_to_json(key: jax.Array) -> list[int]:
+    return np.asarray(jax.random.key_data(key)).astype(np.uint32).tolist()
+
+
+def rng_from_json(data: list[int]) -> jax.Array:
+    return jax.random.wrap_key_data(np.asarray(data, np.uint32))

@@ -1,0 +1,130 @@
+"""Training configuration: frozen dataclasses, the single source of every default.
+
+A recipe (YAML under `train/recipes/`) names only what differs from these defaults; the CLI adds
+dotted overrides (`optimizer.learning_rate=1e-6`). Knob names follow TRL where one exists.
+SFT and GRPO share `ModelSource`, `OptimizerConfig`, `FreezeConfig`, `CheckpointConfig` and
+`LoopConfig`; each adds its own data and loss settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from jaxrl.errors import JaxrlError
+
+SCHEDULES = ("constant_with_warmup", "linear", "cosine", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSource:
+    """Where the model comes from and how it computes.
+
+    path: a HF model directory or an Orbax model checkpoint (`load_model` reads either).
+    dtype: compute dtype of the matmuls ("bfloat16" for the bf16 compute option).
+    param_dtype: dtype of parameters and optimizer state (None: the checkpoint's own, fp32 default).
+    remat: recompute each layer in the backward pass (saves activation memory).
+    """
+
+    path: str = ""
+    dtype: str = "float32"
+    param_dtype: str | None = "float32"
+    remat: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig:
+    """AdamW with global-norm clipping and a learning-rate schedule (TRL / HF names)."""
+
+    learning_rate: float = 5e-5
+    adam_beta1: float = 0.9
+    adam_beta2: float = 0.999
+    adam_epsilon: float = 1e-8
+    weight_decay: float = 0.0
+    max_grad_norm: float | None = 1.0  # None or <= 0: no clipping
+    lr_scheduler_type: str = "constant_with_warmup"  # constant_with_warmup | linear | cosine | constant
+    warmup_ratio: float = 0.0
+    warmup_steps: int = 0  # wins over warmup_ratio when > 0
+
+    def __post_init__(self):
+        if self.lr_scheduler_type not in SCHEDULES:
+            raise JaxrlError(
+                f"optimizer.lr_scheduler_type={self.lr_scheduler_type!r}; choose one of {', '.join(SCHEDULES)}"
+            )
+        if self.learning_rate < 0 or not 0 <= self.warmup_ratio <= 1 or self.warmup_steps < 0:
+            raise JaxrlError("optimizer: learning_rate >= 0, 0 <= warmup_ratio <= 1, warmup_steps >= 0 required")
+        if not (0 <= self.adam_beta1 < 1 and 0 <= self.adam_beta2 < 1) or self.adam_epsilon < 0:
+            raise JaxrlError("optimizer: betas must lie in [0, 1) and adam_epsilon must be >= 0")
+
+    def num_warmup_steps(self, total_steps: int) -> int:
+        """Warmup length as HF counts it: ceil(ratio * total) unless warmup_steps is set."""
+        return self.warmup_steps or math.ceil(self.warmup_ratio * total_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class FreezeConfig:
+    """Which parameters train. Patterns name module kinds and an optional layer range:
+
+    `mlp.{gate,up,down}@19-25`, `attn.{q,k}`, `attn.*@0-3`, `embed`, `lm_head`, `final_norm`,
+    `norm.{attn,mlp}`. `freeze` freezes what it matches; `train_only`, when given, freezes
+    everything it does not match. Frozen values stay bitwise unchanged.
+    """
+
+    freeze: tuple[str, ...] = ()
+    train_only: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    """Orbax checkpoints under RUN/checkpoints/<step>/.
+
+    save_steps: every N optimizer steps; a value below 1 is a fraction of the total (TRL), e.g.
+    0.05 for every 5%. A checkpoint is always written at the end and on SIGTERM.
+    save_total_limit: keep the newest K (None: keep all).
+    """
+
+    save_steps: float = 500
+    save_total_limit: int | None = None
+    directory: str = ""  # default RUN/checkpoints; may be gs://bucket/path
+    async_save: bool = True
+    resume: bool = True  # continue from the newest good checkpoint in output_dir
+
+    def __post_init__(self):
+        if self.save_steps <= 0 or (self.save_steps >= 1 and self.save_steps != int(self.save_steps)):
+            raise JaxrlError(f"checkpoint.save_steps={self.save_steps}: a whole number >= 1, or a fraction in (0, 1)")
+        if self.save_total_limit is not None and self.save_total_limit < 1:
+            raise JaxrlError("checkpoint.save_total_limit must be >= 1 (or null to keep all)")
+
+    def interval(self, total_steps: int) -> int:
+        if self.save_steps < 1:
+            return max(1, math.ceil(self.save_steps * total_steps))
+        return int(self.save_steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class LoopConfig:
+    """The shared loop: where the run goes, its length, batching of one optimizer step, logging.
+
+    max_steps: optimizer steps (-1: derive from num_train_epochs and the data size).
+    gradient_accumulation_steps: micro-batches per optimizer step (the batch is split evenly).
+    max_nonfinite_steps: stop after this many non-finite updates in a row (each one is skipped).
+    peak_flops_per_device: for the MFU estimate (0: a guess from the device kind, none on CPU).
+    """
+
+    output_dir: str = "runs/sft"
+    seed: int = 42
+    max_steps: int = -1
+    num_train_epochs: float = 1.0
+    gradient_accumulation_steps: int = 1
+    logging_steps: int = 1
+    max_nonfinite_steps: int = 5
+    peak_flops_per_device: float = 0.0
+    mesh: str = "data=1,fsdp=-1,tensor=1"
+
+    def __post_init__(self):
+        if self.gradient_accumulation_steps < 1 or self.logging_steps < 1 or self.max_nonfinite_steps < 1:
+            raise JaxrlError("loop: gradient_accumulation_steps, logging_steps and max_nonfinite_steps must be >= 1")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise JaxrlError(f"loop.max_steps={self.max_steps}: a positive count, or -1 to use num_train_epochs")
+        if self.max_steps == -1 and self.num_train_epochs <= 0:
+            raise JaxrlError("loop.num_train_epochs must be > 0 when max_steps is -1")

@@ -1,0 +1,98 @@
+"""The training run directory, shared by SFT and GRPO:
+
+    RUN/config.json          the model's HF config (so `find_config` works for the checkpoints)
+    RUN/tokenizer*.json ...  the tokenizer files, copied from the model source
+    RUN/recipe.yaml          the resolved recipe (every field, overrides applied)
+    RUN/metrics.jsonl        one JSON object per logged step
+    RUN/tb/                  TensorBoard events
+    RUN/checkpoints/<step>/  params/, opt_state/, train_state/ (see checkpointing.py)
+
+Only process 0 writes the files; every process takes part in checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+from jaxrl.models.checkpoint import find_config, is_orbax_model
+from jaxrl.models.config import ModelConfig
+from jaxrl.models.hf_io import TOKENIZER_FILES
+
+from jaxrl.errors import JaxrlError
+from jaxrl.sharding import LogicalMesh, MeshSpec, init_distributed, make_mesh
+
+
+def training_mesh(spec: str) -> LogicalMesh:
+    """Starts multi-host JAX when needed and builds the mesh (errors before anything compiles)."""
+    init_distributed()
+    parsed = MeshSpec.parse(spec)
+    parsed.resolve(jax.device_count())
+    return LogicalMesh(make_mesh(parsed))
+
+
+def check_model_path(path: str) -> Path:
+    if not path:
+        raise JaxrlError("no model: set model.path to a HF model directory or an Orbax checkpoint")
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise JaxrlError(f"model.path {path} does not exist")
+    if not ((p / "config.json").is_file() or is_orbax_model(p)):
+        raise JaxrlError(f"model.path {path} is neither a HF model directory (config.json) nor an Orbax checkpoint")
+    return p
+
+
+def tokenizer_dir(model_path: str | Path) -> Path:
+    """Where the tokenizer of a model lives: the HF directory, or the run root above a checkpoint."""
+    model_path = Path(model_path)
+    candidates = [model_path]
+    if is_orbax_model(model_path):
+        candidates.append(find_config(model_path).parent)
+    for directory in candidates:
+        if any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
+            return directory
+    raise JaxrlError(f"no tokenizer files next to {model_path}; copy the tokenizer into the model directory")
+
+
+def load_tokenizer(model_path: str | Path):
+    from transformers import AutoTokenizer
+
+    directory = tokenizer_dir(model_path)
+    try:
+        return AutoTokenizer.from_pretrained(str(directory))
+    except (OSError, ValueError) as e:
+        raise JaxrlError(f"cannot load the tokenizer in {directory}: {str(e).splitlines()[0]}") from None
+
+
+def check_output_dir(output_dir: str) -> Path:
+    if "://" in output_dir:
+        raise JaxrlError(
+            f"output_dir {output_dir!r} must be a local directory; put checkpoints on GCS with "
+            "checkpoint.directory=gs://bucket/path"
+        )
+    if not output_dir:
+        raise JaxrlError("loop.output_dir is empty; name a directory for the run")
+    return Path(output_dir).expanduser()
+
+
+def write_run_files(run_dir: Path, config: ModelConfig, tokenizer_from: Path, recipe_yaml: str) -> Path:
+    """config.json, tokenizer files and recipe.yaml in `run_dir` (process 0 only)."""
+    if jax.process_index() != 0:
+        return run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.json").write_text(json.dumps(config.to_hf_config(), indent=2))
+    for name in TOKENIZER_FILES:
+        if (tokenizer_from / name).is_file() and name != "config.json":
+            if (tokenizer_from / name).resolve() != (run_dir / name).resolve():
+                shutil.copy2(tokenizer_from / name, run_dir / name)
+    (run_dir / "recipe.yaml").write_text(recipe_yaml)
+    return run_dir
+
+
+def checkpoint_dir(run_dir: Path, override: str) -> str:
+    """RUN/checkpoints, or the configured directory (local or gs://)."""
+    if override and "://" in override and not override.startswith("gs://"):
+        raise JaxrlError(f"checkpoint.directory {override!r}: only local paths and gs:// are supported")
+    return override or str((run_dir / "checkpoints").absolute())

@@ -1,0 +1,136 @@
+"""Supervised fine-tuning: the recipe, the loss, and `run(recipe_path, overrides) -> run dir`.
+
+    jaxrl train sft --recipe train/recipes/sft_3ep.yaml model.path=/models/olmo2-7b-instruct
+
+The loss is the token-level mean of the next-token cross-entropy over loss-masked tokens of the
+whole optimizer batch (all micro-batches and devices): sum(nll * mask) / sum(mask). The study
+trained on whole sequences; `sft.completion_only_loss=true` trains on the completion only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jaxrl.models.checkpoint import load_model
+from jaxrl.models.params import count_params
+from jaxrl.train import rundir
+from jaxrl.train.checkpointing import Checkpoints
+from jaxrl.train.config import CheckpointConfig, FreezeConfig, LoopConfig, ModelSource, OptimizerConfig
+from jaxrl.train.loop import Trainer, check_batch_size, data_parallel_size, fit
+
+from jaxrl.data import ChatConfig, DataConfig, SFTBatches, load_sft_dataset
+from jaxrl.errors import JaxrlError
+from jaxrl.metrics import MetricsLogger
+from jaxrl.recipes import dump_recipe, load_recipe
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTSettings:
+    """batch_size: examples per optimizer step (all devices and micro-batches together; the study: 448).
+    max_length: longer examples are dropped and counted (the study: 4096).
+    padding_free: pack the examples of a step into rows of max_length (segment ids keep them apart);
+      False: one example per row, padded to the longest of the batch (a multiple of pad_to_multiple_of).
+    """
+
+    batch_size: int = 448
+    max_length: int = 4096
+    padding_free: bool = True
+    completion_only_loss: bool = False
+    pad_to_multiple_of: int = 64
+    shuffle: bool = True
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.max_length < 2 or self.pad_to_multiple_of < 1:
+            raise JaxrlError("sft: batch_size >= 1, max_length >= 2 and pad_to_multiple_of >= 1 required")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+    model: ModelSource = ModelSource()
+    data: DataConfig = DataConfig()
+    chat: ChatConfig = ChatConfig()
+    sft: SFTSettings = SFTSettings()
+    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=5e-5, warmup_ratio=0.1, max_grad_norm=0.2)
+    freeze: FreezeConfig = FreezeConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig(save_steps=0.05)
+    loop: LoopConfig = LoopConfig()
+
+
+def sft_loss(model, batch: dict[str, jax.Array]):
+    """(sum of masked token NLL, number of masked tokens, aux) for one micro-batch.
+
+    batch: tokens, segment_ids, positions, targets int32 [B, T]; loss_mask float32 [B, T], aligned
+    with the logits (1 where the prediction at t of targets[t] is trained).
+    """
+    logits_btv = model(batch["tokens"], batch["segment_ids"], batch["positions"])
+    logz_bt = jax.nn.logsumexp(logits_btv, axis=-1)
+    target_logit_bt = jnp.take_along_axis(logits_btv, batch["targets"][..., None], axis=-1)[..., 0]
+    mask = batch["loss_mask"].astype(jnp.float32)
+    nll_sum = jnp.sum((logz_bt - target_logit_bt) * mask)
+    tokens = jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32)
+    return nll_sum, jnp.sum(mask), {"loss_tokens": jnp.sum(mask), "tokens_in_batch": tokens}
+
+
+def load_config(recipe_path: str | None, overrides=()) -> SFTConfig:
+    return load_recipe(SFTConfig, recipe_path, list(overrides))
+
+
+def total_steps_of(loop: LoopConfig, steps_per_epoch: int) -> int:
+    if loop.max_steps > 0:
+        return loop.max_steps
+    steps = int(steps_per_epoch * loop.num_train_epochs)
+    if steps < 1:
+        raise JaxrlError(f"num_train_epochs={loop.num_train_epochs} of {steps_per_epoch} steps is no step")
+    return steps
+
+
+def run(recipe_path: str | None, overrides=()) -> str:
+    """Trains (or resumes) the run the recipe describes; returns the run directory."""
+    config = load_config(recipe_path, overrides)
+    cfg, loop = config.sft, config.loop
+    # Everything that can be checked without compiling is checked first.
+    run_dir = rundir.check_output_dir(loop.output_dir)
+    model_path = rundir.check_model_path(config.model.path)
+    mesh = rundir.training_mesh(loop.mesh)
+    dp, k = data_parallel_size(mesh), loop.gradient_accumulation_steps
+    if not cfg.padding_free:
+        check_batch_size(cfg.batch_size, k, dp, "sft.batch_size")
+    tokenizer = rundir.load_tokenizer(model_path)
+    if tokenizer.pad_token_id is None:
+        raise JaxrlError(f"the tokenizer in {model_path} has no pad token; set one in tokenizer_config.json")
+    dataset = load_sft_dataset(config.data, tokenizer, config.chat, cfg.max_length)
+    batches = SFTBatches(
+        dataset, cfg.batch_size, tokenizer.pad_token_id, seed=loop.seed, max_length=cfg.max_length,
+        padding_free=cfg.padding_free, pad_to_multiple_of=cfg.pad_to_multiple_of,
+        rows_multiple_of=k * max(1, dp // jax.process_count()), completion_only_loss=cfg.completion_only_loss,
+        shuffle=cfg.shuffle, process_index=jax.process_index(), process_count=jax.process_count(),
+    )  # fmt: skip
+    total_steps = total_steps_of(loop, batches.steps_per_epoch)
+
+    model = load_model(model_path, mesh, config.model.param_dtype, dtype=config.model.dtype, remat=config.model.remat)
+    rundir.write_run_files(run_dir, model.config, rundir.tokenizer_dir(model_path), dump_recipe(config))
+    trainer = Trainer(model, sft_loss, config.optimizer, total_steps, freeze=config.freeze, accumulation=k,
+                      mesh=mesh, seed=loop.seed)  # fmt: skip
+    del model
+    checkpoints = Checkpoints(rundir.checkpoint_dir(run_dir, config.checkpoint.directory), config.checkpoint)
+    logger = MetricsLogger(run_dir, total_steps)
+    logger.message(
+        f"sft: {len(dataset)} examples ({', '.join(f'{k_}={v}' for k_, v in dataset.counts.items())}); "
+        f"{batches.steps_per_epoch} steps per epoch, {total_steps} steps; "
+        f"{count_params(trainer.model) / 1e6:.1f}M parameters; {trainer.plan.summary()}"
+    )
+    try:
+        result = fit(
+            trainer, batches, total_steps, checkpoints, logger,
+            save_interval=config.checkpoint.interval(total_steps), resume=config.checkpoint.resume,
+            max_nonfinite_steps=loop.max_nonfinite_steps, logging_steps=loop.logging_steps,
+            peak_flops_per_device=loop.peak_flops_per_device or None,
+        )  # fmt: skip
+    finally:
+        checkpoints.close()
+        logger.close()
+    if not result.preempted:
+        logger.message(f"sft: done, {result.step} steps; checkpoints in {checkpoints.directory}")
+    return str(run_dir)

@@ -1,0 +1,145 @@
+"""Maths benchmarks: MATH-500 and AIME24 (0-shot), GSM8K (k-shot, `#### N` answers).
+
+A completion's answer is its last `\\boxed{}` or else its `<answer>` block (the shared extractor
+in `jaxrl.rewards.extract`); GSM8K also accepts "The answer is N", "#### N" or, last of all, the
+last number in the text, as k-shot GSM8K answers are written that way. Answers are judged by the
+shared time-bounded math-verify pool (`jaxrl.rewards.verify`), the one GRPO's reward uses.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from jaxrl.eval.data import BadRow, Source
+from jaxrl.eval.task import Item, Scored, Task, texts
+
+# Numbers start with a digit and nothing after it can fail, so these never backtrack far.
+_NUM = r"-?\d[\d,]*(?:\.\d+)?"
+_ANSWER_IS = re.compile(r"answer is[:\s]*\$?(" + _NUM + ")", re.IGNORECASE)
+_HASHES = re.compile(r"####\s*\$?(" + _NUM + ")")
+_NUMBER = re.compile(_NUM)
+_CALCULATOR = re.compile(r"<<[^<>]*>>")
+
+
+def extract_math(text: str) -> tuple[str, bool] | None:
+    """(answer, is_boxed) of a completion by the shared extractor, or None."""
+    from jaxrl.rewards.extract import final_answer
+
+    found = final_answer(text)
+    if found is None:
+        return None
+    kind, answer = found
+    return answer, kind == "boxed"
+
+
+def extract_number(text: str) -> str | None:
+    """A GSM8K-style final number: "answer is N", "#### N", else the last number; commas dropped."""
+    for pattern in (_ANSWER_IS, _HASHES):
+        matches = pattern.findall(text)
+        if matches:
+            return matches[-1].replace(",", "")
+    numbers = _NUMBER.findall(text)
+    return numbers[-1].replace(",", "") if numbers else None
+
+
+def judge(golds: Sequence[str], answers: Sequence[tuple[str, bool] | None]) -> list[Scored]:
+    """Scores of extracted answers against gold answers through the shared math verifier."""
+    from jaxrl.rewards.verify import default_verifier
+
+    asked = [(g, a[0], a[1]) for g, a in zip(golds, answers, strict=True) if a is not None]
+    verdicts = iter(default_verifier().judge(asked) if asked else [])
+    out = []
+    for answer in answers:
+        if answer is None:
+            out.append(Scored(False, None, "no_answer"))
+        else:
+            verdict = next(verdicts)
+            out.append(Scored(verdict == "correct", answer[0], verdict))
+    return out
+
+
+class _MathTask(Task):
+    """A problem answered by a number or expression, judged by math-verify."""
+
+    def extract(self, text: str) -> tuple[str, bool] | None:
+        return extract_math(text)
+
+    def score(self, items, completions):
+        golds, answers = [], []
+        for item, outputs in zip(items, completions, strict=True):
+            for text in outputs:
+                golds.append(item.fields["answer"])
+                answers.append(self.extract(text))
+        flat = iter(judge(golds, answers))
+        return [[next(flat) for _ in outputs] for outputs in completions]
+
+
+class Math500(_MathTask):
+    """MATH-500: problem, solution, answer, subject, level, unique_id."""
+
+    name = "math500"
+    source = Source("HuggingFaceH4/MATH-500", split="test")
+
+    def parse(self, row, index):
+        problem, answer = texts(row, "problem", "answer", numbers=True)
+        solution = row.get("solution") if isinstance(row.get("solution"), str) else ""
+        uid = str(row.get("unique_id") or index)
+        fields = {"problem": problem, "answer": answer.strip(), "solution": solution}
+        return Item(uid, fields, str(row.get("subject") or ""))
+
+    def turns(self, item, shots):
+        return [{"role": "user", "content": item.fields["problem"]}]
+
+
+class AIME24(_MathTask):
+    """AIME 2024: id, problem, solution, answer (an integer 0-999)."""
+
+    name = "aime24"
+    source = Source("HuggingFaceH4/aime_2024", split="train")
+
+    def parse(self, row, index):
+        problem, answer = texts(row, "problem", "answer", numbers=True)
+        return Item(str(row.get("id", index)), {"problem": problem, "answer": answer.strip()})
+
+    def turns(self, item, shots):
+        return [{"role": "user", "content": item.fields["problem"]}]
+
+
+def split_gsm8k_answer(answer: str) -> tuple[str, str]:
+    """GSM8K's answer field -> (reasoning without calculator marks, final number without commas)."""
+    if "####" not in answer:
+        raise BadRow("answer has no '#### N' final line")
+    reasoning, _, final = answer.rpartition("####")
+    final = final.strip().replace(",", "")
+    if not re.fullmatch(r"-?\d+(\.\d+)?", final):
+        raise BadRow(f"final answer after '####' is not a number: {final[:40]!r}")
+    return _CALCULATOR.sub("", reasoning).strip(), final
+
+
+class GSM8K(_MathTask):
+    """GSM8K: question, answer ("...reasoning...\\n#### 72"); k-shot from the train split."""
+
+    name = "gsm8k"
+    source = Source("openai/gsm8k", "main", split="test")
+    shot_source = Source("openai/gsm8k", "main", split="train")
+    num_shots = 5
+
+    def parse(self, row, index):
+        question, answer = texts(row, "question", "answer")
+        reasoning, final = split_gsm8k_answer(answer)
+        return Item(str(index), {"question": question, "reasoning": reasoning, "answer": final})
+
+    def turns(self, item, shots):
+        out = []
+        for shot in shots:
+            worked = f"{shot.fields['reasoning']}\nThe answer is {shot.fields['answer']}."
+            out += [{"role": "user", "content": shot.fields["question"]}, {"role": "assistant", "content": worked}]
+        return out + [{"role": "user", "content": item.fields["question"]}]
+
+    def extract(self, text):
+        found = extract_math(text)
+        if found is not None:
+            return found
+        number = extract_number(text)
+        return None if number is None else (number, True)

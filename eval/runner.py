@@ -1,0 +1,298 @@
+"""`jaxrl eval`: every task on every model, KL to a base model, and the reports.
+
+Per task, the model-independent work (rows, parsing, shots, chat turns) is done once; per model,
+prompts are rendered with that model's tokenizer, completions sampled (or choice letters scored
+by log-likelihood), scored, and summarised. Everything lands in `out/`: results.json,
+results.md, results.png, metrics.jsonl (a line per model and task, written as each finishes),
+and samples/<model>/<task>.jsonl (every completion with its extracted answer and verdict).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from jaxrl.eval.data import Source, load_rows, parse_rows
+from jaxrl.eval.metrics import summarize
+from jaxrl.eval.models import ModelRef, expand_models, load_tokenizer
+from jaxrl.eval.prompts import encode, render_text, system_prompt_from
+from jaxrl.eval.task import Item, Scored, Task, pick_shots
+from jaxrl.eval.tasks import STUDY_TASKS, make_task
+
+from jaxrl.errors import JaxrlError
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Everything a run depends on; the defaults are the study's decoding settings."""
+
+    tasks: tuple[str, ...] = STUDY_TASKS
+    num_samples: int = 1  # completions per problem (pass@k and maj@k up to this)
+    temperature: float = 0.6  # 0 = greedy
+    top_p: float = 0.95
+    top_k: int = 0
+    max_new_tokens: int = 4096
+    seed: int = 0  # sampling seed, and GPQA's option order
+    limit: int | None = None  # first N usable problems of each task
+    chat_template: str = "olmo2"  # "olmo2", "tokenizer" or "none"
+    system_prompt: str | None = "study"  # "study", "none", or the text
+    batch_size: int = 32  # prompts per sampler call; sequences per teacher-forced batch
+    data: dict[str, str] = dataclasses.field(default_factory=dict)  # task -> local file or hub name
+    shots: dict[str, str] = dataclasses.field(default_factory=dict)  # task -> file of few-shot examples
+    num_shots: dict[str, int] = dataclasses.field(default_factory=dict)  # task -> k (default: the task's)
+    tokenizer: str | None = None  # default: beside or above each model
+    param_dtype: str | None = None  # e.g. float32, bfloat16 (default: float32)
+    mesh: str = ""  # e.g. data=1,fsdp=-1,tensor=1
+    kl_base: str | None = None  # a model: report KL(base || each model)
+    kl_data: str | None = None  # MATH-500 rows for the KL (default: the math500 data)
+    kl_batch_size: int = 4
+    strict: bool = False  # a malformed row is an error instead of skipped and counted
+
+
+def parse_source(text: str, default: Source) -> Source:
+    """A local file path, or a hub name `name[:config][@split]` (split defaults to the task's)."""
+    path = Path(text).expanduser()
+    if path.exists() or path.suffix.lower() in (".jsonl", ".json", ".parquet", ".csv"):
+        return Source(str(path))
+    name, _, split = text.partition("@")
+    name, _, config = name.partition(":")
+    return Source(name, config or None, split or default.split)
+
+
+@dataclasses.dataclass
+class Prepared:
+    """A task's model-independent part: its items and, per item, the chat turns to render."""
+
+    task: Task
+    source: Source
+    items: list[Item]
+    turns: list[list[dict]]
+    skipped: Counter
+    num_shots: int
+
+
+def prepare(name: str, config: EvalConfig) -> Prepared:
+    task = make_task(name, config.seed)
+    source = parse_source(config.data[name], task.source) if name in config.data else task.source
+    parsed = parse_rows(load_rows(source), task.parse)
+    if config.strict and parsed.skipped:
+        reason, count = parsed.skipped.most_common(1)[0]
+        raise JaxrlError(f"{name}: {parsed.num_skipped} malformed rows in {source.describe()}, e.g. {reason} ({count})")
+    items = parsed.items[: config.limit] if config.limit is not None else parsed.items
+    k = config.num_shots.get(name, task.num_shots)
+    pool = parsed.items
+    if k > 0 and name in config.shots:
+        pool = parse_rows(load_rows(Source(config.shots[name])), task.parse).items
+    elif k > 0 and task.shot_source is not None and name not in config.data:
+        pool = parse_rows(load_rows(task.shot_source), task.parse).items
+    turns = [task.turns(item, pick_shots(item, pool, k)) for item in items]
+    return Prepared(task, source, items, turns, parsed.skipped, k)
+
+
+def score_loglik(prepared: Prepared, model, tokenizer, prompts: list[list[int]], config: EvalConfig):
+    """One 'sample' per item: the option whose letter is most likely as the reply's start."""
+    from jaxrl.eval.forced import continuation_logprobs
+
+    task = prepared.task
+    options = [task.continuations(item) for item in prepared.items]
+    pairs = [(p, encode(o, tokenizer)) for p, opts in zip(prompts, options, strict=True) for o in opts]
+    logprobs = continuation_logprobs(model, pairs, batch_size=config.batch_size)
+    scored, records, at = [], [], 0
+    for item, opts in zip(prepared.items, options, strict=True):
+        lp = logprobs[at : at + len(opts)]
+        at += len(opts)
+        choice = opts[int(np.argmax(lp))]
+        ok = choice == item.fields["gold"]
+        scored.append([Scored(ok, choice, "correct" if ok else "wrong")])
+        records.append({"logprobs": dict(zip(opts, map(float, lp), strict=True))})
+    return scored, records
+
+
+def task_metrics(scored: list[list[Scored]], lengths: list[list[int]] | None, finish: list[list[str]] | None) -> dict:
+    """Summary of one task on one model (see `metrics.summarize`), verdict counts, IFEval's
+    instruction-level accuracy, and completion lengths."""
+    if not scored:
+        return {"num_problems": 0}
+    out = summarize([[s.correct for s in row] for row in scored], [[s.answer for s in row] for row in scored])
+    out["verdicts"] = dict(Counter(s.verdict for row in scored for s in row))
+    parts = [p for row in scored for s in row for p in s.parts]
+    if parts:
+        out["inst_strict"] = float(np.mean(parts))
+        out["num_instructions"] = len(parts) // out["num_samples"]
+    if lengths:
+        out["mean_completion_tokens"] = float(np.mean(lengths))
+        out["truncated_fraction"] = float(np.mean([r == "length" for row in finish for r in row]))
+    return out
+
+
+class Progress:
+    """One bar over all work (problems x models), with rate and ETA; quiet when not on a terminal."""
+
+    def __init__(self, total: int):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, unit="problem", dynamic_ncols=True, disable=None, file=sys.stderr)
+        self.start = time.monotonic()
+
+    def update(self, n: int, what: str) -> None:
+        self.bar.set_postfix_str(what, refresh=False)
+        self.bar.update(n)
+
+    def log(self, message: str) -> None:
+        elapsed = time.monotonic() - self.start
+        done, total = self.bar.n, self.bar.total or 1
+        eta = elapsed / done * (total - done) if done else float("nan")
+        self.bar.write(f"[{elapsed:7.1f}s, eta {eta:7.1f}s] {message}", file=sys.stderr)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _safe(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._@#-]+", "_", label)
+
+
+def evaluate_model(ref: ModelRef, prepared: list[Prepared], config: EvalConfig, out: Path, progress, mesh, base=None):
+    """Runs every prepared task on one model. Returns ({task: metrics}, kl or None)."""
+    from jaxrl.models.checkpoint import load_model
+
+    tokenizer = load_tokenizer(ref.path, config.tokenizer)
+    model = load_model(ref.path, mesh, config.param_dtype)
+    system = system_prompt_from(config.system_prompt)
+    results = {}
+    for p in prepared:
+        name, started = p.task.name, time.monotonic()
+        texts = [render_text(t, tokenizer, system, config.chat_template) for t in p.turns]
+        prompts = [encode(t, tokenizer) for t in texts]
+        lengths = finish = None
+        if p.task.kind == "loglik":
+            scored, records = score_loglik(p, model, tokenizer, prompts, config)
+            completions = [[] for _ in p.items]
+            progress.update(len(p.items), f"{ref.label} {name}")
+        else:
+            from jaxrl.eval.generate import generate
+            from jaxrl.models.sampler import SamplingConfig
+
+            sampling = SamplingConfig(
+                temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+                max_new_tokens=config.max_new_tokens, num_samples=config.num_samples, seed=config.seed,
+            )  # fmt: skip
+            done = [0]
+
+            def on_batch(n, done=done, label=f"{ref.label} {name}"):
+                progress.update(n - done[0], label)
+                done[0] = n
+
+            gens = generate(model, tokenizer, prompts, sampling, batch_size=config.batch_size, mesh=mesh,
+                            on_batch=on_batch)  # fmt: skip
+            completions = [g.texts for g in gens]
+            scored = p.task.score(p.items, completions)
+            lengths, finish = [g.lengths for g in gens], [g.finish_reasons for g in gens]
+            records = [{"finish_reasons": g.finish_reasons} for g in gens]
+        metrics = task_metrics(scored, lengths, finish)
+        if p.task.primary != "pass@1" and "pass@1" in metrics:  # e.g. IFEval's prompt_strict: the same figure
+            metrics[p.task.primary], metrics[p.task.primary + "_stderr"] = metrics["pass@1"], metrics["pass@1_stderr"]
+        metrics |= {"skipped": dict(p.skipped), "num_skipped": sum(p.skipped.values()), "num_shots": p.num_shots,
+                    "seconds": round(time.monotonic() - started, 3)}  # fmt: skip
+        results[name] = metrics
+        _write_samples(out / "samples" / _safe(ref.label) / f"{name}.jsonl", p, texts, completions, scored, records)
+        _append_jsonl(out / "metrics.jsonl", {"model": ref.label, "path": str(ref.path), "task": name, **metrics})
+        shown = metrics.get("pass@1", float("nan"))
+        progress.log(f"{ref.label} {name}: {p.task.primary} {shown:.3f} +- {metrics.get('pass@1_stderr', 0):.3f} "
+                     f"({metrics['num_problems']} problems, {metrics['num_skipped']} skipped)")  # fmt: skip
+    kl = None
+    if base is not None:
+        from jaxrl.eval.kl import mean_token_kl
+
+        base_model, pairs = base
+        kl = mean_token_kl(base_model, model, pairs, batch_size=config.kl_batch_size)
+        _append_jsonl(out / "metrics.jsonl", {"model": ref.label, "path": str(ref.path), "task": "kl_to_base", **kl})
+        progress.update(len(pairs), f"{ref.label} kl")
+        progress.log(f"{ref.label} KL(base || model) {kl['kl']:.5f} over {kl['num_tokens']} tokens")
+    return results, kl
+
+
+def kl_pairs(config: EvalConfig, tokenizer) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, reference-solution ids) for each MATH-500 problem that has a solution."""
+    task = make_task("math500")
+    source = task.source
+    if config.kl_data or "math500" in config.data:
+        source = parse_source(config.kl_data or config.data["math500"], task.source)
+    items = [i for i in parse_rows(load_rows(source), task.parse).items if i.fields["solution"].strip()]
+    items = items[: config.limit] if config.limit is not None else items
+    if not items:
+        raise JaxrlError(f"no MATH-500 rows with a 'solution' in {source.describe()} for the KL")
+    system = system_prompt_from(config.system_prompt)
+    pairs = []
+    for item in items:
+        prompt = render_text(task.turns(item, []), tokenizer, system, config.chat_template)
+        pairs.append((encode(prompt, tokenizer), encode(item.fields["solution"], tokenizer)))
+    return pairs
+
+
+def evaluate(models: list[str], config: EvalConfig, out_dir: str | Path) -> dict:
+    """Evaluates every model (HF dir, Orbax checkpoint, or run dir) on every task; writes the reports."""
+    from jaxrl.eval.report import write_reports
+    from jaxrl.models.checkpoint import load_model
+
+    from jaxrl.sharding import LogicalMesh, make_mesh
+
+    if not models:
+        raise JaxrlError("no model given; pass --model DIR (a HF dir, an Orbax checkpoint or a run dir)")
+    if config.num_samples < 1 or config.max_new_tokens < 1 or config.batch_size < 1:
+        raise JaxrlError("--num-samples, --max-new-tokens and --batch-size must be at least 1")
+    refs = expand_models(models)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.jsonl").unlink(missing_ok=True)
+    mesh = LogicalMesh(make_mesh(config.mesh))
+    prepared = [prepare(name, config) for name in config.tasks]
+    base = None
+    if config.kl_base:
+        base_path = Path(config.kl_base)
+        pairs = kl_pairs(config, load_tokenizer(base_path, config.tokenizer))
+        base = (load_model(base_path, mesh, config.param_dtype), pairs)
+    total = len(refs) * (sum(len(p.items) for p in prepared) + (len(base[1]) if base else 0))
+    progress = Progress(total)
+    results, kls = {}, {}
+    try:
+        for ref in refs:
+            results[ref.label], kl = evaluate_model(ref, prepared, config, out, progress, mesh, base)
+            if kl is not None:
+                kls[ref.label] = kl
+    finally:
+        progress.close()
+    report = {
+        "config": dataclasses.asdict(config),
+        "models": [{"label": r.label, "path": str(r.path)} for r in refs],
+        "tasks": {p.task.name: {"source": p.source.describe(), "primary": p.task.primary,
+                                "num_problems": len(p.items), "skipped": dict(p.skipped)} for p in prepared},
+        "results": results,
+        "kl_base": config.kl_base,
+        "kl": kls,
+    }  # fmt: skip
+    write_reports(report, out)
+    return report
+
+
+def _append_jsonl(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _write_samples(path: Path, p: Prepared, prompts, completions, scored, records) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for item, prompt, texts, row, extra in zip(p.items, prompts, completions, scored, records, strict=True):
+            record = {
+                "id": item.id, "gold": item.fields.get("gold", item.fields.get("answer")), "prompt": prompt,
+                "completions": texts, "answers": [s.answer for s in row], "verdicts": [s.verdict for s in row],
+                "correct": [s.correct for s in row], **extra,
+            }  # fmt: skip
+            f.write(json.dumps(record) + "\n")

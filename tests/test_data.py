@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -129,6 +130,29 @@ def test_json_and_parquet_give_the_same_rows(tmp_path):
         assert load_rows(DataConfig(str(tmp_path / name))).rows == rows, name
 
 
+def test_table_and_json_paths_filter_and_select_alike(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = [{"id": i, "ok": i % 3 == 0, "level": i % 4, "text": f"t{i}"} for i in range(12)]
+    (tmp_path / "flat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "flat.parquet")
+    (tmp_path / "flat.csv").write_text("id,ok,level,text\n" + "".join(
+        f"{r['id']},{str(r['ok']).lower()},{r['level']},{r['text']}\n" for r in rows))  # fmt: skip
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    shutil.copy(tmp_path / "flat.jsonl", folder / "train.jsonl")
+    config = DataConfig(filters=("ok=True", "level!=3"), columns=("id", "text"), max_samples=2)
+    expected = [{"id": 0, "text": "t0"}, {"id": 6, "text": "t6"}]  # 0, 6, 9 pass; the first 2 kept
+    for name in ("flat.jsonl", "flat.parquet", "folder"):
+        got = load_rows(dataclasses.replace(config, dataset_name=str(tmp_path / name)))
+        assert got.rows == expected and got.filtered_out == 9, name
+    csv = load_rows(DataConfig(str(tmp_path / "flat.csv"), filters=("level=2",)))  # CSV reads true/false as bool
+    assert [r["id"] for r in csv.rows] == [2, 6, 10] and csv.rows[0] == {"id": 2, "ok": False, "level": 2, "text": "t2"}
+    with pytest.raises(JaxrlError, match=r"cannot load dataset .*folder \[test\]"):
+        load_rows(DataConfig(str(folder), split="test"))
+
+
 def test_bad_lines_are_skipped_and_counted(tmp_path):
     lines = FIXTURE.read_text().splitlines()
     path = tmp_path / "bad.jsonl"
@@ -160,12 +184,17 @@ def bad_sources(tmp_path):
         (DataConfig(write(tmp_path, "junk.jsonl", "nope\n{also not\n")), "holds no usable rows (2 line is not valid"),
         (DataConfig(write(tmp_path, "broken.json", '[{"a": 1},')), "is not valid JSON"),
         (DataConfig(write(tmp_path, "scalar.json", "3")), "expected a list of rows"),
-        (DataConfig(write(tmp_path, "rows.csv", "a,b\n")), "unknown data format .csv"),
+        (DataConfig(write(tmp_path, "rows.txt", "a,b\n")), "unknown data format .txt"),
+        (DataConfig(write(tmp_path, "header.csv", "a,b\n")), "holds no rows"),
+        (DataConfig(write(tmp_path, "ok4.jsonl", good), columns=("problem", "gold")), "has no column 'gold'"),
         (DataConfig(write(tmp_path, "fake.parquet", "not parquet")), "cannot read"),
         (DataConfig(write(tmp_path, "ok.jsonl", good), filters=("sauce=cn_k12",)), "filter on 'sauce': "),
         (DataConfig(write(tmp_path, "ok2.jsonl", good), filters=("source=cn_k13",)), "keeps none of 12 rows of"),
         (DataConfig(write(tmp_path, "ok3.jsonl", good), filters=("source",)), "malformed filter 'source'"),
-        (DataConfig("some-org/some-dataset-that-is-not-cached"), "cannot load dataset 'some-org/"),
+        (
+            DataConfig("some-org/some-dataset-that-is-not-cached"),
+            "cannot load dataset some-org/some-dataset-that-is-not-cached [train]: ",
+        ),
     ]
 
 

@@ -1,9 +1,14 @@
-"""Rows of a dataset: a local .jsonl/.json/.parquet file or a hub dataset, split and filtered.
+"""Rows of a dataset: a local .jsonl/.json/.parquet/.csv file, a folder of them, or a hub dataset.
+
+Parquet, CSV, folders and hub datasets are read as Arrow tables: filters and `columns` apply there,
+before any Python row exists (the study's hub split carries long R1 traces in columns most runs
+never read). JSON is parsed line by line so that bad lines can be counted.
 
 What is fatal and what is counted:
 - JaxrlError (one line): the file does not exist, has an unknown suffix, is not UTF-8, is not
-  JSON/Parquet at all, holds no rows, a filter is malformed or names a column the data lacks,
-  the filters keep no row, or a hub dataset cannot be loaded (offline, unknown name or split).
+  JSON/Parquet/CSV at all, holds no rows, a filter is malformed or names a column the data lacks,
+  the filters keep no row, a requested column is missing, or a hub dataset cannot be loaded
+  (offline and not cached, unknown name, config or split).
 - Skipped and counted in `Rows.skipped` (reason -> count): a .jsonl line that is not valid JSON,
   a line or list item that is not a JSON object. With `strict=True` these are errors too.
 Rows the filters leave out are counted in `Rows.filtered_out`, not as bad rows.
@@ -20,7 +25,7 @@ from typing import Any
 
 from jaxrl.errors import JaxrlError
 
-SUFFIXES = (".jsonl", ".json", ".parquet")
+SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -32,10 +37,11 @@ class DataConfig:
     messages). For GRPO and evaluation only `prompt_column` is read; other columns ride along.
     """
 
-    dataset_name: str = ""  # a local .jsonl/.json/.parquet file, or a hub dataset name
+    dataset_name: str = ""  # a local .jsonl/.json/.parquet/.csv file or folder, or a hub dataset name
     dataset_config: str | None = None  # hub configuration, e.g. "extended"
-    split: str = "train"  # hub split (local files have one)
+    split: str = "train"  # hub or folder split (a single file has one)
     filters: tuple[str, ...] = ()  # "column=value" or "column!=value"; every one must hold
+    columns: tuple[str, ...] = ()  # keep only these columns (empty: all); the SFT loader picks its own
     max_samples: int | None = None  # keep the first N rows after filtering
     messages_column: str = "messages"
     prompt_column: str | None = None
@@ -63,26 +69,46 @@ class Rows:
         return "; ".join(parts)
 
 
-def load_rows(config: DataConfig) -> Rows:
-    """The rows `config` names, filtered and capped; see the module docstring for what is fatal."""
+def load_rows(config: DataConfig, columns: tuple[str, ...] | None = None) -> Rows:
+    """The rows `config` names, filtered, cut to `columns` (default `config.columns`) and capped.
+
+    See the module docstring for what is fatal and what is skipped and counted.
+    """
     name = config.dataset_name
     if not name:
-        raise JaxrlError("no dataset: set dataset_name to a .jsonl/.json/.parquet file or a hub dataset")
+        raise JaxrlError("no dataset: set dataset_name to a .jsonl/.json/.parquet/.csv file or a hub dataset")
     filters = [parse_filter(f) for f in config.filters]
+    columns = tuple(config.columns if columns is None else columns)
     path = Path(name).expanduser()
-    if path.suffix.lower() in SUFFIXES or path.exists():
-        rows, skipped = read_file(path, config.strict)
+    skipped = Counter()
+    if path.is_dir():
+        source = f"{path} [{config.split}]"
+        data = _read_datasets(str(path), config.dataset_config, config.split, source)
+    elif path.suffix.lower() in SUFFIXES or path.exists():
         source = str(path)
+        data, skipped = read_file(path, config.strict)
     else:
-        rows, skipped = _read_hub(name, config.dataset_config, config.split), Counter()
-        source = f"{name}" + (f" ({config.dataset_config})" if config.dataset_config else "") + f" [{config.split}]"
-    if not rows:
+        source = name + (f" ({config.dataset_config})" if config.dataset_config else "") + f" [{config.split}]"
+        data = _read_datasets(name, config.dataset_config, config.split, source)
+    total = len(data) if isinstance(data, list) else data.num_rows
+    if not total:
         raise JaxrlError(f"{source} holds no usable rows" + (f" ({_reasons(skipped)})" if skipped else ""))
-    kept = apply_filters(rows, filters, source)
-    filtered_out = len(rows) - len(kept)
-    if config.max_samples is not None:
-        kept = kept[: config.max_samples]
-    return Rows(kept, source, skipped, filtered_out)
+    cap = config.max_samples
+    if isinstance(data, list):
+        kept = apply_filters(data, filters, source)
+        passed = len(kept)
+        if columns:
+            _check_columns(columns, _column_names(data), source)
+            kept = [{c: r[c] for c in columns if c in r} for r in kept]
+        kept = kept[:cap] if cap is not None else kept
+    else:
+        table = _filter_table(data, filters, source)
+        passed = table.num_rows
+        if columns:
+            _check_columns(columns, table.column_names, source)
+            table = table.select(list(columns))
+        kept = (table.slice(0, cap) if cap is not None else table).to_pylist()
+    return Rows(kept, source, skipped, filtered_out=total - passed)
 
 
 def parse_filter(text: str) -> tuple[str, bool, str]:
@@ -99,25 +125,55 @@ def apply_filters(rows: list[dict], filters: list[tuple[str, bool, str]], source
     for column, equal, value in filters:
         if not any(column in r for r in rows):
             raise JaxrlError(f"filter on {column!r}: {source} has no such column (columns: {columns_of(rows)})")
-        before = rows
-        rows = [r for r in rows if (_text(r.get(column)) == value) == equal]
-        if not rows:
-            seen = sorted({_text(r.get(column)) for r in before})
-            shown = ", ".join(seen[:8]) + (", ..." if len(seen) > 8 else "")
-            raise JaxrlError(f"filter {column}{'=' if equal else '!='}{value} keeps none of {len(before)} rows "
-                             f"of {source} (values of {column}: {shown})")  # fmt: skip
+        keep = [(_text(r.get(column)) == value) == equal for r in rows]
+        _check_kept(keep, [r.get(column) for r in rows], column, equal, value, source)
+        rows = [r for r, k in zip(rows, keep, strict=True) if k]
     return rows
 
 
-def read_file(path: Path, strict: bool = False) -> tuple[list[dict], Counter]:
-    """All rows of a local file, and the bad ones skipped (reason -> count)."""
+def _filter_table(table: Any, filters: list[tuple[str, bool, str]], source: str) -> Any:
+    """`apply_filters` on an Arrow table: only the filtered columns become Python values."""
+    import numpy as np
+
+    for column, equal, value in filters:
+        if column not in table.column_names:
+            raise JaxrlError(f"filter on {column!r}: {source} has no such column "
+                             f"(columns: {', '.join(table.column_names[:12])})")  # fmt: skip
+        values = table.column(column).to_pylist()
+        keep = [(_text(v) == value) == equal for v in values]
+        _check_kept(keep, values, column, equal, value, source)
+        table = table.take(np.flatnonzero(keep))
+    return table
+
+
+def _check_kept(keep: list[bool], values: list, column: str, equal: bool, value: str, source: str) -> None:
+    if not any(keep):
+        seen = sorted({_text(v) for v in values})
+        shown = ", ".join(seen[:8]) + (", ..." if len(seen) > 8 else "")
+        raise JaxrlError(f"filter {column}{'=' if equal else '!='}{value} keeps none of {len(values)} rows "
+                         f"of {source} (values of {column}: {shown})")  # fmt: skip
+
+
+def _check_columns(columns: tuple[str, ...], available: list[str], source: str) -> None:
+    missing = [c for c in columns if c not in available]
+    if missing:
+        raise JaxrlError(f"{source} has no column {missing[0]!r} (columns: {', '.join(available[:12])}); "
+                         "fix data.columns")  # fmt: skip
+
+
+def _column_names(rows: list[dict]) -> list[str]:
+    return list(dict.fromkeys(k for r in rows for k in r))
+
+
+def read_file(path: Path, strict: bool = False) -> tuple[Any, Counter]:
+    """All rows of a local file (dicts for JSON, an Arrow table otherwise), and the skipped ones."""
     suffix = path.suffix.lower()
     if not path.is_file():
         raise JaxrlError(f"data file {path} does not exist")
     if suffix not in SUFFIXES:
-        raise JaxrlError(f"{path}: unknown data format {suffix or '(no suffix)'}; use .jsonl, .json or .parquet")
-    if suffix == ".parquet":
-        return _read_parquet(path), Counter()
+        raise JaxrlError(f"{path}: unknown data format {suffix or '(no suffix)'}; use .jsonl, .json, .parquet or .csv")
+    if suffix in (".parquet", ".csv"):
+        return _read_table(path, suffix), Counter()
     text = _read_utf8(path)
     if not text.strip():
         raise JaxrlError(f"data file {path} is empty")
@@ -183,19 +239,27 @@ def _read_utf8(path: Path) -> str:
         raise JaxrlError(f"{path} is not UTF-8 text (bad byte at line {line}); re-encode it as UTF-8") from None
 
 
-def _read_parquet(path: Path) -> list[dict]:
-    import pyarrow.parquet as pq
+def _read_table(path: Path, suffix: str) -> Any:
+    import pyarrow.csv
+    import pyarrow.parquet
 
     try:
-        table = pq.read_table(path)
-    except Exception as e:  # pyarrow raises several types for a file that is not Parquet
-        raise JaxrlError(f"cannot read {path} as Parquet: {_first_line(e)}") from None
+        if suffix == ".csv":
+            _read_utf8(path)  # a clear message for a non-UTF-8 file
+            table = pyarrow.csv.read_csv(path)
+        else:
+            table = pyarrow.parquet.read_table(path)
+    except JaxrlError:
+        raise
+    except Exception as e:  # pyarrow raises several types for a file it cannot read
+        raise JaxrlError(f"cannot read {path} as {suffix[1:]}: {_first_line(e)}") from None
     if table.num_rows == 0:
         raise JaxrlError(f"data file {path} holds no rows")
-    return table.to_pylist()
+    return table
 
 
-def _read_hub(name: str, config: str | None, split: str) -> list[dict]:
+def _read_datasets(name: str, config: str | None, split: str, source: str) -> Any:
+    """An Arrow table through `datasets`: a hub name (cached when offline) or a local folder."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -204,10 +268,11 @@ def _read_hub(name: str, config: str | None, split: str) -> list[dict]:
         dataset = datasets.load_dataset(name, config, split=split)
     except Exception as e:  # offline, unknown name, unknown config or split: all one line for the user
         offline = datasets.config.HF_HUB_OFFLINE or datasets.config.HF_DATASETS_OFFLINE
-        hint = "; offline: download it first or pass a local file" if offline else ""
-        raise JaxrlError(f"cannot load dataset {name!r} (split {split!r}) from the hub: "
-                         f"{_first_line(e)}{hint}") from None  # fmt: skip
-    return dataset.to_list()
+        hint = "; offline and not cached: download it first or pass a local file" if offline else ""
+        raise JaxrlError(f"cannot load dataset {source}: {_first_line(e)}{hint}") from None
+    if dataset._indices is not None:  # a selection over the table: materialise it
+        dataset = dataset.flatten_indices()
+    return dataset.data.table
 
 
 def _text(value: Any) -> str:

@@ -22,6 +22,17 @@ _NUMBER = re.compile(_NUM)
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
 
 
+def plain_number(answer: str) -> str:
+    """A plain decimal written canonically ("007" -> "7", "10.50" -> "10.5", "3.0" -> "3"), as the
+    shared verifier judges "5.0" against "5" wrong; any other answer is returned as is."""
+    m = re.fullmatch(r"\s*(-?)0*(\d+?)(?:\.(\d*?)0*)?\s*", answer) if len(answer) <= 100 else None
+    if m is None:
+        return answer
+    sign, whole, frac = m.group(1), m.group(2), m.group(3)
+    text = whole + (f".{frac}" if frac else "")
+    return "0" if text == "0" else sign + text
+
+
 def extract_math(text: str) -> tuple[str, bool] | None:
     """(answer, is_boxed) of a completion by the shared extractor, or None."""
     from jaxrl.rewards.extract import final_answer
@@ -30,7 +41,7 @@ def extract_math(text: str) -> tuple[str, bool] | None:
     if found is None:
         return None
     kind, answer = found
-    return answer, kind == "boxed"
+    return plain_number(answer), kind == "boxed"
 
 
 def extract_number(text: str) -> str | None:
@@ -38,9 +49,9 @@ def extract_number(text: str) -> str | None:
     for pattern in (_ANSWER_IS, _HASHES):
         matches = pattern.findall(text)
         if matches:
-            return matches[-1].replace(",", "")
+            return plain_number(matches[-1].replace(",", ""))
     numbers = _NUMBER.findall(text)
-    return numbers[-1].replace(",", "") if numbers else None
+    return plain_number(numbers[-1].replace(",", "")) if numbers else None
 
 
 def judge(golds: Sequence[str], answers: Sequence[tuple[str, bool] | None]) -> list[Scored]:
@@ -85,7 +96,7 @@ class Math500(_MathTask):
         problem, answer = texts(row, "problem", "answer", numbers=True)
         solution = row.get("solution") if isinstance(row.get("solution"), str) else ""
         uid = str(row.get("unique_id") or index)
-        fields = {"problem": problem, "answer": answer.strip(), "solution": solution}
+        fields = {"problem": problem, "answer": plain_number(answer.strip()), "solution": solution}
         return Item(uid, fields, str(row.get("subject") or ""))
 
     def turns(self, item, shots):
@@ -100,7 +111,7 @@ class AIME24(_MathTask):
 
     def parse(self, row, index):
         problem, answer = texts(row, "problem", "answer", numbers=True)
-        return Item(str(row.get("id", index)), {"problem": problem, "answer": answer.strip()})
+        return Item(str(row.get("id", index)), {"problem": problem, "answer": plain_number(answer.strip())})
 
     def turns(self, item, shots):
         return [{"role": "user", "content": item.fields["problem"]}]
@@ -114,7 +125,7 @@ def split_gsm8k_answer(answer: str) -> tuple[str, str]:
     final = final.strip().replace(",", "")
     if not re.fullmatch(r"-?\d+(\.\d+)?", final):
         raise BadRow(f"final answer after '####' is not a number: {final[:40]!r}")
-    return _CALCULATOR.sub("", reasoning).strip(), final
+    return _CALCULATOR.sub("", reasoning).strip(), plain_number(final)
 
 
 class GSM8K(_MathTask):

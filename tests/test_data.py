@@ -93,6 +93,31 @@ def test_encoded_example_is_prompt_then_completion_then_eos(tokenizer):
     assert enc.ids[-1] == tokenizer.eos_token_id and prompt_ids[0] == tokenizer.eos_token_id  # bos once
 
 
+def test_plain_template_gets_an_eos_and_slow_tokenizers_split_at_the_boundary(tokenizer):
+    import copy
+
+    plain = copy.deepcopy(tokenizer)
+    plain.chat_template = (
+        "{% for m in messages %}{{ m['role'] + ': ' + m['content'] + '\\n' }}{% endfor %}"
+        "{% if add_generation_prompt %}{{ 'assistant: ' }}{% endif %}"
+    )
+    own = ChatConfig(chat_template="tokenizer", system_prompt=None)
+    enc = encode_example("2+3?", "5", plain, own)
+    assert plain.decode(enc.ids) == "user: 2+3?\nassistant: 5\n<|endoftext|>"  # eos appended
+    # " 5" is one token straddling the boundary: it holds completion text, so it is trained on
+    assert plain.decode(enc.ids[enc.completion_mask]) == " 5\n<|endoftext|>"
+
+    class Slow:  # no offsets: prompt and completion are tokenised apart
+        is_fast, eos_token_id = False, tokenizer.eos_token_id
+
+        def __call__(self, text, **kwargs):
+            return {"input_ids": tokenizer(text, add_special_tokens=False)["input_ids"]}
+
+    completion = "<think>\n5\n</think>\n<answer>\n5\n</answer>"
+    fast, slow = encode_example("2+3?", completion, tokenizer), encode_example("2+3?", completion, Slow())
+    assert np.array_equal(fast.ids, slow.ids) and np.array_equal(fast.completion_mask, slow.completion_mask)
+
+
 def test_tokenizer_template_errors(tokenizer):
     with pytest.raises(JaxrlError, match="needs a tokenizer"):
         render_prompt("x", ChatConfig(chat_template="tokenizer"))

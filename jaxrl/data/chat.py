@@ -107,11 +107,29 @@ def encode_example(prompt: Prompt, completion: str, tokenizer: Any, chat: ChatCo
 
 def encode_rendered(text: str, start: int, tokenizer: Any) -> Encoded:
     """`encode_example` for text already rendered; `start` is the completion's first character."""
-    out = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids = np.asarray(out["input_ids"], np.int32)
-    ends = np.asarray([end for _, end in out["offset_mapping"]], np.int64).reshape(-1)
-    mask = ends > start
-    eos = tokenizer.eos_token_id
+    return encode_rendered_batch([text], [start], tokenizer)[0]
+
+
+def encode_rendered_batch(texts: Sequence[str], starts: Sequence[int], tokenizer: Any) -> list[Encoded]:
+    """`encode_rendered` for many texts in one tokenizer call (fast tokenizers run it in parallel)."""
+    if not getattr(tokenizer, "is_fast", False):  # no offsets: tokenise prompt and completion apart
+        return [_encode_apart(text, start, tokenizer) for text, start in zip(texts, starts, strict=True)]
+    out = tokenizer(list(texts), add_special_tokens=False, return_offsets_mapping=True)
+    encoded = []
+    for ids, offsets, start in zip(out["input_ids"], out["offset_mapping"], starts, strict=True):
+        ends = np.asarray([end for _, end in offsets], np.int64).reshape(-1)
+        encoded.append(_with_eos(np.asarray(ids, np.int32), ends > start, tokenizer.eos_token_id))
+    return encoded
+
+
+def _encode_apart(text: str, start: int, tokenizer: Any) -> Encoded:
+    head = tokenizer(text[:start], add_special_tokens=False)["input_ids"]
+    tail = tokenizer(text[start:], add_special_tokens=False)["input_ids"]
+    mask = np.concatenate([np.zeros(len(head), bool), np.ones(len(tail), bool)])
+    return _with_eos(np.asarray(head + tail, np.int32), mask, tokenizer.eos_token_id)
+
+
+def _with_eos(ids: np.ndarray, mask: np.ndarray, eos: int | None) -> Encoded:
     if eos is not None and not np.any(ids[mask] == eos):
         ids, mask = np.append(ids, np.int32(eos)), np.append(mask, True)
     return Encoded(ids, mask)

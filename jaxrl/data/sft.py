@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from jaxrl.data.batching import Batch, EpochSampler, check_hosts, host_slice, packed_rows, padded_rows, round_up
-from jaxrl.data.chat import STUDY_CHAT, ChatConfig, Prompt, encode_example
+from jaxrl.data.chat import STUDY_CHAT, ChatConfig, Prompt, encode_rendered_batch, render_example
 from jaxrl.data.sources import DataConfig, Rows, columns_of, load_rows
 from jaxrl.errors import JaxrlError
 
@@ -80,20 +80,25 @@ def conversations(rows: Rows | list[dict], data: DataConfig) -> tuple[list[tuple
 
 
 def tokenize_sft(pairs: Sequence[tuple[Prompt, str]], tokenizer: Any, chat: ChatConfig = STUDY_CHAT,
-                 max_length: int | None = None) -> TokenizedDataset:  # fmt: skip
+                 max_length: int | None = None, chunk: int = 1024) -> TokenizedDataset:  # fmt: skip
     """Tokenises every pair; those over `max_length` tokens are dropped and counted ("too_long")."""
     kept_ids, kept_masks, too_long, bad = [], [], 0, Counter()
-    for prompt, completion in pairs:
-        try:
-            encoded = encode_example(prompt, completion, tokenizer, chat)
-        except JaxrlError as e:  # e.g. a role the template does not know
-            bad[str(e)] += 1
-            continue
-        if max_length is not None and len(encoded.ids) > max_length:
-            too_long += 1
-            continue
-        kept_ids.append(encoded.ids)
-        kept_masks.append(encoded.completion_mask)
+    for at in range(0, len(pairs), chunk):
+        texts, starts = [], []
+        for prompt, completion in pairs[at : at + chunk]:
+            try:
+                text, start = render_example(prompt, completion, chat, tokenizer)
+            except JaxrlError as e:  # e.g. a role the template does not know
+                bad[str(e)] += 1
+                continue
+            texts.append(text)
+            starts.append(start)
+        for encoded in encode_rendered_batch(texts, starts, tokenizer) if texts else []:
+            if max_length is not None and len(encoded.ids) > max_length:
+                too_long += 1
+                continue
+            kept_ids.append(encoded.ids)
+            kept_masks.append(encoded.completion_mask)
     if not kept_ids:
         raise JaxrlError(f"no SFT example left: {too_long} of {len(pairs)} are longer than max_length={max_length}"
                          + (f", {sum(bad.values())} could not be templated" if bad else ""))  # fmt: skip
@@ -106,8 +111,12 @@ def tokenize_sft(pairs: Sequence[tuple[Prompt, str]], tokenizer: Any, chat: Chat
 
 def load_sft_dataset(data: DataConfig, tokenizer: Any, chat: ChatConfig = STUDY_CHAT,
                      max_length: int | None = None) -> TokenizedDataset:  # fmt: skip
-    """`load_rows` -> `conversations` -> `tokenize_sft`, with every count in `.counts`."""
-    rows = load_rows(data)
+    """`load_rows` -> `conversations` -> `tokenize_sft`, with every count in `.counts`.
+
+    Only the conversation columns are read (unless `data.columns` names others).
+    """
+    wanted = (data.prompt_column, data.completion_column) if data.prompt_column else (data.messages_column,)
+    rows = load_rows(data, data.columns or tuple(c for c in wanted if c))
     pairs, skipped = conversations(rows, data)
     if not pairs:
         raise JaxrlError(f"no usable SFT row in {rows.source}: " + ", ".join(f"{n} {w}" for w, n in skipped.items()))

@@ -157,8 +157,7 @@ def _check_kept(keep: list[bool], values: list, column: str, equal: bool, value:
 def _check_columns(columns: tuple[str, ...], available: list[str], source: str) -> None:
     missing = [c for c in columns if c not in available]
     if missing:
-        raise JaxrlError(f"{source} has no column {missing[0]!r} (columns: {', '.join(available[:12])}); "
-                         "fix data.columns")  # fmt: skip
+        raise JaxrlError(f"{source} has no column {missing[0]!r} (columns: {', '.join(available[:12])})")
 
 
 def _column_names(rows: list[dict]) -> list[str]:

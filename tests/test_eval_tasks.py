@@ -211,8 +211,10 @@ CHECKS = [
     ("combination:repeat_prompt", {"prompt_to_repeat": "Say hi."}, "say hi. Hi!", "Hi!"),
     ("change_case:english_lowercase", {}, "all lower", "Not lower"),
     ("change_case:english_capital", {}, "ALL CAPS", "Not caps"),
-    ("change_case:capital_word_frequency", {"capital_frequency": 2, "capital_relation": "at least"}, "AB CD ef", "AB cd"),
-    ("startend:end_checker", {"end_phrase": "Any other questions?"}, "Text. Any other questions?", "Any other questions? No"),
+    ("change_case:capital_word_frequency", {"capital_frequency": 2, "capital_relation": "at least"},
+     "AB CD ef", "AB cd"),
+    ("startend:end_checker", {"end_phrase": "Any other questions?"},
+     "Text. Any other questions?", "Any other questions? No"),
     ("startend:quotation", {}, '"quoted"', "not quoted"),
 ]  # fmt: skip
 

@@ -90,6 +90,32 @@ def _train(sub):
     return run
 
 
+@command
+def _analyze(sub):
+    p = sub.add_parser("analyze", help="how far each checkpoint of each run moved from a base model")
+    p.add_argument("base", help="the base model: a HF directory or an Orbax model checkpoint")
+    p.add_argument("runs", nargs="+", help="run directories, checkpoints, or HF directories")
+    p.add_argument("--out", required=True, help="directory for changes.csv/json, figures and summary.md")
+    p.add_argument("--modules", default=None,
+                   help="modules or groups, e.g. 'q,k' or 'default,norms,embed,lm_head' or 'all' "
+                        "(default: q,k,v,o,gate,up,down)")  # fmt: skip
+    p.add_argument("--svd", type=int, default=0, help="top singular values of each matrix's change (0: none)")
+
+    def run(args):
+        from jaxrl.analysis.analyze import analyze
+        from jaxrl.models.config import ModelConfig
+        from jaxrl.models.keymap import hf_key_map
+
+        def key_map(hf_config):
+            config = ModelConfig.from_hf_config(hf_config)
+            return hf_key_map(config), config.num_layers
+
+        rows = analyze(args.base, args.runs, args.out, key_map, modules=args.modules, svd=args.svd)
+        print(f"wrote {len(rows)} rows and figures to {args.out}")
+
+    return run
+
+
 # New sub-commands go above this line, each one `@command` function.
 
 

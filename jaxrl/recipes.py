@@ -41,7 +41,7 @@ def load_recipe(cls: type[T], path: str | Path | None = None, overrides: Sequenc
 
 def dump_recipe(obj: Any) -> str:
     """YAML of every field of a dataclass instance (nested ones as sections), in field order."""
-    return yaml.safe_dump(recipe_to_dict(obj), sort_keys=False, allow_unicode=True, width=100)
+    return yaml.dump(recipe_to_dict(obj), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
 
 
 def recipe_to_dict(obj: Any) -> Any:
@@ -60,6 +60,18 @@ def recipe_to_dict(obj: Any) -> Any:
 def recipe_from_dict(cls: type[T], data: Mapping[str, Any]) -> T:
     """`cls` built from nested plain data (what `recipe_to_dict` gives), checked like a recipe."""
     return _build(cls, None, dict(data), "")
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (a system prompt) as `|` blocks, so a resolved recipe reads like the prompt."""
+
+
+def _represent_str(dumper: yaml.SafeDumper, text: str) -> yaml.Node:
+    style = "|" if "\n" in text else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", text, style=style)
+
+
+_Dumper.add_representer(str, _represent_str)
 
 
 # ---------------------------------------------------------------------------------------------

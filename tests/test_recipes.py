@@ -98,6 +98,15 @@ def test_dump_round_trips(tmp_path):
     assert recipe_from_dict(Recipe, recipe_to_dict(r)) == r
 
 
+def test_multiline_strings_dump_as_blocks_and_round_trip(tmp_path):
+    r = dataclasses.replace(Recipe(), model="line one\nline two\n  indented: <think>\n...\n</think>")
+    text = dump_recipe(r)
+    assert "model: |-\n  line one\n  line two\n" in text
+    assert load_recipe(Recipe, write(tmp_path, text)) == r
+    trailing = dataclasses.replace(r, model="ends with spaces  \nand a tab\t\n")  # YAML picks a safe style
+    assert load_recipe(Recipe, write(tmp_path, dump_recipe(trailing), "t.yaml")) == trailing
+
+
 def test_required_field_and_post_init_checks():
     assert load_recipe(Needs, None, ["data=x.jsonl"]) == Needs("x.jsonl")
     with pytest.raises(JaxrlError, match="required key data"):

@@ -248,15 +248,43 @@ def _coerce(value: Any, tp: Any, where: str, base: Any = dataclasses.MISSING) ->
 def _as_list(value: Any, where: str, tp: Any) -> list:
     if isinstance(value, _Text):
         text = value.strip()
-        if text.startswith("["):
-            value = _yaml_value(text, where)
+        if text.startswith("[") and text.endswith("]"):
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:  # e.g. [mlp.{gate,up}@19-25]: braces are not plain YAML
+                return _split_items(text[1:-1])
         elif not text:
             return []
         else:  # a,b,c
-            return [_Text(v.strip()) for v in text.split(",")]
+            return _split_items(text)
     if isinstance(value, (list, tuple)):
         return list(value)
     raise JaxrlError(f"recipe: {where} must be a list ({_type_name(tp)}), got {_show(value)}")
+
+
+def _split_items(text: str) -> list[_Text]:
+    """Splits on commas outside brackets and quotes: `mlp.{gate,up}@1-3,attn.q` is two items."""
+    items, depth, quote, start = [], 0, "", 0
+    for i, ch in enumerate(text):
+        if quote:
+            quote = "" if ch == quote else quote
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "{[(":
+            depth += 1
+        elif ch in "}])":
+            depth -= 1
+        elif ch == "," and depth == 0:
+            items.append(text[start:i])
+            start = i + 1
+    items.append(text[start:])
+    return [_Text(_unquote(item.strip())) for item in items if item.strip()]
+
+
+def _unquote(text: str) -> str:
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+        return text[1:-1]
+    return text
 
 
 def _yaml_value(text: str, where: str) -> Any:

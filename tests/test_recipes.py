@@ -80,6 +80,16 @@ def test_overrides_parse_by_field_type(tmp_path):
     assert r.weights == {"accuracy": 1.0, "format": 0.2} and r.tags == ["a", "b"]
 
 
+def test_list_overrides_keep_braces_and_quotes_whole():
+    r = load_recipe(Recipe, None, ["freeze.patterns=mlp.{gate,up,down}@19-25,attn.q"])
+    assert r.freeze.patterns == ("mlp.{gate,up,down}@19-25", "attn.q")
+    r = load_recipe(Recipe, None, ["freeze.patterns=[mlp.{gate,up,down}@19-25]"])
+    assert r.freeze.patterns == ("mlp.{gate,up,down}@19-25",)
+    r = load_recipe(Recipe, None, ["freeze.patterns=['a,b', \"c\"]", "tags='x,y',z"])
+    assert r.freeze.patterns == ("a,b", "c") and r.tags == ["x,y", "z"]
+    assert load_recipe(Recipe, None, ["freeze.patterns="]).freeze.patterns == ()
+
+
 def test_override_sets_a_section_key_on_the_default_factory_value():
     r = load_recipe(Recipe, None, ["freeze.layers=1,2"])
     assert r.freeze == Freeze(patterns=("mlp.up",), layers=(1, 2))

@@ -14,8 +14,18 @@ from hypothesis import strategies as st
 
 from jaxrl.errors import JaxrlError
 from jaxrl.rewards import (
-    FORMAT_PATTERN, REWARDS, Accuracy, MathVerifier, RewardScorer, answer_block, final_answer, get_reward,
-    gold_answer, last_boxed, matches_format, register_reward,
+    FORMAT_PATTERN,
+    REWARDS,
+    Accuracy,
+    MathVerifier,
+    RewardScorer,
+    answer_block,
+    final_answer,
+    get_reward,
+    gold_answer,
+    last_boxed,
+    matches_format,
+    register_reward,
 )  # fmt: skip
 
 FIXTURE = Path(__file__).parent / "fixtures" / "rewards" / "math_pairs.jsonl"
@@ -80,7 +90,11 @@ def test_fixture_verdicts(verifier):
     assert len(rows) >= 30
     accuracy = Accuracy("solution", verifier)
     got = accuracy.verdicts([r["completion"] for r in rows], rows)
-    wrong = [(r["solution"], r["completion"][:50], r["verdict"], g) for r, g in zip(rows, got) if g != r["verdict"]]
+    wrong = [
+        (r["solution"], r["completion"][:50], r["verdict"], g)
+        for r, g in zip(rows, got, strict=True)
+        if g != r["verdict"]
+    ]
     assert not wrong
     assert accuracy.counts["correct"] == sum(r["verdict"] == "correct" for r in rows)
 
@@ -133,7 +147,9 @@ def test_verification_works_off_the_main_thread(verifier):
 
 
 def test_scorer_weighted_sum_nones_and_failures(verifier):
-    register_reward("test_length_or_none", lambda prompts, completions, **kw: [None if c == "" else 0.5 for c in completions])
+    register_reward(
+        "test_length_or_none", lambda prompts, completions, **kw: [None if not c else 0.5 for c in completions]
+    )
     register_reward("test_broken", lambda prompts, completions, **kw: 1 / 0)
     scorer = RewardScorer(["accuracy", "format", "test_length_or_none", "test_broken"], [1.0, 0.2, 2.0, 1.0],
                           verifier=verifier)  # fmt: skip

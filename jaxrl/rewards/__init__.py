@@ -8,7 +8,14 @@ reward functions with TRL's signature, their registry, and the weighted sum.
 
 from jaxrl.rewards.extract import FORMAT_PATTERN, answer_block, final_answer, last_boxed, matches_format
 from jaxrl.rewards.functions import (
-    REWARDS, Accuracy, RewardScorer, Scores, format_reward, get_reward, gold_answer, register_reward,
+    REWARDS,
+    Accuracy,
+    RewardScorer,
+    Scores,
+    format_reward,
+    get_reward,
+    gold_answer,
+    register_reward,
 )  # fmt: skip
 from jaxrl.rewards.verify import VERDICTS, MathVerifier, default_verifier, set_default_verifier
 

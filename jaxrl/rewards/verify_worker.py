@@ -6,8 +6,9 @@ request [gold, answer, answer_is_boxed] with one of ["correct"], ["wrong"], ["go
 ["answer_unparseable"] or ["error", message].
 math-verify's own signal-based time-outs are turned off (they only work in a main thread); the
 parent enforces the deadline by killing this process. Model output is only ever parsed as LaTeX
-(an ANTLR grammar); as a second guard, sympy's `parse_expr` (which evaluates Python, and which the
-LaTeX converter reaches only through `sympy.Number(digits)` and sympy through names) is restricted to plain numbers and names here.
+(an ANTLR grammar). As a second guard, sympy's `parse_expr` (which evaluates Python; the LaTeX
+converter reaches it only through `sympy.Number(digits)`, sympy's set-up with bare names) accepts
+only plain numbers and names here.
 """
 
 from __future__ import annotations

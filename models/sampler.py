@@ -1,0 +1,332 @@
+"""Batched sampling with a KV cache: one prefill per prompt, then a jitted decode loop.
+
+    completions = sample(model, [[1, 5, 9], [1, 7]], SamplingConfig(temperature=0.7, num_samples=4))
+
+How a call runs:
+1. Prompts are LEFT-padded into a bucket (below) so that every row's next token goes to the same
+   cache slot; padding is segment 0, so it is never attended to and positions start at 0 on the
+   first real token of each row.
+2. Prefill runs each prompt once; its cache rows are then repeated `num_samples` times (GRPO's G
+   generations share the prompt's prefill) into a cache of `prompt bucket + new-token bucket` slots.
+3. A `lax.while_loop` decodes one token per step for all rows and stops as soon as every row has
+   finished (EOS or `max_new_tokens`), all inside one jitted program.
+
+Buckets (so a run does not recompile for every batch): prompt length -> the next power of two
+>= 16; `max_new_tokens` -> the next power of two >= 16 (the exact value is a traced argument);
+number of prompts -> the next power of two, raised to a multiple that lets the rows
+(`prompts x num_samples`) split evenly over the mesh's batch axes (data x fsdp). Extra rows are
+dummies that start finished. Compiled programs are cached by jax per (graphdef, bucket, greedy,
+truncating), and parameters are arguments, so new parameters (a GRPO step) never recompile.
+
+Sampling values (temperature, top-k, top-p, seed, EOS ids) are traced too. Each row draws with its
+own key, `fold_in(fold_in(seed, row), step)` where row = prompt_index * num_samples + sample, so
+a given seed gives the same completions whatever the batch bucket or the mesh.
+
+Returned log-probs are `log_softmax(logits / temperature)` of the emitted token, taken BEFORE
+top-k / top-p truncation (greedy: `log_softmax(logits)`), in fp32.
+
+Stop strings are matched on the host after decoding: a row whose decoded text contains one is cut
+after the first token that completes it (the stop string stays in the completion) and gets the
+finish reason 'stop'. Decoding itself only stops early on EOS, so stop strings save no compute.
+An EOS token is kept in the completion and counted in its length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jaxrl.models.decoder import Decoder, KVCache
+from jaxrl.models.sampling import choose_tokens
+
+from jaxrl.errors import JaxrlError
+from jaxrl.sharding import LogicalMesh, constrain, put
+
+MIN_BUCKET = 16
+KV_AXES = ("layers", "batch", "seq", "kv_heads", None)
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """How to sample. temperature 0 = greedy; top_k 0 and top_p 1 = no truncation."""
+
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256
+    num_samples: int = 1
+    seed: int = 0
+    stop_strings: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise JaxrlError(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
+        if not 0 < self.top_p <= 1:
+            raise JaxrlError(f"top_p={self.top_p} must be in (0, 1]")
+        if self.top_k < 0:
+            raise JaxrlError(f"top_k={self.top_k} must be >= 0 (0 = off)")
+        if self.max_new_tokens < 1 or self.num_samples < 1:
+            raise JaxrlError("max_new_tokens and num_samples must be at least 1")
+        if isinstance(self.stop_strings, str):  # a lone string would be split into characters
+            object.__setattr__(self, "stop_strings", (self.stop_strings,))
+        object.__setattr__(self, "stop_strings", tuple(s for s in self.stop_strings if s))
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+    @property
+    def truncates(self) -> bool:
+        return not self.greedy and (self.top_k > 0 or self.top_p < 1)
+
+
+@dataclasses.dataclass
+class Completions:
+    """N = len(prompts) * num_samples completions, prompt-major (prompt i -> rows i*n .. i*n+n-1).
+
+    tokens: int32 [N, max_new_tokens], new tokens only, padded after `lengths` with the model's
+      pad id (0 when it has none); logprobs: fp32 [N, max_new_tokens], 0 after `lengths`;
+    lengths: int32 [N] (an EOS or stop-string token counts); finish_reasons: 'eos' | 'length' |
+    'stop' per row; prompt_index: int32 [N].
+    """
+
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    lengths: np.ndarray
+    finish_reasons: list[str]
+    prompt_index: np.ndarray
+
+    def token_lists(self) -> list[list[int]]:
+        return [row[:n].tolist() for row, n in zip(self.tokens, self.lengths, strict=True)]
+
+    def texts(self, tokenizer, skip_special_tokens: bool = True) -> list[str]:
+        return [tokenizer.decode(t, skip_special_tokens=skip_special_tokens) for t in self.token_lists()]
+
+
+def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
+    """The next power of two >= max(n, minimum)."""
+    return max(minimum, 1 << max(n - 1, 0).bit_length())
+
+
+def batch_shards(mesh: LogicalMesh | None) -> int:
+    """How many ways the logical axis 'batch' is split on `mesh`."""
+    if mesh is None:
+        return 1
+    target = dict(mesh.rules).get("batch") or ()
+    axes = (target,) if isinstance(target, str) else tuple(target)
+    return int(np.prod([mesh.mesh.shape[a] for a in axes]))
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptBatch:
+    """Prompts left-padded into their bucket. tokens/segments: int32 [B, P]; lengths: int32 [B]
+    (0 for dummy rows); B and P are the batch and prompt buckets."""
+
+    tokens: np.ndarray
+    segments: np.ndarray
+    lengths: np.ndarray
+    num_prompts: int
+
+
+def pad_prompts(prompt_ids: Sequence[Sequence[int]], vocab_size: int, num_samples: int,
+                mesh: LogicalMesh | None = None) -> PromptBatch:  # fmt: skip
+    """Left-pads the prompts into the (batch, prompt length) bucket; checks the token ids."""
+    if len(prompt_ids) == 0:
+        raise JaxrlError("no prompts to sample from")
+    rows = [np.asarray(p, np.int64).reshape(-1) for p in prompt_ids]
+    for i, row in enumerate(rows):
+        if row.size == 0:
+            raise JaxrlError(f"prompt {i} is empty; every prompt needs at least one token")
+        if row.min() < 0 or row.max() >= vocab_size:
+            raise JaxrlError(f"prompt {i} has a token id outside the vocabulary [0, {vocab_size})")
+    shards = batch_shards(mesh)
+    unit = shards // math.gcd(shards, num_samples)  # prompts per step of evenly split rows
+    b = -(-bucket(len(rows), 1) // unit) * unit
+    p = bucket(max(r.size for r in rows))
+    tokens = np.zeros((b, p), np.int32)
+    segments = np.zeros((b, p), np.int32)
+    lengths = np.zeros((b,), np.int32)
+    segments[len(rows) :, -1] = 1  # dummy rows hold one token, so no query attends to nothing
+    for i, row in enumerate(rows):
+        tokens[i, p - row.size :], segments[i, p - row.size :], lengths[i] = row, 1, row.size
+    return PromptBatch(tokens, segments, lengths, len(rows))
+
+
+def _constrain_cache(lm: LogicalMesh | None, cache: KVCache) -> KVCache:
+    return KVCache(
+        constrain(lm, cache.k, KV_AXES), constrain(lm, cache.v, KV_AXES),
+        constrain(lm, cache.segment_bs, ("batch", "seq")),
+        constrain(lm, cache.position_bs, ("batch", "seq")), cache.index,
+    )  # fmt: skip
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "num_samples", "slots"))
+def _prefill(graphdef, state, tokens_bp, segments_bp, *, num_samples: int, slots: int):
+    """Runs the prompts once; returns the decode cache ([L, B*n, slots, K, E], index P) and the
+    fp32 logits [B*n, V] of each row's next token, rows repeated `num_samples` times."""
+    model = nnx.merge(graphdef, state)
+    c, lm = model.config, model.mesh
+    b, p = tokens_bp.shape
+    shape = (c.num_layers, b, p, c.num_kv_heads, c.head_dim)
+    zeros_bp = jnp.zeros((b, p), jnp.int32)
+    empty = KVCache(jnp.zeros(shape, c.compute_dtype), jnp.zeros(shape, c.compute_dtype),
+                    zeros_bp, zeros_bp, jnp.zeros((), jnp.int32))  # fmt: skip
+    h, cache = model.hidden_states(tokens_bp, segments_bp, cache=_constrain_cache(lm, empty))
+    logits_bv = model.logits(h[:, -1:])[:, 0]
+
+    def grow(x, axis):  # repeat each prompt's row n times, then add the empty decode slots
+        x = jnp.repeat(x, num_samples, axis=axis)
+        widths = [(0, 0)] * x.ndim
+        widths[axis + 1] = (0, slots - p)
+        return jnp.pad(x, widths)
+
+    cache = KVCache(grow(cache.k, 1), grow(cache.v, 1), grow(cache.segment_bs, 0),
+                    grow(cache.position_bs, 0), cache.index)  # fmt: skip
+    logits_rv = constrain(lm, jnp.repeat(logits_bv, num_samples, axis=0), ("batch", "vocab"))
+    return _constrain_cache(lm, cache), logits_rv
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "new_bucket", "greedy", "truncate"))
+def _decode(graphdef, state, cache, logits_rv, positions_r, active_r, row_keys, eos_ids, max_new_tokens,
+            temperature, top_k, top_p, pad_id, *, new_bucket: int, greedy: bool, truncate: bool):  # fmt: skip
+    """Samples up to `max_new_tokens` (<= new_bucket) tokens per row.
+
+    positions_r: int32 [R], the position of each row's first new token (its prompt length).
+    active_r: bool [R], False for dummy rows. row_keys: [R] PRNG keys. eos_ids: int32 [E].
+    Returns tokens int32 [R, new_bucket], logprobs fp32 [R, new_bucket], lengths int32 [R].
+    """
+    model = nnx.merge(graphdef, state)
+    lm = model.mesh
+    rows = logits_rv.shape[0]
+
+    def choose(logits, step, done):
+        keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, step)
+        tokens, logprobs = choose_tokens(logits, keys, temperature, top_k, top_p, greedy=greedy, truncate=truncate)
+        tokens, logprobs = jnp.where(done, pad_id, tokens), jnp.where(done, 0.0, logprobs)
+        finished = done | jnp.isin(tokens, eos_ids) | (step + 1 >= max_new_tokens)
+        return tokens, logprobs, finished
+
+    tokens, logprobs, done = choose(logits_rv, 0, ~active_r)
+    out_tokens = jnp.full((rows, new_bucket), pad_id, jnp.int32).at[:, 0].set(tokens)
+    out_logprobs = jnp.zeros((rows, new_bucket), jnp.float32).at[:, 0].set(logprobs)
+    lengths = active_r.astype(jnp.int32)
+
+    def not_finished(carry):
+        step, done = carry[0], carry[3]
+        return (step < max_new_tokens) & ~jnp.all(done)
+
+    def step_fn(carry):
+        step, cache, last, done, out_tokens, out_logprobs, lengths = carry
+        ones = jnp.ones((rows, 1), jnp.int32)
+        h, cache = model.hidden_states(last[:, None], ones, (positions_r + step - 1)[:, None], cache=cache)
+        logits = constrain(lm, model.logits(h)[:, 0], ("batch", "vocab"))
+        tokens, logprobs, finished = choose(logits, step, done)
+        out_tokens = jax.lax.dynamic_update_slice_in_dim(out_tokens, tokens[:, None], step, axis=1)
+        out_logprobs = jax.lax.dynamic_update_slice_in_dim(out_logprobs, logprobs[:, None], step, axis=1)
+        lengths = lengths + (~done).astype(jnp.int32)
+        return step + 1, _constrain_cache(lm, cache), tokens, finished, out_tokens, out_logprobs, lengths
+
+    carry = (jnp.ones((), jnp.int32), cache, tokens, done, out_tokens, out_logprobs, lengths)
+    carry = jax.lax.while_loop(not_finished, step_fn, carry)
+    return carry[4], carry[5], carry[6]
+
+
+def prefill(model: Decoder, batch: PromptBatch, num_samples: int, new_bucket: int,
+            mesh: LogicalMesh | None = None):  # fmt: skip
+    """The decode cache and first-token logits for a padded batch (see `_prefill`)."""
+    mesh = mesh or model.mesh
+    tokens, segments = batch.tokens, batch.segments
+    if mesh is not None:
+        sharding = mesh.sharding(("batch", "seq"), tokens.shape)
+        tokens, segments = put(tokens, sharding), put(segments, sharding)
+    graphdef, state = nnx.split(model)
+    slots = tokens.shape[1] + new_bucket
+    return _prefill(graphdef, state, tokens, segments, num_samples=num_samples, slots=slots)
+
+
+def default_eos_ids(model: Decoder, tokenizer=None) -> tuple[int, ...]:
+    """The model config's EOS ids, else the tokenizer's EOS id, else none."""
+    if model.config.eos_token_ids:
+        return tuple(model.config.eos_token_ids)
+    if tokenizer is not None and tokenizer.eos_token_id is not None:
+        return (int(tokenizer.eos_token_id),)
+    return ()
+
+
+def sample(
+    model: Decoder,
+    prompt_ids: Sequence[Sequence[int]],
+    config: SamplingConfig = SamplingConfig(),
+    *,
+    eos_token_ids: Sequence[int] | None = None,
+    tokenizer=None,
+    mesh: LogicalMesh | None = None,
+) -> Completions:
+    """Samples `config.num_samples` completions for each prompt (lists of token ids).
+
+    eos_token_ids: ids that end a completion (default: `default_eos_ids`). tokenizer: needed only
+    for stop strings. mesh: where to place the inputs (default: the model's mesh).
+    """
+    c, n = model.config, config.num_samples
+    mesh = mesh or model.mesh
+    if config.stop_strings and tokenizer is None:
+        raise JaxrlError("stop_strings need a tokenizer: pass tokenizer=... to sample()")
+    eos = default_eos_ids(model, tokenizer) if eos_token_ids is None else tuple(eos_token_ids)
+    pad_id = c.pad_token_id if c.pad_token_id is not None else 0
+    batch = pad_prompts(prompt_ids, c.vocab_size, n, mesh)
+    new_bucket = bucket(config.max_new_tokens)
+    cache, logits = prefill(model, batch, n, new_bucket, mesh)
+
+    rows = len(batch.lengths) * n
+    row_ids = np.arange(rows, dtype=np.uint32)
+    row_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(config.seed), row_ids)
+    positions = np.repeat(batch.lengths, n).astype(np.int32)
+    active = np.arange(rows) < batch.num_prompts * n
+    if mesh is not None:
+        row_sharding = mesh.sharding(("batch",), (rows,))
+        positions, active = put(positions, row_sharding), put(active, row_sharding)
+        row_keys = jax.device_put(row_keys, row_sharding)
+    graphdef, state = nnx.split(model)
+    tokens, logprobs, lengths = _decode(
+        graphdef, state, cache, logits, positions, active, row_keys,
+        jnp.asarray(eos or (-1,), jnp.int32), jnp.int32(config.max_new_tokens),
+        jnp.float32(max(config.temperature, 1e-6)), jnp.int32(config.top_k), jnp.float32(config.top_p),
+        jnp.int32(pad_id), new_bucket=new_bucket, greedy=config.greedy, truncate=config.truncates,
+    )  # fmt: skip
+
+    real = batch.num_prompts * n
+    tokens = np.asarray(tokens)[:real, : config.max_new_tokens].copy()
+    logprobs = np.asarray(logprobs)[:real, : config.max_new_tokens].copy()
+    lengths = np.asarray(lengths)[:real].copy()
+    last = tokens[np.arange(real), np.maximum(lengths - 1, 0)]
+    reasons = ["eos" if t in eos else "length" for t in last.tolist()]
+    completions = Completions(tokens, logprobs, lengths, reasons, np.repeat(np.arange(batch.num_prompts), n))
+    if config.stop_strings:
+        cut_at_stop_strings(completions, config.stop_strings, tokenizer, pad_id)
+    return completions
+
+
+def cut_at_stop_strings(completions: Completions, stop_strings: Sequence[str], tokenizer, pad_id: int) -> None:
+    """Cuts each row after the first token whose text completes a stop string (in place)."""
+
+    def has_stop(row, k):
+        text = tokenizer.decode(row[:k].tolist(), skip_special_tokens=False)
+        return any(s in text for s in stop_strings)
+
+    for i, (row, length) in enumerate(zip(completions.tokens, completions.lengths, strict=True)):
+        if not has_stop(row, length):
+            continue
+        lo, hi = 1, int(length)  # the shortest prefix that contains a stop string
+        while lo < hi:
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if has_stop(row, mid) else (mid + 1, hi)
+        completions.tokens[i, lo:] = pad_id
+        completions.logprobs[i, lo:] = 0.0
+        completions.lengths[i] = lo
+        completions.finish_reasons[i] = "stop"

@@ -1,0 +1,228 @@
+"""The sampler against transformers' greedy generate, a teacher-forced recomputation, and properties."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import transformers
+from flax import nnx
+from hf_models import FAMILY_CASES, build_hf_model
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from jaxrl.models.hf_io import load_hf
+from jaxrl.models.sampler import SamplingConfig, _decode, bucket, pad_prompts, sample
+from jaxrl.models.sampling import choose_tokens
+
+from jaxrl.errors import JaxrlError
+from jaxrl.sharding import LogicalMesh, make_mesh
+
+# Mixed lengths: the batch pads to 32 prompt slots, and prompt 2 fills them exactly.
+PROMPT_LENGTHS = (3, 9, 32, 5)
+NEW = 12
+
+
+def one_device() -> LogicalMesh:
+    return LogicalMesh(make_mesh("data=1,fsdp=1,tensor=1", jax.devices()[:1]))
+
+
+def prompts_for(vocab: int, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(1, vocab, n).tolist() for n in PROMPT_LENGTHS]
+
+
+def hf_greedy(model, prompts, new_tokens: int) -> np.ndarray:
+    """transformers' greedy generate on a left-padded batch with an attention mask."""
+    width = max(map(len, prompts))
+    ids = np.zeros((len(prompts), width), np.int64)
+    mask = np.zeros_like(ids)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p) :], mask[i, width - len(p) :] = p, 1
+    generation = transformers.GenerationConfig(
+        do_sample=False, max_new_tokens=new_tokens, eos_token_id=None, pad_token_id=0
+    )
+    with torch.no_grad():
+        out = model.generate(
+            input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask), generation_config=generation
+        )
+    return out[:, width:].numpy()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """Every family built once: (transformers model, our decoder on one device)."""
+    built = {}
+    for name, config in FAMILY_CASES.items():
+        directory = tmp_path_factory.mktemp(name)
+        reference = build_hf_model(config, directory)
+        built[name] = (directory, reference, load_hf(directory, one_device()))
+    return built
+
+
+@pytest.mark.parametrize("family", list(FAMILY_CASES))
+def test_greedy_matches_transformers(models, family):
+    _, reference, ours = models[family]
+    prompts = prompts_for(ours.config.vocab_size)
+    got = sample(ours, prompts, SamplingConfig(temperature=0, max_new_tokens=NEW), eos_token_ids=())
+    np.testing.assert_array_equal(got.tokens, hf_greedy(reference, prompts, NEW))
+    assert got.finish_reasons == ["length"] * len(prompts)
+    assert got.lengths.tolist() == [NEW] * len(prompts)
+
+
+def teacher_forced_logprobs(model, prompts, completions, temperature: float) -> np.ndarray:
+    """log_softmax(logits / T) of each completion token, from one full forward pass per row."""
+    seqs = [prompts[j] + toks for j, toks in zip(completions.prompt_index, completions.token_lists(), strict=True)]
+    width = max(map(len, seqs))
+    tokens = np.zeros((len(seqs), width), np.int32)
+    segments = np.zeros_like(tokens)
+    for i, s in enumerate(seqs):  # right padding
+        tokens[i, : len(s)], segments[i, : len(s)] = s, 1
+    logits = np.asarray(jax.jit(lambda t, s: model(t, s))(tokens, segments), np.float64) / temperature
+    logp = logits - logits.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    out = np.zeros(completions.logprobs.shape)
+    for i, (j, n) in enumerate(zip(completions.prompt_index, completions.lengths, strict=True)):
+        start = len(prompts[j])
+        out[i, :n] = logp[i, np.arange(start - 1, start + n - 1), tokens[i, start : start + n]]
+    return out
+
+
+def test_logprobs_equal_teacher_forced_recomputation(models):
+    _, _, ours = models["qwen2-untied"]
+    prompts = prompts_for(ours.config.vocab_size, seed=1)
+    config = SamplingConfig(temperature=0.7, top_k=50, top_p=0.9, max_new_tokens=NEW, num_samples=3, seed=3)
+    got = sample(ours, prompts, config, eos_token_ids=(7, 11))
+    assert got.tokens.shape == (len(prompts) * 3, NEW)
+    assert got.prompt_index.tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    expected = teacher_forced_logprobs(ours, prompts, got, 0.7)
+    assert np.abs(got.logprobs - expected).max() <= 1e-4
+    # samples of one prompt differ (they share the prefill, not the randomness)
+    assert len({tuple(t) for t in got.tokens[:3].tolist()}) > 1
+
+    again = sample(ours, prompts, config, eos_token_ids=(7, 11))
+    np.testing.assert_array_equal(again.tokens, got.tokens)
+    np.testing.assert_array_equal(again.logprobs, got.logprobs)
+    other_seed = sample(ours, prompts, SamplingConfig(**{**config.__dict__, "seed": 4}), eos_token_ids=(7, 11))
+    assert not np.array_equal(other_seed.tokens, got.tokens)
+
+
+def test_greedy_logprobs_and_tiny_temperature(models):
+    _, _, ours = models["olmo2"]
+    prompts = prompts_for(ours.config.vocab_size, seed=2)
+    greedy = sample(ours, prompts, SamplingConfig(temperature=0, max_new_tokens=NEW), eos_token_ids=())
+    np.testing.assert_allclose(greedy.logprobs, teacher_forced_logprobs(ours, prompts, greedy, 1.0), atol=1e-4)
+    cold = sample(ours, prompts, SamplingConfig(temperature=1e-5, max_new_tokens=NEW, seed=9), eos_token_ids=())
+    np.testing.assert_array_equal(cold.tokens, greedy.tokens)
+
+
+def test_finish_reasons_lengths_and_stop_strings(models):
+    _, _, ours = models["olmo2"]
+    prompts = prompts_for(ours.config.vocab_size, seed=2)
+    free = sample(ours, prompts, SamplingConfig(temperature=0, max_new_tokens=NEW), eos_token_ids=())
+    eos = int(free.tokens[1, 4])  # a token greedy emits, made an EOS id
+    got = sample(ours, prompts, SamplingConfig(temperature=0, max_new_tokens=NEW), eos_token_ids=(eos,))
+    for row, free_row in enumerate(free.tokens):
+        hits = np.flatnonzero(free_row == eos)
+        length = hits[0] + 1 if hits.size else NEW
+        assert got.lengths[row] == length
+        assert got.finish_reasons[row] == ("eos" if hits.size else "length")
+        np.testing.assert_array_equal(got.tokens[row, :length], free_row[:length])
+        assert (got.tokens[row, length:] == 0).all() and (got.logprobs[row, length:] == 0).all()
+
+    short = sample(ours, prompts, SamplingConfig(temperature=0, max_new_tokens=5), eos_token_ids=())
+    assert short.tokens.shape == (4, 5) and short.finish_reasons == ["length"] * 4
+    np.testing.assert_array_equal(short.tokens, free.tokens[:, :5])
+
+    class Letters:  # decodes token t to one letter, so stop strings are easy to place
+        eos_token_id = None
+
+        def decode(self, ids, skip_special_tokens=False):
+            return "".join(chr(ord("a") + t % 26) for t in ids)
+
+    stop = Letters().decode(free.tokens[0, 2:4].tolist())
+    cut = sample(ours, prompts, SamplingConfig(temperature=0, max_new_tokens=NEW, stop_strings=(stop,)),
+                 eos_token_ids=(), tokenizer=Letters())  # fmt: skip
+    first = Letters().decode(free.tokens[0].tolist()).index(stop) + len(stop)
+    assert cut.lengths[0] == first and cut.finish_reasons[0] == "stop"
+    for row in range(4):
+        text = Letters().decode(free.tokens[row].tolist())
+        if stop not in text:
+            assert cut.finish_reasons[row] == "length" and cut.lengths[row] == NEW
+
+
+def test_sharded_equals_unsharded_and_new_params_do_not_recompile(models):
+    directory, _, ours = models["llama-gqa-rope-scaling"]
+    sharded = load_hf(directory, LogicalMesh(make_mesh("data=2,fsdp=1,tensor=4")))
+    prompts = prompts_for(ours.config.vocab_size, seed=5)
+    for config in (SamplingConfig(temperature=0, max_new_tokens=NEW, num_samples=2),
+                   SamplingConfig(temperature=1.0, max_new_tokens=NEW, num_samples=2, seed=1)):  # fmt: skip
+        a = sample(ours, prompts, config, eos_token_ids=(3,))
+        b = sample(sharded, prompts, config, eos_token_ids=(3,))
+        np.testing.assert_array_equal(a.tokens, b.tokens)
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-5)
+        assert a.finish_reasons == b.finish_reasons
+
+    compiled = _decode._cache_size()
+    graphdef, state = nnx.split(sharded)
+    state = jax.tree.map(lambda x: x * 1.5, state)  # new parameters, same structure and shardings
+    changed = sample(nnx.merge(graphdef, state), prompts, config, eos_token_ids=(3,))
+    assert _decode._cache_size() == compiled
+    assert not np.array_equal(changed.tokens, b.tokens)
+
+
+def test_buckets_and_bad_inputs():
+    assert [bucket(n) for n in (1, 16, 17, 100)] == [16, 16, 32, 128]
+    batch = pad_prompts([[5, 6], [7]], vocab_size=10, num_samples=1)
+    assert batch.tokens.shape == (2, 16)
+    np.testing.assert_array_equal(batch.tokens[0, -3:], [0, 5, 6])
+    np.testing.assert_array_equal(batch.segments[1, -2:], [0, 1])
+    mesh = LogicalMesh(make_mesh("data=2,fsdp=4,tensor=1"))
+    assert pad_prompts([[1]] * 3, 10, num_samples=4, mesh=mesh).tokens.shape[0] == 4  # 16 rows / 8
+    assert pad_prompts([[1]] * 3, 10, num_samples=1, mesh=mesh).tokens.shape[0] == 8
+    with pytest.raises(JaxrlError, match="empty"):
+        pad_prompts([[1], []], 10, 1)
+    with pytest.raises(JaxrlError, match="vocabulary"):
+        pad_prompts([[1, 10]], 10, 1)
+    with pytest.raises(JaxrlError, match="top_p"):
+        SamplingConfig(top_p=0)
+    with pytest.raises(JaxrlError, match="temperature"):
+        SamplingConfig(temperature=-1)
+
+
+ROWS, VOCAB = 6, 48
+_choose = jax.jit(choose_tokens, static_argnames=("greedy", "truncate"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    seed=st.integers(0, 2**31 - 1),
+    scale=st.floats(0.1, 20.0),
+    temperature=st.floats(0.05, 4.0),
+    top_k=st.integers(0, VOCAB),
+    top_p=st.floats(0.01, 1.0),
+)
+def test_truncated_sampling_stays_in_the_kept_set(seed, scale, temperature, top_k, top_p):
+    rng = np.random.default_rng(seed)
+    logits = np.round(rng.normal(0, scale, (ROWS, VOCAB)), 1).astype(np.float32)  # rounding makes ties
+    keys = jax.random.split(jax.random.key(seed), ROWS)
+    tokens, logprobs = _choose(jnp.asarray(logits), keys, jnp.float32(temperature), jnp.int32(top_k),
+                               jnp.float32(top_p), greedy=False, truncate=True)  # fmt: skip
+    scaled = logits.astype(np.float64) / np.float32(temperature)
+    log_softmax = scaled - scaled.max(-1, keepdims=True)
+    log_softmax -= np.log(np.exp(log_softmax).sum(-1, keepdims=True))
+    for r, token in enumerate(np.asarray(tokens)):
+        order = np.argsort(-scaled[r], kind="stable")
+        rank = int(np.flatnonzero(order == token)[0])
+        assert top_k == 0 or rank < top_k
+        kept = order[: top_k or VOCAB]
+        probs = np.exp(scaled[r, kept] - scaled[r, kept].max())
+        probs /= probs.sum()
+        assert rank == 0 or probs[:rank].sum() < top_p + 1e-5  # the mass before it is below top_p
+        assert abs(float(logprobs[r]) - log_softmax[r, token]) <= 1e-5
+
+
+def test_top_k_one_is_greedy():
+    logits = jax.random.normal(jax.random.key(0), (ROWS, VOCAB))
+    keys = jax.random.split(jax.random.key(1), ROWS)
+    tokens, _ = _choose(logits, keys, jnp.float32(1.0), jnp.int32(1), jnp.float32(1.0), greedy=False, truncate=True)
+    np.testing.assert_array_equal(tokens, np.argmax(logits, -1))

@@ -116,6 +116,98 @@ def _analyze(sub):
     return run
 
 
+@command
+def _eval(sub):
+    p = sub.add_parser("eval", help="benchmarks (pass@k, maj@k, error bars) and KL to a base, across models")
+    p.add_argument("--tasks", default="study", help="comma list (math500,gsm8k,...), 'study' or 'all'")
+    p.add_argument("--model", action="append", default=[], help="HF dir, Orbax checkpoint or run dir; repeatable")
+    p.add_argument("--out", required=True, help="directory for results.json, results.md, results.png, ...")
+    p.add_argument("--kl-base", default=None, help="a base model: also report KL(base || model) per token")
+    p.add_argument("--kl-data", default=None, help="MATH-500 rows for the KL (default: the math500 data)")
+    p.add_argument("--num-samples", type=int, default=1, help="completions per problem")
+    p.add_argument("--limit", type=int, default=None, help="first N usable problems of each task")
+    p.add_argument("--max-new-tokens", type=int, default=4096)
+    p.add_argument("--temperature", type=float, default=0.6, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=0.95)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=32, help="prompts per sampler call")
+    p.add_argument("--data", action="append", default=[], help="TASK=PATH_OR_HUB_NAME; repeatable")
+    p.add_argument("--shots", action="append", default=[], help="TASK=PATH of few-shot examples; repeatable")
+    p.add_argument("--num-shots", action="append", default=[], help="TASK=K; repeatable")
+    p.add_argument("--chat-template", default="olmo2", help="olmo2, tokenizer or none")
+    p.add_argument("--system-prompt", default="study", help="'study', 'none', or the text")
+    p.add_argument("--tokenizer", default=None, help="tokenizer dir (default: beside or above each model)")
+    p.add_argument("--dtype", default=None, help="parameter dtype: float32, bfloat16")
+    p.add_argument("--mesh", default="", help="mesh spec, e.g. data=1,fsdp=-1,tensor=1")
+    p.add_argument("--strict", action="store_true", help="a malformed row is an error, not skipped")
+
+    def run(args):
+        from jaxrl.eval.runner import eval_cli
+
+        eval_cli(args)
+
+    return run
+
+
+@command
+def _data(sub):
+    p = sub.add_parser("data", help="what a data recipe yields: rows, skips, token lengths, the first example")
+    p.add_argument("--recipe", default=None, help="YAML with data:, chat:, tokenizer, mode, max_length")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. data.dataset_name=rows.jsonl tokenizer=DIR")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    def run(args):
+        from jaxrl.data.report import data_report_cli
+
+        data_report_cli(args.recipe, args.overrides, args.json)
+
+    return run
+
+
+@command
+def _plan(sub):
+    p = sub.add_parser("plan", help="per-device memory of a recipe's training step on a mesh (no weights, no TPU)")
+    from jaxrl.train.plan import add_arguments
+
+    add_arguments(p)
+
+    def run(args):
+        from jaxrl.train.plan import plan_cli
+
+        plan_cli(args)
+
+    return run
+
+
+@command
+def _generate(sub):
+    p = sub.add_parser("generate", help="sample completions from a HF directory or an Orbax checkpoint")
+    p.add_argument("model", help="a HF model directory or an Orbax model checkpoint")
+    p.add_argument("--prompt", action="append", help="a prompt (repeat for several)")
+    p.add_argument("--prompts", default=None, help="text file, one prompt per line")
+    p.add_argument("--num-samples", type=int, default=1, help="completions per prompt")
+    p.add_argument("--temperature", type=float, default=1.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0, help="0 = off")
+    p.add_argument("--max-new-tokens", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stop", action="append", help="a stop string (repeat for several)")
+    p.add_argument("--raw", action="store_true", help="do not apply the chat template")
+    p.add_argument("--system", default=None, help="a system message for the chat template")
+    p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: beside the model)")
+    p.add_argument("--mesh", default="", help="mesh spec, e.g. data=1,fsdp=-1,tensor=1")
+    p.add_argument("--dtype", default=None, help="compute and parameter dtype: float32, bfloat16")
+    p.add_argument("--json", action="store_true", help="one JSON object per completion")
+
+    def run(args):
+        from jaxrl.models.generate import generate_cli
+
+        generate_cli(args)
+
+    return run
+
+
 # New sub-commands go above this line, each one `@command` function.
 
 

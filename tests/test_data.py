@@ -328,9 +328,13 @@ def test_packed_row_logits_equal_each_example_alone():
     ex = [(rng.integers(3, 300, n).astype(np.int32), np.ones(n, bool)) for n in (7, 5, 3)]
     packed = packed_rows(ex, 16, 1, pad_id=1)
     logits = np.asarray(model(packed.tokens, packed.segment_ids, packed.positions))
+    alone = np.zeros((3, 7), np.int32)  # each example alone in its row, right-padded: causal, so
+    for row, (ids, _) in enumerate(ex):  # the padding after it cannot change its logits
+        alone[row, : len(ids)] = ids
+    alone_logits = np.asarray(model(alone))
     for segment, (ids, _) in enumerate(ex, 1):
-        alone = np.asarray(model(ids[None]))[0]
-        np.testing.assert_allclose(logits[0, packed.segment_ids[0] == segment], alone, atol=2e-5)
+        got = logits[0, packed.segment_ids[0] == segment]
+        np.testing.assert_allclose(got, alone_logits[segment - 1, : len(ids)], atol=2e-5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -466,3 +470,42 @@ def test_prompt_batches_resume_and_split_over_hosts(tokenizer):
     resumed = PromptBatches(prompts, 4, seed=42)
     resumed.restore(first.state())
     assert [next(resumed).prompt_ids for _ in range(3)] == [b.prompt_ids for b in expected[2:]]
+
+
+# ---------------------------------------------------------------------------------------------
+# `jaxrl data`
+
+
+def test_data_report_counts_lengths_and_the_length_filter(tokenizer, tmp_path):
+    from jaxrl.data.report import DataReportConfig, data_report
+
+    tokenizer.save_pretrained(tmp_path / "tok")
+    pairs, _ = conversations(load_rows(DataConfig(str(FIXTURE), filters=("source=cn_k12",))), DataConfig())
+    lengths = np.array([len(encode_example(p, c, tokenizer).ids) for p, c in pairs])
+    config = DataReportConfig(DataConfig(str(FIXTURE), filters=("source=cn_k12",)), tokenizer=str(tmp_path / "tok"),
+                              max_length=int(np.median(lengths)))  # fmt: skip
+    report = data_report(config)
+    assert report["rows"] == 9 and report["filtered_out"] == 3 and report["examples"] == 9
+    assert report["tokens"]["max"] == lengths.max() and report["tokens"]["total"] == lengths.sum()
+    assert (
+        report["over_max_length"] == (lengths > config.max_length).sum()
+        and report["kept"] == 9 - report["over_max_length"]
+    )
+    assert report["first_example"].startswith("<|endoftext|><|system|>\n") and report["skipped"] == {}
+    prompts = data_report(dataclasses.replace(config, mode="prompts", max_prompt_length=200))
+    prompt_lengths = [len(encode_prompt(r["problem"], tokenizer)) for r in load_rows(config.data).rows]
+    assert prompts["prompts"] == 9 and prompts["truncated"] == sum(n > 200 for n in prompt_lengths) > 0
+
+
+def test_data_command_prints_json_and_fails_in_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    ok = subprocess.run([sys.executable, "-m", "jaxrl.cli", "data", f"data.dataset_name={FIXTURE}",
+                         "data.filters=source!=cn_k12", "--json"], capture_output=True, text=True)  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout.splitlines()[-1])["rows"] == 3 and "filtered out 9" in ok.stdout
+    bad = subprocess.run([sys.executable, "-m", "jaxrl.cli", "data", "data.dataset_nam=x.jsonl"],
+                         capture_output=True, text=True)  # fmt: skip
+    assert bad.returncode == 2 and bad.stderr.count("\n") == 1
+    assert "did you mean 'data.dataset_name'?" in bad.stderr

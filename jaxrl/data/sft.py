@@ -109,14 +109,21 @@ def tokenize_sft(pairs: Sequence[tuple[Prompt, str]], tokenizer: Any, chat: Chat
     return TokenizedDataset(np.concatenate(kept_ids), np.concatenate(kept_masks), starts, counts)
 
 
+def conversation_columns(data: DataConfig) -> tuple[str, ...]:
+    """The columns SFT reads: `data.columns` when set, else the messages or prompt/completion columns."""
+    if data.columns:
+        return data.columns
+    wanted = (data.prompt_column, data.completion_column) if data.prompt_column else (data.messages_column,)
+    return tuple(c for c in wanted if c)
+
+
 def load_sft_dataset(data: DataConfig, tokenizer: Any, chat: ChatConfig = STUDY_CHAT,
                      max_length: int | None = None) -> TokenizedDataset:  # fmt: skip
     """`load_rows` -> `conversations` -> `tokenize_sft`, with every count in `.counts`.
 
     Only the conversation columns are read (unless `data.columns` names others).
     """
-    wanted = (data.prompt_column, data.completion_column) if data.prompt_column else (data.messages_column,)
-    rows = load_rows(data, data.columns or tuple(c for c in wanted if c))
+    rows = load_rows(data, conversation_columns(data))
     pairs, skipped = conversations(rows, data)
     if not pairs:
         raise JaxrlError(f"no usable SFT row in {rows.source}: " + ", ".join(f"{n} {w}" for w, n in skipped.items()))

@@ -1,0 +1,104 @@
+"""`jaxrl generate`: completions for text prompts from a HF directory or an Orbax checkpoint.
+
+Prompts are wrapped in the tokenizer's chat template (one user turn, generation prompt added)
+unless `raw`. The tokenizer is read from `--tokenizer`, else from the model directory, else from
+the directory that holds the checkpoint's config.json (a training run's root).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from jaxrl.errors import JaxrlError
+
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def find_tokenizer_dir(model_path: Path, tokenizer_path: str | None) -> Path:
+    from jaxrl.models.checkpoint import find_config
+
+    if tokenizer_path:
+        candidates = [Path(tokenizer_path)]
+    else:
+        candidates = [model_path]
+        try:
+            candidates.append(find_config(model_path).parent)
+        except JaxrlError:
+            pass
+    for directory in candidates:
+        if any((directory / name).is_file() for name in TOKENIZER_MARKERS):
+            return directory
+    where = ", ".join(str(c) for c in candidates)
+    raise JaxrlError(f"no tokenizer files in {where}; pass --tokenizer DIR")
+
+
+def read_prompts(prompts: list[str] | None, prompts_file: str | None) -> list[str]:
+    """The --prompt values, then the non-empty lines of --prompts FILE."""
+    texts = list(prompts or [])
+    if prompts_file:
+        path = Path(prompts_file)
+        if not path.is_file():
+            raise JaxrlError(f"prompts file {path} does not exist")
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        if not lines:
+            raise JaxrlError(f"prompts file {path} has no prompts (one prompt per line)")
+        texts += lines
+    if not texts:
+        raise JaxrlError("no prompts: give --prompt TEXT or --prompts FILE")
+    return texts
+
+
+def encode_prompts(tokenizer, texts: list[str], raw: bool, system: str | None = None) -> list[list[int]]:
+    """Token ids of each prompt, through the chat template unless `raw`."""
+    if raw:
+        return [tokenizer(text).input_ids for text in texts]
+    if not getattr(tokenizer, "chat_template", None):
+        raise JaxrlError("the tokenizer has no chat template; pass --raw to use prompts as they are")
+    ids = []
+    for text in texts:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": text}]
+        rendered = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        ids.append(tokenizer(rendered, add_special_tokens=False).input_ids)
+    return ids
+
+
+def generate_cli(args, out=None) -> None:
+    """Loads the model and tokenizer, samples, and prints text or one JSON object per completion."""
+    out = out or sys.stdout
+    from jaxrl.models.checkpoint import load_model
+    from jaxrl.models.sampler import SamplingConfig, sample
+    from transformers import AutoTokenizer
+
+    from jaxrl.sharding import LogicalMesh, make_mesh
+
+    model_path = Path(args.model)
+    if not model_path.exists():
+        raise JaxrlError(f"model path {model_path} does not exist")
+    texts = read_prompts(args.prompt, args.prompts)
+    tokenizer = AutoTokenizer.from_pretrained(find_tokenizer_dir(model_path, args.tokenizer))
+    prompt_ids = encode_prompts(tokenizer, texts, args.raw, args.system)
+    config = SamplingConfig(
+        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
+        num_samples=args.num_samples, seed=args.seed, stop_strings=tuple(args.stop or ()),
+    )  # fmt: skip
+    overrides = {"dtype": args.dtype} if args.dtype else {}
+    model = load_model(model_path, LogicalMesh(make_mesh(args.mesh)), param_dtype=args.dtype, **overrides)
+    completions = sample(model, prompt_ids, config, tokenizer=tokenizer)
+
+    n = config.num_samples
+    for row, (tokens, text) in enumerate(zip(completions.token_lists(), completions.texts(tokenizer), strict=True)):
+        prompt, reason = int(completions.prompt_index[row]), completions.finish_reasons[row]
+        logprobs = completions.logprobs[row, : len(tokens)]
+        if args.json:
+            record = {
+                "prompt": texts[prompt], "prompt_index": prompt, "sample_index": row % n, "token_ids": tokens,
+                "text": text, "logprobs": [round(float(x), 6) for x in logprobs], "finish_reason": reason,
+            }  # fmt: skip
+            print(json.dumps(record), file=out)
+        else:
+            mean = float(logprobs.mean()) if len(tokens) else 0.0
+            print(f"### prompt {prompt}, sample {row % n} ({reason}, {len(tokens)} tokens, "
+                  f"mean logprob {mean:.3f})", file=out)  # fmt: skip
+            print(text, file=out)

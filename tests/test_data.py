@@ -9,6 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jaxrl.data import (
     SYSTEM_PROMPT,
@@ -316,6 +318,26 @@ def test_packed_rows_worked_by_hand():
     assert not batch.segment_ids[2:].any() and not batch.loss_mask[2:].any()
     with pytest.raises(JaxrlError, match="need 2 packed rows of 8 tokens, more than num_rows=1"):
         packed_rows(ex, 8, 1, pad_id=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(1, 12), min_size=1, max_size=20), st.integers(12, 20), st.integers(1, 4))
+def test_packing_keeps_every_example_once_and_whole(lengths, length, multiple):
+    examples = [(np.full(n, i + 1, np.int32), np.ones(n, bool)) for i, n in enumerate(lengths)]
+    batch = packed_rows(examples, length, None, pad_id=0, rows_multiple_of=multiple)
+    assert batch.tokens.shape[0] % multiple == 0 and batch.num_examples == len(lengths)
+    found = []
+    for r in range(batch.tokens.shape[0]):
+        for segment in range(1, batch.segment_ids[r].max() + 1):
+            at = np.flatnonzero(batch.segment_ids[r] == segment)
+            assert np.array_equal(at, np.arange(at[0], at[0] + len(at)))  # contiguous
+            assert np.array_equal(batch.positions[r, at], np.arange(len(at)))
+            assert len(set(batch.tokens[r, at])) == 1  # one example, whole
+            found.append((int(batch.tokens[r, at[0]]), len(at)))
+    assert sorted(found) == sorted((i + 1, n) for i, n in enumerate(lengths))
+    assert batch.loss_mask.sum() == sum(n - 1 for n in lengths)
+    # first-fit decreasing never needs more than twice the ideal row count
+    assert batch.segment_ids.any(axis=1).sum() <= max(1, 2 * -(-sum(lengths) // length))
 
 
 def test_packed_row_logits_equal_each_example_alone():

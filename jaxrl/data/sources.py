@@ -102,10 +102,14 @@ def load_rows(config: DataConfig, columns: tuple[str, ...] | None = None) -> Row
             kept = [{c: r[c] for c in columns if c in r} for r in kept]
         kept = kept[:cap] if cap is not None else kept
     else:
-        table = _filter_table(data, filters, source)
+        table = data
+        if columns:  # drop unread columns before the filter copies the rows it keeps
+            _check_columns(columns, table.column_names, source)
+            needed = dict.fromkeys([*columns, *(f[0] for f in filters if f[0] in table.column_names)])
+            table = table.select(list(needed))
+        table = _filter_table(table, filters, source)
         passed = table.num_rows
         if columns:
-            _check_columns(columns, table.column_names, source)
             table = table.select(list(columns))
         kept = (table.slice(0, cap) if cap is not None else table).to_pylist()
     return Rows(kept, source, skipped, filtered_out=total - passed)

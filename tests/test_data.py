@@ -169,7 +169,7 @@ def test_table_and_json_paths_filter_and_select_alike(tmp_path):
     folder = tmp_path / "folder"
     folder.mkdir()
     shutil.copy(tmp_path / "flat.jsonl", folder / "train.jsonl")
-    config = DataConfig(filters=("ok=True", "level!=3"), columns=("id", "text"), max_samples=2)
+    config = DataConfig(filters=("ok=true", "level!=3"), columns=("id", "text"), max_samples=2)
     expected = [{"id": 0, "text": "t0"}, {"id": 6, "text": "t6"}]  # 0, 6, 9 pass; the first 2 kept
     for name in ("flat.jsonl", "flat.parquet", "folder"):
         got = load_rows(dataclasses.replace(config, dataset_name=str(tmp_path / name)))
@@ -217,7 +217,8 @@ def bad_sources(tmp_path):
         (DataConfig(write(tmp_path, "fake.parquet", "not parquet")), "cannot read"),
         (DataConfig(write(tmp_path, "ok.jsonl", good), filters=("sauce=cn_k12",)), "filter on 'sauce': "),
         (DataConfig(write(tmp_path, "ok2.jsonl", good), filters=("source=cn_k13",)), "keeps none of 12 rows of"),
-        (DataConfig(write(tmp_path, "ok3.jsonl", good), filters=("source",)), "malformed filter 'source'"),
+        (lambda: DataConfig(write(tmp_path, "ok3.jsonl", good), filters=("source",)), "malformed filter 'source'"),
+        (lambda: DataConfig(str(FIXTURE), max_samples=0), "data.max_samples=0: at least 1"),
         (
             DataConfig("some-org/some-dataset-that-is-not-cached"),
             "cannot load dataset some-org/some-dataset-that-is-not-cached [train]: ",
@@ -227,8 +228,8 @@ def bad_sources(tmp_path):
 
 def test_bad_sources_are_one_line_errors(tmp_path):
     for config, message in bad_sources(tmp_path):
-        with pytest.raises(JaxrlError) as err:
-            load_rows(config)
+        with pytest.raises(JaxrlError) as err:  # a lambda: the config itself refuses the value
+            load_rows(config) if isinstance(config, DataConfig) else config()
         assert message in str(err.value), (config, str(err.value))
         assert "\n" not in str(err.value)
 

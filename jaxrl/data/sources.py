@@ -48,6 +48,12 @@ class DataConfig:
     completion_column: str | None = None
     strict: bool = False  # bad rows are errors instead of skipped and counted
 
+    def __post_init__(self):  # caught when the recipe loads, before anything is read
+        for text in self.filters:
+            parse_filter(text)
+        if self.max_samples is not None and self.max_samples < 1:
+            raise JaxrlError(f"data.max_samples={self.max_samples}: at least 1, or null for all rows")
+
 
 @dataclasses.dataclass
 class Rows:
@@ -129,7 +135,7 @@ def apply_filters(rows: list[dict], filters: list[tuple[str, bool, str]], source
     for column, equal, value in filters:
         if not any(column in r for r in rows):
             raise JaxrlError(f"filter on {column!r}: {source} has no such column (columns: {columns_of(rows)})")
-        keep = [(_text(r.get(column)) == value) == equal for r in rows]
+        keep = [_matches(r.get(column), value) == equal for r in rows]
         _check_kept(keep, [r.get(column) for r in rows], column, equal, value, source)
         rows = [r for r, k in zip(rows, keep, strict=True) if k]
     return rows
@@ -144,7 +150,7 @@ def _filter_table(table: Any, filters: list[tuple[str, bool, str]], source: str)
             raise JaxrlError(f"filter on {column!r}: {source} has no such column "
                              f"(columns: {', '.join(table.column_names[:12])})")  # fmt: skip
         values = table.column(column).to_pylist()
-        keep = [(_text(v) == value) == equal for v in values]
+        keep = [_matches(v, value) == equal for v in values]
         _check_kept(keep, values, column, equal, value, source)
         table = table.take(np.flatnonzero(keep))
     return table
@@ -276,6 +282,13 @@ def _read_datasets(name: str, config: str | None, split: str, source: str) -> An
     if dataset._indices is not None:  # a selection over the table: materialise it
         dataset = dataset.flatten_indices()
     return dataset.data.table
+
+
+def _matches(cell: Any, value: str) -> bool:
+    """A cell equals a filter's text: compared as text, booleans in any case (true, True)."""
+    if isinstance(cell, bool):
+        return str(cell).lower() == value.lower()
+    return _text(cell) == value
 
 
 def _text(value: Any) -> str:

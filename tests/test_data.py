@@ -126,6 +126,8 @@ def test_tokenizer_template_errors(tokenizer):
     bare = type("Bare", (), {"chat_template": None})()
     with pytest.raises(JaxrlError, match="has no chat template"):
         render_prompt("x", ChatConfig(chat_template="tokenizer"), bare)
+    with pytest.raises(JaxrlError, match="chat_template='chatml'; choose olmo2 or tokenizer"):
+        ChatConfig(chat_template="chatml")
     with pytest.raises(JaxrlError, match="unknown chat role 'tool'"):
         render_prompt([{"role": "tool", "content": "x"}])
 

@@ -41,6 +41,10 @@ class ChatConfig:
     system_prompt: str | None = SYSTEM_PROMPT
     drop_user_newline: bool = False  # True: the study's SFT quirk, `<|user|>{problem}` (olmo2 only)
 
+    def __post_init__(self):
+        if self.chat_template not in ("olmo2", "tokenizer"):
+            raise JaxrlError(f"chat_template={self.chat_template!r}; choose olmo2 or tokenizer")
+
 
 STUDY_CHAT = ChatConfig()  # the study's olmo2 template and system prompt (frozen: a safe default)
 

@@ -1,7 +1,7 @@
 """Teacher-forced scoring: log-probabilities of given continuations under a decoder.
 
-Sequences are right-padded into batches of a fixed size and a length rounded up to a multiple of
-`pad_to`, so a whole dataset compiles a handful of shapes. Logits are formed only where a
+Sequences are right-padded into batches of a fixed size and a power-of-two length, so a whole
+dataset compiles a handful of shapes. Logits are formed only where a
 continuation token is predicted, in fp32.
 """
 
@@ -19,6 +19,11 @@ def round_up(n: int, multiple: int) -> int:
     return max(multiple, -(-n // multiple) * multiple)
 
 
+def bucket(n: int, minimum: int) -> int:
+    """The next power of two >= max(n, minimum): few distinct shapes, so few compiles."""
+    return max(minimum, 1 << max(n - 1, 0).bit_length())
+
+
 def pad_batch(sequences: Sequence[Sequence[int]], batch: int, length: int, pad_id: int = 0):
     """tokens int32 [batch, length] right-padded with `pad_id`, segment ids int32 (1 real, 0 pad);
     rows past len(sequences) are all padding."""
@@ -31,34 +36,43 @@ def pad_batch(sequences: Sequence[Sequence[int]], batch: int, length: int, pad_i
 
 
 @nnx.jit
-def _gathered_logprobs(model, tokens_bt, segments_bt, where_bc, targets_bc, mask_bc):
-    """Sum over c of log p(targets[b, c] | tokens before where[b, c] + 1) -> fp32 [B]."""
+def _token_logprobs(model, tokens_bt, segments_bt, where_bc, targets_bc):
+    """log p(targets[b, c]) at position where[b, c] (the next-token distribution there) -> fp32 [B, C]."""
     h_btd, _ = model.hidden_states(tokens_bt, segments_bt)
     h_bcd = jnp.take_along_axis(h_btd, where_bc[..., None], axis=1)
     logprobs_bcv = jax.nn.log_softmax(model.logits(h_bcd), axis=-1)
-    picked = jnp.take_along_axis(logprobs_bcv, targets_bc[..., None], axis=-1)[..., 0]
-    return jnp.sum(jnp.where(mask_bc, picked, 0.0), axis=1)
+    return jnp.take_along_axis(logprobs_bcv, targets_bc[..., None], axis=-1)[..., 0]
 
 
 def continuation_logprobs(
-    model, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 8, pad_to: int = 64
+    model, pairs: Sequence[tuple[Sequence[int], Sequence[int]]], batch_size: int = 8, min_length: int = 64
 ) -> np.ndarray:
-    """log p(continuation | prompt) summed over the continuation's tokens, float64 [len(pairs)]."""
+    """log p(continuation | prompt) summed over the continuation's tokens, float64 [len(pairs)].
+
+    Pairs that share a prompt and whose continuations are single tokens (choice letters) share one
+    row: the prompt is run once and every continuation is read off its last position.
+    """
+    rows: dict[tuple, list] = {}  # sequence -> [(where, target, output index)]
+    for index, (prompt, cont) in enumerate(pairs):
+        prompt, cont = tuple(prompt), tuple(cont)
+        if not prompt or not cont:
+            raise ValueError("each pair needs a non-empty prompt and continuation")
+        key = prompt if len(cont) == 1 else prompt + cont
+        rows.setdefault(key, []).extend((len(prompt) - 1 + j, t, index) for j, t in enumerate(cont))
     out = np.zeros(len(pairs), np.float64)
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start : start + batch_size]
-        seqs = [list(p) + list(c) for p, c in chunk]
-        width = max(len(c) for _, c in chunk)
-        tokens, segments = pad_batch(seqs, batch_size, round_up(max(map(len, seqs)), pad_to))
+    keys = list(rows)
+    for start in range(0, len(keys), batch_size):
+        seqs = keys[start : start + batch_size]
+        width = max(len(rows[s]) for s in seqs)
+        tokens, segments = pad_batch(seqs, batch_size, bucket(max(map(len, seqs)), min_length))
         where = np.zeros((batch_size, width), np.int32)
         targets = np.zeros((batch_size, width), np.int32)
-        mask = np.zeros((batch_size, width), bool)
-        for i, (p, c) in enumerate(chunk):
-            if not p or not c:
-                raise ValueError("each pair needs a non-empty prompt and continuation")
-            where[i, : len(c)] = np.arange(len(p) - 1, len(p) - 1 + len(c))
-            targets[i, : len(c)] = c
-            mask[i, : len(c)] = True
-        sums = _gathered_logprobs(model, tokens, segments, where, targets, mask)
-        out[start : start + len(chunk)] = np.asarray(sums)[: len(chunk)]
+        for i, seq in enumerate(seqs):
+            picks = rows[seq]
+            where[i, : len(picks)] = [w for w, _, _ in picks]
+            targets[i, : len(picks)] = [t for _, t, _ in picks]
+        logprobs = np.asarray(_token_logprobs(model, tokens, segments, where, targets), np.float64)
+        for i, seq in enumerate(seqs):
+            for j, (_, _, index) in enumerate(rows[seq]):
+                out[index] += logprobs[i, j]
     return out

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jaxrl.eval.forced import pad_batch, round_up
+from jaxrl.eval.forced import bucket, pad_batch, round_up
 
 from jaxrl.errors import JaxrlError
 
@@ -60,7 +60,7 @@ def mean_token_kl(
     for start in range(0, len(pairs), batch_size):
         part = pairs[start : start + batch_size]
         seqs = [list(p) + list(c) for p, c in part]
-        tokens, segments = pad_batch(seqs, batch_size, round_up(max(map(len, seqs)), chunk))
+        tokens, segments = pad_batch(seqs, batch_size, round_up(bucket(max(map(len, seqs)), chunk), chunk))
         mask = np.zeros(tokens.shape, bool)
         for i, (p, c) in enumerate(part):
             if not p or not c:

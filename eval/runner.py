@@ -21,7 +21,7 @@ import numpy as np
 from jaxrl.eval.data import Source, load_rows, parse_rows
 from jaxrl.eval.metrics import summarize
 from jaxrl.eval.models import ModelRef, expand_models, load_tokenizer
-from jaxrl.eval.prompts import encode, render_text, system_prompt_from
+from jaxrl.eval.prompts import CHAT_TEMPLATES, encode, render_text, system_prompt_from
 from jaxrl.eval.task import Item, Scored, Task, pick_shots
 from jaxrl.eval.tasks import STUDY_TASKS, make_task
 
@@ -95,6 +95,15 @@ def prepare(name: str, config: EvalConfig) -> Prepared:
     return Prepared(task, source, items, turns, parsed.skipped, k)
 
 
+def sampling_config(config: EvalConfig):
+    from jaxrl.models.sampler import SamplingConfig
+
+    return SamplingConfig(
+        temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
+        max_new_tokens=config.max_new_tokens, num_samples=config.num_samples, seed=config.seed,
+    )  # fmt: skip
+
+
 def score_loglik(prepared: Prepared, model, tokenizer, prompts: list[list[int]], config: EvalConfig):
     """One 'sample' per item: the option whose letter is most likely as the reply's start."""
     from jaxrl.eval.forced import continuation_logprobs
@@ -138,17 +147,20 @@ class Progress:
         from tqdm.auto import tqdm
 
         self.bar = tqdm(total=total, unit="problem", dynamic_ncols=True, disable=None, file=sys.stderr)
-        self.start = time.monotonic()
+        self.start, self.done, self.total = time.monotonic(), 0, total
 
     def update(self, n: int, what: str) -> None:
+        self.done += n
         self.bar.set_postfix_str(what, refresh=False)
         self.bar.update(n)
 
     def log(self, message: str) -> None:
+        """A line with the elapsed time and the ETA of the whole run (also when the bar is off)."""
         elapsed = time.monotonic() - self.start
-        done, total = self.bar.n, self.bar.total or 1
+        done, total = self.done, self.total or 1
         eta = elapsed / done * (total - done) if done else float("nan")
         self.bar.write(f"[{elapsed:7.1f}s, eta {eta:7.1f}s] {message}", file=sys.stderr)
+        sys.stderr.flush()
 
     def close(self) -> None:
         self.bar.close()
@@ -177,12 +189,8 @@ def evaluate_model(ref: ModelRef, prepared: list[Prepared], config: EvalConfig, 
             progress.update(len(p.items), f"{ref.label} {name}")
         else:
             from jaxrl.eval.generate import generate
-            from jaxrl.models.sampler import SamplingConfig
 
-            sampling = SamplingConfig(
-                temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
-                max_new_tokens=config.max_new_tokens, num_samples=config.num_samples, seed=config.seed,
-            )  # fmt: skip
+            sampling = sampling_config(config)
             done = [0]
 
             def on_batch(n, done=done, label=f"{ref.label} {name}"):
@@ -247,6 +255,9 @@ def evaluate(models: list[str], config: EvalConfig, out_dir: str | Path) -> dict
         raise JaxrlError("no model given; pass --model DIR (a HF dir, an Orbax checkpoint or a run dir)")
     if config.num_samples < 1 or config.max_new_tokens < 1 or config.batch_size < 1:
         raise JaxrlError("--num-samples, --max-new-tokens and --batch-size must be at least 1")
+    if config.chat_template not in CHAT_TEMPLATES:
+        raise JaxrlError(f"unknown chat template {config.chat_template!r}; choose from {', '.join(CHAT_TEMPLATES)}")
+    sampling_config(config)  # bad temperature / top_p / top_k fail here, before any model loads
     refs = expand_models(models)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -296,3 +307,39 @@ def _write_samples(path: Path, p: Prepared, prompts, completions, scored, record
                 "correct": [s.correct for s in row], **extra,
             }  # fmt: skip
             f.write(json.dumps(record) + "\n")
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    out = {}
+    for value in values:
+        key, sep, rest = value.partition("=")
+        if not sep or not key.strip() or not rest.strip():
+            raise JaxrlError(f"{flag} {value!r}: expected TASK=VALUE")
+        out[key.strip()] = rest.strip()
+    return out
+
+
+def eval_cli(args) -> dict:
+    """`jaxrl eval`: the parsed arguments -> EvalConfig -> evaluate; prints where the reports are."""
+    from jaxrl.eval.tasks import parse_task_list
+
+    tasks = parse_task_list(args.tasks)
+    data, shots = _pairs(args.data, "--data"), _pairs(args.shots, "--shots")
+    num_shots = {}
+    for task, k in _pairs(args.num_shots, "--num-shots").items():
+        if not k.isdigit():
+            raise JaxrlError(f"--num-shots {task}={k}: K must be a non-negative integer")
+        num_shots[task] = int(k)
+    for task in [*data, *shots, *num_shots]:
+        make_task(task)  # an unknown task name is an error here, not silently ignored
+    config = EvalConfig(
+        tasks=tuple(tasks), num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p,
+        top_k=args.top_k, max_new_tokens=args.max_new_tokens, seed=args.seed, limit=args.limit,
+        chat_template=args.chat_template, system_prompt=args.system_prompt, batch_size=args.batch_size,
+        data=data, shots=shots, num_shots=num_shots, tokenizer=args.tokenizer, param_dtype=args.dtype,
+        mesh=args.mesh, kl_base=args.kl_base, kl_data=args.kl_data, strict=args.strict,
+    )  # fmt: skip
+    report = evaluate(args.model, config, args.out)
+    print(Path(args.out, "results.md").read_text(), end="")
+    print(f"wrote {args.out}/results.json, results.md, results.png, metrics.jsonl, samples/")
+    return report

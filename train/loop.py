@@ -79,6 +79,23 @@ def check_batch_size(batch_size: int, accumulation: int, dp: int, what: str = "b
     return micro
 
 
+def _like_params(state, params, mesh: LogicalMesh):
+    """Shardings for an optimizer state: a leaf whose path ends with a parameter's path and has its
+    shape (Adam's moments, wherever optax nests them) is sharded like that parameter; the rest
+    (step counts) is replicated."""
+    by_path = {tuple(k.key for k in p): x for p, x in jax.tree_util.tree_leaves_with_path(params)}
+
+    def one(path, leaf):
+        keys = [getattr(k, "key", None) for k in path]
+        for start in range(len(keys)):
+            param = by_path.get(tuple(keys[start:]))
+            if param is not None and param.shape == leaf.shape:
+                return param.sharding
+        return mesh.replicated()
+
+    return jax.tree_util.tree_map_with_path(one, state)
+
+
 def _tree_select(pred, new, old):
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
@@ -110,12 +127,7 @@ class Trainer:
         # never shifts the schedule; frozen tensors get set_to_zero (no state) via multi_transform.
         self.tx = adamw_direction(optimizer, None if self.plan.is_trivial else self.plan.labels(self.params))
         self.param_shardings = jax.tree.map(lambda x: x.sharding, self.params)
-        # moments sharded like their parameters, scalars (counts) replicated
-        is_sharding = lambda x: isinstance(x, jax.sharding.Sharding)
-        self.opt_shardings = optax.tree_map_params(
-            self.tx, lambda _, s: s, jax.eval_shape(self.tx.init, self.params), self.param_shardings,
-            transform_non_params=lambda _: self.mesh.replicated(), is_leaf=is_sharding,
-        )  # fmt: skip
+        self.opt_shardings = _like_params(jax.eval_shape(self.tx.init, self.params), self.params, self.mesh)
         self.opt_state = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(self.params)
         self.loss_fn = loss_fn
         self.rng = jax.random.key(seed)  # saved and restored with checkpoints (GRPO samples with it)
@@ -167,7 +179,7 @@ class Trainer:
             safe_den = jnp.maximum(den, 1e-12)
             grads = plan.mask_grads(jax.tree.map(lambda g: g / safe_den, grads))
             loss = num / safe_den
-            grad_norm = optax.global_norm(grads)
+            grad_norm = optax.tree.norm(grads)
             finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
             lr = schedule(step)
             updates, new_opt_state = tx.update(grads, opt_state, params)
@@ -357,7 +369,7 @@ def fit(
                 checkpoints.wait()
                 logger.message(f"SIGTERM: saved checkpoint step {done}; run the same command to resume")
                 return FitResult(done, True, resumed_from, skipped_total)
-            if done % save_interval == 0 or done == total_steps:
-                save(done)
+            if (done % save_interval == 0 or done == total_steps) and not in_a_row:
+                save(done)  # never in the middle of a non-finite streak: the last checkpoint stays a good one
     checkpoints.wait()
     return FitResult(done, False, resumed_from, skipped_total)

@@ -34,9 +34,9 @@ class SFTSettings:
       False: one example per row, padded to the longest of the batch (a multiple of pad_to_multiple_of).
     """
 
-    batch_size: int = 448
-    max_length: int = 4096
-    padding_free: bool = True
+    batch_size: int = 8
+    max_length: int = 1024
+    padding_free: bool = False
     completion_only_loss: bool = False
     pad_to_multiple_of: int = 64
     shuffle: bool = True
@@ -52,9 +52,9 @@ class SFTConfig:
     data: DataConfig = DataConfig()
     chat: ChatConfig = ChatConfig()
     sft: SFTSettings = SFTSettings()
-    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=5e-5, warmup_ratio=0.1, max_grad_norm=0.2)
+    optimizer: OptimizerConfig = OptimizerConfig(learning_rate=2e-5)
     freeze: FreezeConfig = FreezeConfig()
-    checkpoint: CheckpointConfig = CheckpointConfig(save_steps=0.05)
+    checkpoint: CheckpointConfig = CheckpointConfig()
     loop: LoopConfig = LoopConfig()
 
 

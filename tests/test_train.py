@@ -10,19 +10,19 @@ import warnings
 import jax
 import numpy as np
 import pytest
-from jaxrl.data.batching import padded_rows
-from jaxrl.metrics import MetricsLogger
 from jaxrl.models.checkpoint import load_model
-from jaxrl.sharding import LogicalMesh, make_mesh
-from jaxrl.tiny import build_tiny_model
-
-from jaxrl.errors import JaxrlError
 from jaxrl.train.checkpointing import Checkpoints
 from jaxrl.train.config import CheckpointConfig, FreezeConfig, OptimizerConfig
 from jaxrl.train.freeze import FreezePlan, expand_braces
 from jaxrl.train.loop import Trainer, check_batch_size, data_parallel_size, fit
 from jaxrl.train.optim import make_schedule
 from jaxrl.train.sft import sft_loss
+
+from jaxrl.data.batching import padded_rows
+from jaxrl.errors import JaxrlError
+from jaxrl.metrics import MetricsLogger
+from jaxrl.sharding import LogicalMesh, make_mesh
+from jaxrl.tiny import build_tiny_model
 
 VOCAB = 384
 # Sharding or accumulation sums the same numbers in another order (float noise ~1e-7 relative).

@@ -54,6 +54,19 @@ def extract_number(text: str) -> str | None:
     return plain_number(numbers[-1].replace(",", "")) if numbers else None
 
 
+def gold(row: dict) -> str:
+    """The row's `answer` as GRPO's accuracy reward reads a gold (`rewards.gold_answer`: a boxed
+    answer inside it if any, else its text); plain numbers written canonically."""
+    from jaxrl.rewards.functions import gold_answer
+
+    if row.get("answer") is None:
+        raise BadRow("missing 'answer'")
+    answer = gold_answer(row, "answer")
+    if answer is None:
+        raise BadRow("'answer' is empty or not text")
+    return plain_number(answer)
+
+
 def judge(golds: Sequence[str], answers: Sequence[tuple[str, bool] | None]) -> list[Scored]:
     """Scores of extracted answers against gold answers through the shared math verifier."""
     from jaxrl.rewards.verify import default_verifier
@@ -93,10 +106,10 @@ class Math500(_MathTask):
     source = Source("HuggingFaceH4/MATH-500", split="test")
 
     def parse(self, row, index):
-        problem, answer = texts(row, "problem", "answer", numbers=True)
+        (problem,) = texts(row, "problem")
         solution = row.get("solution") if isinstance(row.get("solution"), str) else ""
         uid = str(row.get("unique_id") or index)
-        fields = {"problem": problem, "answer": plain_number(answer.strip()), "solution": solution}
+        fields = {"problem": problem, "answer": gold(row), "solution": solution}
         return Item(uid, fields, str(row.get("subject") or ""))
 
     def turns(self, item, shots):
@@ -110,8 +123,8 @@ class AIME24(_MathTask):
     source = Source("HuggingFaceH4/aime_2024", split="train")
 
     def parse(self, row, index):
-        problem, answer = texts(row, "problem", "answer", numbers=True)
-        return Item(str(row.get("id", index)), {"problem": problem, "answer": plain_number(answer.strip())})
+        (problem,) = texts(row, "problem")
+        return Item(str(row.get("id", index)), {"problem": problem, "answer": gold(row)})
 
     def turns(self, item, shots):
         return [{"role": "user", "content": item.fields["problem"]}]

@@ -101,7 +101,7 @@ def test_choice_loglik_matches_pytorch(models, sampled):
 
 def test_greedy_matches_transformers_generate(models, tmp_path):
     hf, _, _ = models
-    tasks = ("math500", "gsm8k", "gpqa_diamond", "ifeval")
+    tasks = ("math500", "gpqa_diamond")  # a maths and a choice task; each new prompt bucket costs a compile
     config = EvalConfig(tasks=tasks, temperature=0.0, max_new_tokens=8, batch_size=8, system_prompt="none",
                         data=DATA, num_shots=SHORT_SHOTS)  # fmt: skip
     evaluate([str(hf)], config, tmp_path)

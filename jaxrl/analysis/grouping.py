@@ -79,7 +79,9 @@ def trajectories(rows: Sequence[dict], metric: str = "rel_change") -> list[Traje
         for module in ordered(r["module"] for r in rows if r["run"] == run):
             x, mean, low, high = [], [], [], []
             for pos, (ckpt, step) in enumerate(ckpts):
-                values = [r[metric] for r in rows if r["run"] == run and r["checkpoint"] == ckpt and r["module"] == module]
+                values = [
+                    r[metric] for r in rows if r["run"] == run and r["checkpoint"] == ckpt and r["module"] == module
+                ]
                 if values:
                     x.append(step if step is not None else pos)
                     mean.append(float(np.mean(values)))
@@ -95,4 +97,6 @@ def depth_thirds(rows: Sequence[dict], run: str, checkpoint: str, metric: str = 
     if not layers:
         return {}
     parts = np.array_split(np.arange(len(layers)), 3)
-    return {name: float(np.nanmean(grid[p])) for name, p in zip(("early", "middle", "late"), parts, strict=True) if len(p)}
+    return {
+        name: float(np.nanmean(grid[p])) for name, p in zip(("early", "middle", "late"), parts, strict=True) if len(p)
+    }

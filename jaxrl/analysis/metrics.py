@@ -3,12 +3,14 @@
 For a base tensor W0 and a changed tensor W (any dtype, any sharding) the kernel returns, per
 layer of a stacked tensor or once for a plain one, the fp32 sums
 
-    base_sq = sum(W0^2),  other_sq = sum(W^2),  delta_sq = sum((W - W0)^2),  changed = #(W != W0)
+    base_sq = sum(W0^2), other_sq = sum(W^2), delta_sq = sum((W - W0)^2), dot = sum(W W0),
+    changed = #(W != W0)
 
 computed after casting both to fp32 (exact for bf16/f16), so only a handful of scalars leave the
 devices. Sums of blocks add up (streamed checkpoints are reduced block by block); `finish` turns
-them into the reported metrics. The cosine uses ||W - W0||^2 rather than the dot product: for the
-tiny changes of RL fine-tuning (1 - cos ~ 1e-7) a fp32 dot product cannot resolve the difference.
+them into the reported metrics. For small changes the cosine comes from ||W - W0||^2 rather than
+the dot product: for the tiny changes of RL fine-tuning (1 - cos ~ 1e-7) a fp32 dot product cannot
+resolve the difference; for large ones (||W - W0|| ~ ||W||) the dot product is the accurate one.
 """
 
 from __future__ import annotations
@@ -30,13 +32,15 @@ class Sums:
     base_sq: float = 0.0
     other_sq: float = 0.0
     delta_sq: float = 0.0
+    dot: float = 0.0
     changed: int = 0
     size: int = 0
 
-    def add(self, base_sq: float, other_sq: float, delta_sq: float, changed: int, size: int) -> None:
+    def add(self, base_sq: float, other_sq: float, delta_sq: float, dot: float, changed: int, size: int) -> None:
         self.base_sq += float(base_sq)
         self.other_sq += float(other_sq)
         self.delta_sq += float(delta_sq)
+        self.dot += float(dot)
         self.changed += int(changed)
         self.size += int(size)
 
@@ -45,9 +49,12 @@ def finish(s: Sums) -> dict[str, float]:
     """rel_change, delta_norm, base_norm, norm, cosine(W, W0), frac_changed from the sums."""
     base_norm, norm, delta_norm = math.sqrt(s.base_sq), math.sqrt(s.other_sq), math.sqrt(s.delta_sq)
     if base_norm > 0 and norm > 0:
-        # 1 - cos = (||W - W0||^2 - (||W|| - ||W0||)^2) / (2 ||W|| ||W0||), free of cancellation
-        one_minus = (s.delta_sq - (norm - base_norm) ** 2) / (2 * norm * base_norm)
-        cosine = min(1.0, max(-1.0, 1.0 - one_minus))
+        if s.delta_sq < norm * base_norm:
+            # 1 - cos = (||W - W0||^2 - (||W|| - ||W0||)^2) / (2 ||W|| ||W0||): no cancellation near 1
+            cosine = 1.0 - (s.delta_sq - (norm - base_norm) ** 2) / (2 * norm * base_norm)
+        else:
+            cosine = s.dot / (norm * base_norm)
+        cosine = min(1.0, max(-1.0, cosine))
     else:
         cosine = float("nan")
     return {
@@ -61,11 +68,13 @@ def finish(s: Sums) -> dict[str, float]:
 
 
 def _sums(base, other, per_layer: bool):
-    """[4] or [4, L] fp32 sums (the count as fp32 is avoided: it comes back separately)."""
+    """[4] or [4, L] fp32 sums, and the int32 count of changed elements ([] or [L])."""
     w0 = base.astype(jnp.float32)
     w = other.astype(jnp.float32)
     axes = tuple(range(1, w.ndim)) if per_layer else None
-    floats = jnp.stack([jnp.sum(w0 * w0, axes), jnp.sum(w * w, axes), jnp.sum(jnp.square(w - w0), axes)])
+    floats = jnp.stack(
+        [jnp.sum(w0 * w0, axes), jnp.sum(w * w, axes), jnp.sum(jnp.square(w - w0), axes), jnp.sum(w * w0, axes)]
+    )
     changed = jnp.sum(w != w0, axes, dtype=jnp.int32)  # exact: bf16/f16 -> fp32 is injective
     return floats, changed
 
@@ -80,7 +89,7 @@ def _replicated_sums(mesh, per_layer: bool):
 
 
 def block_sums(base, other, per_layer: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Sums of one tensor or block: ([3] or [3, L] float64 (base_sq, other_sq, delta_sq), changed).
+    """Sums of one tensor or block: ([4] or [4, L] float64 (base_sq, other_sq, delta_sq, dot), changed).
 
     `base` and `other` are numpy arrays or jax Arrays of one shape, sharded alike or not. With a
     NamedSharding the outputs are replicated, so every host of a multi-host mesh reads its own
@@ -97,29 +106,33 @@ def block_sums(base, other, per_layer: bool) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(floats, np.float64), np.asarray(changed, np.int64)
 
 
-def _spectrum(base, other, rows: int, k: int):
-    m = math.prod(base.shape[:rows])
-    delta = other.astype(jnp.float32).reshape(m, -1) - base.astype(jnp.float32).reshape(m, -1)
-    s = jnp.linalg.svd(delta, compute_uv=False)
-    return s[:k], jnp.sum(jnp.square(s))
+def _spectrum(base, other, rows: int, k: int, stacked: bool):
+    lead = base.shape[:1] if stacked else ()
+    m = math.prod(base.shape[len(lead) : len(lead) + rows])
+    delta = other.astype(jnp.float32).reshape(*lead, m, -1) - base.astype(jnp.float32).reshape(*lead, m, -1)
+    s = jnp.linalg.svd(delta, compute_uv=False)  # batched over layers when stacked
+    return s[..., :k], jnp.sum(jnp.square(s), axis=-1)
 
 
 @functools.cache
-def _spectrum_jit(mesh, rows: int, k: int):
+def _spectrum_jit(mesh, rows: int, k: int, stacked: bool):
     out = None if mesh is None else (NamedSharding(mesh, PartitionSpec()),) * 2
-    return jax.jit(functools.partial(_spectrum, rows=rows, k=k), out_shardings=out)
+    return jax.jit(functools.partial(_spectrum, rows=rows, k=k, stacked=stacked), out_shardings=out)
 
 
-def spectrum(base, other, rows: int, k: int) -> tuple[list[float], float]:
+def spectrum(base, other, rows: int, k: int, stacked: bool = False) -> list[tuple[list[float], float]]:
     """Top-k singular values of W - W0 viewed as a matrix, and its stable rank ||D||_F^2 / s_1^2.
 
-    `rows`: how many leading axes form the matrix rows (q [D, H, E] -> 1; o [H, E, D] -> 2).
+    `rows`: how many leading axes (of one layer) form the matrix rows (q [D, H, E] -> 1;
+    o [H, E, D] -> 2). Returns one (values, stable rank) per layer when `stacked`, else one.
     """
     sharding = getattr(other, "sharding", None)
     mesh = sharding.mesh if isinstance(sharding, NamedSharding) else None
-    top, fro_sq = _spectrum_jit(mesh, rows, k)(base, other)
+    top, fro_sq = _spectrum_jit(mesh, rows, k, stacked)(base, other)
     if mesh is not None:
         top, fro_sq = top.addressable_data(0), fro_sq.addressable_data(0)
-    top = [float(x) for x in np.asarray(top)]
-    stable_rank = float(fro_sq) / top[0] ** 2 if top and top[0] > 0 else 0.0
-    return top, stable_rank
+    top, fro_sq = np.asarray(top, np.float64).reshape(-1, top.shape[-1]), np.asarray(fro_sq, np.float64).reshape(-1)
+    return [
+        ([float(x) for x in t], float(f) / t[0] ** 2 if t.size and t[0] > 0 else 0.0)
+        for t, f in zip(top, fro_sq, strict=True)
+    ]

@@ -143,7 +143,12 @@ def summary(rows: Sequence[dict], meta: dict) -> str:
         ckpts = checkpoints_of(rows, run)
         ckpt, step = ckpts[-1]
         ranked = sorted(finals[run].items(), key=lambda kv: -kv[1] if np.isfinite(kv[1]) else math.inf)
-        lines += [f"## {run}", "", f"{len(ckpts)} checkpoint(s); last: `{ckpt}`" + (f" (step {step})" if step is not None else "") + ".", ""]
+        lines += [
+            f"## {run}",
+            "",
+            f"{len(ckpts)} checkpoint(s); last: `{ckpt}`" + (f" (step {step})" if step is not None else "") + ".",
+            "",
+        ]
         if ranked:
             top = ranked[0]
             lines.append(f"Moved most: **{top[0]}** ({_fmt(top[1])}); least: {ranked[-1][0]} ({_fmt(ranked[-1][1])}).")
@@ -162,7 +167,12 @@ def summary(rows: Sequence[dict], meta: dict) -> str:
     if len(runs) > 1:
         ref = runs[0]
         modules = ordered(m for run in runs for m in finals[run])
-        lines += [f"## Ratios to {ref}", "", "| module | " + " | ".join(runs[1:]) + " |", "|---|" + "---|" * (len(runs) - 1)]
+        lines += [
+            f"## Ratios to {ref}",
+            "",
+            "| module | " + " | ".join(runs[1:]) + " |",
+            "|---|" + "---|" * (len(runs) - 1),
+        ]
         for m in modules:
             cells = []
             for run in runs[1:]:

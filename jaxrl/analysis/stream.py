@@ -71,6 +71,6 @@ def diff_sources(
                 b, o = base.read(spec, index), other.read(spec, index)
                 if spec.stacked:
                     b, o = b[0], o[0]
-                spectra.append(spectrum(jax.device_put(b, device), jax.device_put(o, device), spec.rows, svd))
+                spectra += spectrum(jax.device_put(b, device), jax.device_put(o, device), spec.rows, svd)
         out += changes_from_sums(spec, sums, spectra)
     return out

@@ -52,22 +52,28 @@ def changes_from_sums(
         top, stable = spectra[j] if spectra else (None, None)
         out.append(
             TensorChange(
-                tensor=spec.name, module=spec.module, layer=j if spec.stacked else None,
-                shape=spec.layer_shape, **finish(s), num_changed=s.changed, size=s.size,
-                singular_values=None if top is None else tuple(top), stable_rank=stable,
+                tensor=spec.name,
+                module=spec.module,
+                layer=j if spec.stacked else None,
+                shape=spec.layer_shape,
+                **finish(s),
+                num_changed=s.changed,
+                size=s.size,
+                singular_values=None if top is None else tuple(top),
+                stable_rank=stable,
             )  # fmt: skip
         )
     return out
 
 
 def add_block(sums: Sequence[Sums], floats, changed, per_layer: bool, first_layer: int, block_size: int) -> None:
-    """Adds one block's sums ([3] or [3, l] floats, changed) into the running per-layer sums."""
+    """Adds one block's sums ([4] or [4, l] floats, changed) into the running per-layer sums."""
     if not per_layer:
         sums[0].add(*floats, changed, block_size)
         return
     per = block_size // len(changed)
     for j in range(len(changed)):
-        sums[first_layer + j].add(floats[0][j], floats[1][j], floats[2][j], changed[j], per)
+        sums[first_layer + j].add(*floats[:, j], changed[j], per)
 
 
 def _as_tree(x):
@@ -121,8 +127,7 @@ def diff_trees(
         add_block(sums, floats, changed, spec.stacked, 0, b.size)
         spectra = None
         if svd and spec.rows is not None:
-            pairs = [(b[i], o[i]) for i in range(layers)] if spec.stacked else [(b, o)]
-            spectra = [spectrum(x, y, spec.rows, svd) for x, y in pairs]
+            spectra = spectrum(b, o, spec.rows, svd, stacked=spec.stacked)
         out += changes_from_sums(spec, sums, spectra)
         if progress is not None:
             progress(b.nbytes + o.nbytes)

@@ -251,3 +251,22 @@ def test_item_shots_never_include_the_item():
     pool = [Item(str(i), {}, "g" if i % 2 else "h") for i in range(6)]
     assert [s.id for s in pick_shots(pool[1], pool, 3)] == ["3", "5", "0"]
     assert pick_shots(pool[0], pool, 0) == []
+
+
+def test_model_arguments_expand_runs_and_need_a_tokenizer(tmp_path):
+    from jaxrl.errors import JaxrlError
+    from jaxrl.eval.models import expand_models, load_tokenizer
+
+    run = tmp_path / "grpo"
+    for step in ("10", "2", "tmp"):
+        (run / "checkpoints" / step / "params").mkdir(parents=True)
+    for d in (tmp_path / "a" / "base", tmp_path / "b" / "base"):
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+    refs = expand_models([str(run), str(tmp_path / "a" / "base"), str(tmp_path / "b" / "base")])
+    assert [r.label for r in refs] == ["grpo@2", "grpo@10", "base", "base#2"]
+    assert refs[1].path == run / "checkpoints" / "10"
+    with pytest.raises(JaxrlError, match="not a HF model directory"):
+        expand_models([str(tmp_path)])
+    with pytest.raises(JaxrlError, match="pass --tokenizer"):
+        load_tokenizer(refs[0].path)

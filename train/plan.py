@@ -1,0 +1,379 @@
+"""`jaxrl plan`: per-device memory of a recipe's training step, before renting the chips.
+
+    jaxrl plan --recipe train/recipes/sft_3ep.yaml --mesh fsdp=32 --devices 32 --chip v5p
+
+The real training step (`Trainer`'s jitted step, with the recipe's loss, optimizer, freezing and
+gradient accumulation) is lowered and compiled ahead of time for a mesh of `--devices` emulated CPU
+devices, on `jax.ShapeDtypeStruct`s that carry their shardings: no parameter is ever created, so a
+7B plan needs a few GB of host memory. The report, per device:
+
+    params      sharded parameter bytes (computed from the shardings)
+    opt_state   sharded optimizer-state bytes (AdamW moments; frozen tensors have none)
+    batch       this device's share of the step's batch
+    outputs     bytes the step returns that do not reuse a donated input (metrics)
+    temporaries XLA's temporary buffers: activations kept for the backward pass, gradients,
+                logits, collectives' buffers
+    peak        arguments + outputs - aliased + temporaries, from `memory_analysis()`
+
+The numbers come from the CPU compiler's buffer assignment for the per-device SPMD program. A TPU
+or GPU compile fuses and schedules differently, so temporaries there can differ (typically by tens
+of percent); the parameter and optimizer figures are exact. `fits` leaves 10% of the chip free
+for the runtime, and a GRPO run also needs room for sampling (see `kv_cache_bytes`).
+
+The model's shape comes from `--model` (a preset such as olmo2-1124-7b, or a HF directory whose
+config.json is read; no weights) or else from the recipe's `model.path`. `--devices` needs a
+process whose JAX has not started yet: the CLI runs the plan in a fresh Python process with
+XLA_FLAGS set, so it works from anywhere.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from jaxrl.errors import JaxrlError
+
+# Memory per device in GB (10^9 bytes, as vendors count): v4 32 GiB HBM is quoted as 32 GB.
+CHIP_MEMORY_GB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32, "h100": 80}
+HEADROOM = 0.10  # runtime, program and fragmentation reserve
+GIB = 1024**3
+
+
+def chip_capacity(chip: str) -> int:
+    if chip.lower() not in CHIP_MEMORY_GB:
+        raise JaxrlError(f"unknown chip {chip!r}; choose one of {', '.join(CHIP_MEMORY_GB)}")
+    return int(CHIP_MEMORY_GB[chip.lower()] * 1e9)
+
+
+def recipe_method(recipe: str | None, method: str | None) -> str:
+    """sft or grpo: given, or the recipe's own top-level section."""
+    if method:
+        if method not in ("sft", "grpo"):
+            raise JaxrlError(f"--method {method!r}: choose sft or grpo")
+        return method
+    if recipe:
+        import yaml
+
+        try:
+            data = yaml.safe_load(Path(recipe).read_text()) if Path(recipe).is_file() else None
+        except yaml.YAMLError:
+            data = None  # the recipe loader reports it properly
+        for name in ("grpo", "sft"):
+            if isinstance(data, dict) and name in data:
+                return name
+    raise JaxrlError("cannot tell whether the recipe is SFT or GRPO; pass --method sft or --method grpo")
+
+
+# ---------------------------------------------------------------------------------------------
+# Compiling on abstract shapes (runs in a process whose JAX sees the emulated devices)
+
+
+def model_config_of(model: str | None, source) -> Any:
+    """The ModelConfig to plan: --model (preset or HF dir), else the recipe's model.path."""
+    from jaxrl.models.checkpoint import find_config
+    from jaxrl.models.config import PRESETS, ModelConfig
+
+    name = model or source.path
+    if not name:
+        raise JaxrlError("no model: pass --model PRESET_OR_DIR or set model.path in the recipe")
+    if name in PRESETS:
+        config = PRESETS[name]
+    else:
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise JaxrlError(f"model {name!r} is neither a preset ({', '.join(PRESETS)}) nor an existing path")
+        config = ModelConfig.from_hf_dir(find_config(path).parent)
+    changes = {"dtype": source.dtype, "remat": source.remat}
+    if source.param_dtype:
+        changes["param_dtype"] = source.param_dtype
+    return config.replace(**changes)
+
+
+def abstract_trainer(model_config, loss_fn, optimizer, freeze, accumulation: int, mesh, total_steps: int):
+    """A `Trainer` whose params and optimizer state are ShapeDtypeStructs with shardings.
+
+    It is set up as `Trainer.__init__` does, minus the two places that allocate (the model and
+    `tx.init`), so `_build` yields exactly the step that training runs.
+    """
+    import jax
+    import optax
+    from flax import nnx
+    from jaxrl.models.params import abstract_decoder, state_shardings
+    from jaxrl.train.freeze import FreezePlan
+    from jaxrl.train.loop import Trainer
+    from jaxrl.train.optim import adamw_direction, make_schedule
+
+    graphdef, state = nnx.split(abstract_decoder(model_config, mesh))
+    shapes, shardings = nnx.to_pure_dict(state), nnx.to_pure_dict(state_shardings(state, mesh))
+    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+
+    t = Trainer.__new__(Trainer)
+    t.config, t.mesh, t.accumulation, t.total_steps = model_config, mesh, accumulation, total_steps
+    t.graphdef, t.params, t.loss_fn = graphdef, params, loss_fn
+    t.plan = FreezePlan.build(freeze, params, model_config.num_layers)
+    t.schedule = make_schedule(optimizer, total_steps)
+    t.tx = adamw_direction(optimizer, None if t.plan.is_trivial else t.plan.labels(params))
+    t.param_shardings = shardings
+    is_sharding = lambda x: isinstance(x, jax.sharding.Sharding)
+    abstract_opt = jax.eval_shape(t.tx.init, params)
+    t.opt_shardings = optax.tree_map_params(
+        t.tx, lambda _, s: s, abstract_opt, shardings, transform_non_params=lambda _: mesh.replicated(),
+        is_leaf=is_sharding,
+    )  # fmt: skip
+    t.opt_state = jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_opt, t.opt_shardings
+    )
+    t.rng, t._step_fn, t._batch_shardings = None, None, None
+    return t
+
+
+def sharded_bytes(tree) -> int:
+    """Bytes one device holds of a tree of ShapeDtypeStructs/arrays with shardings (the largest shard)."""
+    import jax
+    import numpy as np
+
+    total = 0
+    for x in jax.tree.leaves(tree):
+        shard = x.sharding.shard_shape(x.shape)
+        total += int(np.prod(shard, dtype=np.int64)) * np.dtype(x.dtype).itemsize
+    return total
+
+
+def lower_step(trainer, host_batch: dict[str, Any]):
+    """(lowered step, device batch shapes) for a host batch of these shapes ({name: ShapeDtypeStruct [B, ...]})."""
+    import jax
+    import jax.numpy as jnp
+
+    step_fn = trainer._build(host_batch)
+    k = trainer.accumulation
+    batch = {
+        name: jax.ShapeDtypeStruct((k, v.shape[0] // k, *v.shape[1:]), v.dtype, sharding=trainer._batch_shardings[name])
+        for name, v in host_batch.items()
+    }
+    step = jax.ShapeDtypeStruct((), jnp.int32, sharding=trainer.mesh.replicated())
+    return step_fn.lower(trainer.params, trainer.opt_state, batch, step), batch
+
+
+def compile_step(trainer, host_batch: dict[str, Any]):
+    """(compiled step, device batch shapes); see `lower_step`."""
+    lowered, batch = lower_step(trainer, host_batch)
+    return lowered.compile(), batch
+
+
+@dataclasses.dataclass
+class MemoryPlan:
+    """Per-device bytes of one training step (see the module docstring)."""
+
+    method: str
+    model: str
+    num_params: int
+    mesh: str
+    devices: int
+    rows: int
+    seq_len: int
+    accumulation: int
+    params: int
+    opt_state: int
+    batch: int
+    arguments: int
+    outputs: int
+    aliased: int
+    temporaries: int
+    code: int
+    peak: int
+    chip: str | None = None
+    capacity: int | None = None
+    kv_cache_bytes: int | None = None  # GRPO: sampling cache per device, not part of the step
+
+    @property
+    def fits(self) -> bool | None:
+        if self.capacity is None:
+            return None
+        return self.peak + (self.kv_cache_bytes or 0) <= self.capacity * (1 - HEADROOM)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "fits": self.fits}
+
+    def table(self) -> str:
+        g = lambda n: f"{n / GIB:9.2f} GiB" if n >= GIB else f"{n / 1024**2:9.1f} MiB"
+        lines = [
+            f"{self.method} step of {self.model} ({self.num_params / 1e6:,.1f}M parameters) on mesh {self.mesh} "
+            f"({self.devices} devices)",
+            f"batch: {self.rows} rows x {self.seq_len} tokens, {self.accumulation} micro-batches of "
+            f"{self.rows // self.accumulation} rows",
+            "per device:",
+            f"  params       {g(self.params)}",
+            f"  opt_state    {g(self.opt_state)}",
+            f"  batch        {g(self.batch)}",
+            f"  outputs      {g(self.outputs - self.aliased)}  (not reusing donated inputs)",
+            f"  temporaries  {g(self.temporaries)}  (activations, gradients, logits, buffers)",
+            f"  peak         {g(self.peak)}  (arguments + outputs - aliased + temporaries)",
+        ]
+        if self.kv_cache_bytes is not None:
+            lines.append(f"  sampling KV  {g(self.kv_cache_bytes)}  (GRPO generation, beside the params)")
+        if self.capacity is not None:
+            need = self.peak + (self.kv_cache_bytes or 0)
+            verdict = "fits" if self.fits else "does NOT fit"
+            lines.append(
+                f"{self.chip}: {self.capacity / 1e9:.0f} GB per device; needs {need / 1e9:.1f} GB -> {verdict} "
+                f"(keeping {HEADROOM:.0%} free)"
+            )
+        return "\n".join(lines)
+
+
+def sft_inputs(config, rows: int | None):
+    """(loss_fn, host batch shapes, accumulation) of an SFT recipe.
+
+    Rows: `sft.batch_size` one-example rows of `sft.max_length` tokens, the worst case of both the
+    padded and the padding-free layout (packing only ever needs fewer rows).
+    """
+    import jax
+    import jax.numpy as jnp
+    from jaxrl.train.sft import sft_loss
+
+    rows = rows or config.sft.batch_size
+    t = config.sft.max_length
+    ints = ("tokens", "segment_ids", "positions", "targets")
+    batch = {name: jax.ShapeDtypeStruct((rows, t), jnp.int32) for name in ints}
+    batch["loss_mask"] = jax.ShapeDtypeStruct((rows, t), jnp.float32)
+    return sft_loss, batch
+
+
+def make_plan(recipe: str | None, mesh: str, *, overrides=(), method: str | None = None, model: str | None = None,
+              rows: int | None = None, chip: str | None = None) -> MemoryPlan:  # fmt: skip
+    """Compiles the recipe's step for `mesh` over this process's devices and measures it."""
+    import jax
+    from jaxrl.train.loop import check_batch_size, data_parallel_size
+
+    from jaxrl.sharding import LogicalMesh, MeshSpec, make_mesh
+
+    method = recipe_method(recipe, method)
+    capacity = chip_capacity(chip) if chip else None
+    if method == "sft":
+        from jaxrl.train.sft import load_config
+
+        config = load_config(recipe, overrides)
+        loss_fn, host_batch = sft_inputs(config, rows)
+    else:
+        raise JaxrlError("GRPO plans need train/grpo.py, which is not there yet; plan the SFT recipe")
+    spec = MeshSpec.parse(mesh or config.loop.mesh)
+    lm = LogicalMesh(make_mesh(spec))
+    k = config.loop.gradient_accumulation_steps
+    num_rows, seq_len = next(iter(host_batch.values())).shape
+    check_batch_size(num_rows, k, data_parallel_size(lm), "batch rows")
+    model_config = model_config_of(model, config.model)
+    total_steps = config.loop.max_steps if config.loop.max_steps > 0 else 1000
+    trainer = abstract_trainer(model_config, loss_fn, config.optimizer, config.freeze, k, lm, total_steps)
+    compiled, batch = compile_step(trainer, host_batch)
+    mem = compiled.memory_analysis()
+    arguments = mem.argument_size_in_bytes
+    return MemoryPlan(
+        method=method,
+        model=model or config.model.path,
+        num_params=model_config.num_params(),
+        mesh=str(spec),
+        devices=jax.device_count(),
+        rows=num_rows,
+        seq_len=seq_len,
+        accumulation=k,
+        params=sharded_bytes(trainer.params),
+        opt_state=sharded_bytes(trainer.opt_state),
+        batch=sharded_bytes(batch),
+        arguments=arguments,
+        outputs=mem.output_size_in_bytes,
+        aliased=mem.alias_size_in_bytes,
+        temporaries=mem.temp_size_in_bytes,
+        code=mem.generated_code_size_in_bytes,
+        peak=arguments + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes,
+        chip=chip,
+        capacity=capacity,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# The command: a fresh process with the emulated devices
+
+
+def device_env(devices: int, env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` with JAX on CPU and `devices` emulated devices (any earlier device count replaced)."""
+    env = dict(os.environ if env is None else env)
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform_device_count")]
+    env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
+    env["JAX_PLATFORMS"] = "cpu"
+    return env
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--recipe", default=None, help="YAML recipe (train/recipes/*.yaml)")
+    p.add_argument("--mesh", default="", help="mesh spec, e.g. fsdp=64 or data=2,fsdp=16,tensor=2 (default: recipe's)")
+    p.add_argument("--devices", type=int, required=True, help="devices to plan for (emulated on CPU)")
+    p.add_argument("--chip", default=None, help=f"check the fit on one of: {', '.join(CHIP_MEMORY_GB)}")
+    p.add_argument("--model", default=None, help="preset name or HF directory (config.json only); default model.path")
+    p.add_argument("--method", default=None, help="sft or grpo (default: from the recipe)")
+    p.add_argument("--rows", type=int, default=None, help="rows per step (default: the worst case of the recipe)")
+    p.add_argument("--json", default=None, help="also write the plan as JSON to this file")
+    p.add_argument("overrides", nargs="*", help="dotted recipe overrides, e.g. loop.gradient_accumulation_steps=8")
+
+
+def plan_cli(args: argparse.Namespace) -> MemoryPlan:
+    """Runs the plan in a fresh process with `--devices` emulated devices; prints the table."""
+    if args.devices < 1:
+        raise JaxrlError(f"--devices {args.devices}: must be at least 1")
+    if args.chip:
+        chip_capacity(args.chip)
+    recipe_method(args.recipe, args.method)
+    if args.mesh:
+        from jaxrl.sharding import MeshSpec
+
+        MeshSpec.parse(args.mesh).resolve(args.devices)  # a mismatch fails here, before a process starts
+    argv = [sys.executable, "-m", "jaxrl.train.plan", "--devices", str(args.devices), "--mesh", args.mesh]
+    for flag in ("recipe", "chip", "model", "method", "rows"):
+        if getattr(args, flag) is not None:
+            argv += [f"--{flag}", str(getattr(args, flag))]
+    argv += ["--emit-json", *args.overrides]
+    result = subprocess.run(argv, env=device_env(args.devices), capture_output=True, text=True)
+    if result.returncode != 0:
+        lines = result.stderr.strip().splitlines()
+        last = lines[-1].removeprefix("jaxrl plan: error: ") if lines else ""
+        raise JaxrlError(last or f"the planning process failed with status {result.returncode}")
+    plan = MemoryPlan(**{k: v for k, v in json.loads(result.stdout.strip().splitlines()[-1]).items() if k != "fits"})
+    print(plan.table())
+    if args.json:
+        Path(args.json).write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+    return plan
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The planning process: compiles and prints the plan as one JSON line (errors: one line, status 2)."""
+    p = argparse.ArgumentParser(prog="python -m jaxrl.train.plan")
+    add_arguments(p)
+    p.add_argument("--emit-json", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    try:
+        import jax
+
+        if jax.device_count() != args.devices:
+            raise JaxrlError(
+                f"this process has {jax.device_count()} devices, not {args.devices}; use `jaxrl plan`, which "
+                "starts a process with the emulated devices"
+            )
+        plan = make_plan(args.recipe, args.mesh, overrides=args.overrides, method=args.method, model=args.model,
+                         rows=args.rows, chip=args.chip)  # fmt: skip
+    except JaxrlError as e:
+        print(f"jaxrl plan: error: {e}", file=sys.stderr)
+        return 2
+    if args.emit_json:
+        print(json.dumps(plan.to_json()))
+    else:
+        print(plan.table())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,207 @@
+"""The GRPO objective: group advantages, chunked completion log-probs, and every TRL loss variant.
+
+Shapes: N completions (= prompts x G), P prompt slots (left-padded), C = max_completion_length
+completion slots (right-padded), D hidden, V vocab.
+
+Per completion token t of completion i, with r = exp(logp - old_logp) and A_i the advantage:
+
+    loss_it = -min(r * A_i, clip(r, 1 - epsilon, 1 + epsilon_high) * A_i) + beta * kl_it
+    kl_it   = exp(ref_logp - logp) - (ref_logp - logp) - 1          (k3 estimator, beta > 0 only)
+
+reduced by `loss_type` (TRL's meanings) into a numerator and a denominator that the training loop
+sums over micro-batches and divides once:
+
+    grpo     mean over completions of (token mean within the completion)      num: sum_i mean_t, den: N
+    bnpo     token mean within each micro-batch, averaged over micro-batches  num: mean_it,      den: 1
+    dr_grpo  token sum / (completions x max_completion_length)                num: sum_it,       den: N x C
+    dapo     token mean over the whole optimizer batch                        num: sum_it,       den: tokens
+
+With one update per generation batch (num_iterations = 1) the old log-probs are the current ones
+without gradient, so r = 1 and the gradient is the plain policy gradient, as in TRL.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from jaxrl.errors import JaxrlError
+
+LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
+SCALE_REWARDS = ("group", "batch", "none")
+STD_EPS = 1e-4  # TRL's: advantages / (std + 1e-4)
+
+
+def group_advantages(rewards_n: jax.Array, num_generations: int, scale_rewards: str = "group"):
+    """Advantages [N] float32 and a tied-group flag [N / G] bool, as TRL computes them.
+
+    rewards_n: float [N], prompt-major (rows i*G .. i*G+G-1 share a prompt).
+    scale_rewards: "group" divides by the group's std (unbiased, + 1e-4), "batch" by the std of all N
+    rewards, "none" leaves reward - group mean (Dr. GRPO, the study's choice).
+    A group whose rewards all tie has advantage 0 for all of its completions.
+    """
+    if scale_rewards not in SCALE_REWARDS:
+        raise JaxrlError(f"scale_rewards={scale_rewards!r}; choose one of {', '.join(SCALE_REWARDS)}")
+    r = jnp.asarray(rewards_n, jnp.float32)
+    if num_generations < 2 or r.shape[0] % num_generations:
+        raise JaxrlError(f"{r.shape[0]} rewards do not form groups of num_generations={num_generations} (>= 2)")
+    groups = r.reshape(-1, num_generations)
+    mean = jnp.mean(groups, axis=1, keepdims=True)
+    std = jnp.std(groups, axis=1, ddof=1, keepdims=True)
+    advantages = groups - mean
+    if scale_rewards == "group":
+        advantages = advantages / (std + STD_EPS)
+    elif scale_rewards == "batch":
+        advantages = advantages / (jnp.std(r, ddof=1) + STD_EPS)
+    tied = jnp.isclose(std[:, 0], 0.0)
+    return advantages.reshape(-1), tied
+
+
+def _chunked(x, chunk: int):
+    """[B, C, ...] -> [C / chunk, B, chunk, ...] (C padded with zeros to a multiple of chunk)."""
+    b, c = x.shape[:2]
+    n = -(-c // chunk)
+    x = jnp.pad(x, [(0, 0), (0, n * chunk - c)] + [(0, 0)] * (x.ndim - 2))
+    return jnp.moveaxis(x.reshape(b, n, chunk, *x.shape[2:]), 1, 0)
+
+
+def _unchunked(x, c: int):
+    """[n, B, chunk] -> [B, C]."""
+    n, b, chunk = x.shape
+    return jnp.moveaxis(x, 0, 1).reshape(b, n * chunk)[:, :c]
+
+
+def token_logprobs(h_bcd, w_dv, targets_bc, temperature: float = 1.0, chunk_size: int = 256,
+                   with_entropy: bool = False):  # fmt: skip
+    """log softmax(h @ w / temperature)[target] [B, C] fp32 (and the entropy [B, C] if asked).
+
+    The sequence is cut into chunks of `chunk_size` and each chunk is rematerialised in the
+    backward pass, so at most [B, chunk_size, V] logits exist at once, never [B, C, V].
+    """
+    c = h_bcd.shape[1]
+    chunk = max(1, min(chunk_size, c))
+
+    @jax.checkpoint
+    def one_chunk(args):
+        h, targets = args
+        logits = jnp.einsum("bcd,dv->bcv", h, w_dv.astype(h.dtype), preferred_element_type=jnp.float32)
+        logits = logits / temperature
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        logp = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - lse
+        if not with_entropy:
+            return logp, jnp.zeros_like(logp)
+        logp_all = jax.lax.stop_gradient(logits - lse[..., None])
+        entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+        return logp, entropy
+
+    logp, entropy = jax.lax.map(one_chunk, (_chunked(h_bcd, chunk), _chunked(targets_bc, chunk)))
+    logp = _unchunked(logp, c)
+    return (logp, _unchunked(entropy, c)) if with_entropy else logp
+
+
+def completion_logprobs(model, tokens_bt, segment_ids_bt, completion_length: int, temperature: float = 1.0,
+                        chunk_size: int = 256, with_entropy: bool = False):  # fmt: skip
+    """Log-probs [B, C] of the completion tokens (the last C slots of `tokens_bt`) under `model`.
+
+    tokens_bt / segment_ids_bt: int32 [B, P + C], prompt left-padded, completion right-padded;
+    segment 0 marks padding. The token at slot P + t is predicted from the hidden state at P + t - 1.
+    """
+    h_btd, _ = model.hidden_states(tokens_bt, segment_ids_bt)
+    t = tokens_bt.shape[1]
+    h_bcd = h_btd[:, t - completion_length - 1 : t - 1]
+    targets = tokens_bt[:, t - completion_length :]
+    return token_logprobs(h_bcd, model.unembed(), targets, temperature, chunk_size, with_entropy)
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+    """The knobs the objective reads (a subset of GRPOSettings, TRL's names)."""
+
+    loss_type: str = "dapo"
+    epsilon: float = 0.2
+    epsilon_high: float | None = None  # None: epsilon
+    beta: float = 0.0
+    max_completion_length: int = 256
+    temperature: float = 1.0
+    logprob_chunk_size: int = 256
+    use_old_logprobs: bool = False  # True when num_iterations > 1: r uses the stored old log-probs
+
+    def __post_init__(self):
+        if self.loss_type not in LOSS_TYPES:
+            raise JaxrlError(f"loss_type={self.loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
+        if self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0) or self.beta < 0:
+            raise JaxrlError("epsilon, epsilon_high and beta must be >= 0")
+        if self.temperature <= 0:
+            raise JaxrlError("the loss needs temperature > 0 (log-probs come from logits / temperature)")
+
+
+def _clip_like_torch(x, low, high):
+    """clip with torch.clamp's gradient: 1 inside [low, high] boundaries included, 0 outside
+    (jnp.clip splits the gradient at a boundary)."""
+    return jnp.where(x < low, low, jnp.where(x > high, high, x))
+
+
+def per_token_objective(logp, old_logp, ref_logp, advantages_n, mask, s: LossSettings):
+    """Token losses [N, C] and token counts for the clip and KL statistics (sums over the mask).
+
+    logp, old_logp, ref_logp (None unless beta > 0): float32 [N, C]; advantages_n [N]; mask [N, C]
+    (1 for completion tokens that train).
+    """
+    m = mask.astype(jnp.float32)
+    live = m > 0
+    if old_logp is None:
+        old_logp = jax.lax.stop_gradient(logp)
+    log_ratio = jnp.where(live, logp - old_logp, 0.0)  # padding must not overflow exp
+    ratio = jnp.exp(log_ratio)
+    eps_low, eps_high = s.epsilon, s.epsilon if s.epsilon_high is None else s.epsilon_high
+    a = advantages_n[:, None].astype(jnp.float32)
+    unclipped = ratio * a
+    clipped = _clip_like_torch(ratio, 1.0 - eps_low, 1.0 + eps_high) * a
+    loss = -jnp.minimum(unclipped, clipped)
+    stats = {
+        "clip_low_tokens": jnp.sum(((ratio < 1.0 - eps_low) & (a < 0)) * m),
+        "clip_high_tokens": jnp.sum(((ratio > 1.0 + eps_high) & (a > 0)) * m),
+        "mask_tokens": jnp.sum(m),
+    }
+    if s.beta > 0:
+        delta = jnp.where(live, ref_logp - logp, 0.0)
+        kl = jnp.exp(delta) - delta - 1.0
+        loss = loss + s.beta * kl
+        stats["kl_sum"] = jnp.sum(kl * m)
+    return loss * m, stats
+
+
+def reduce_loss(token_loss, mask, s: LossSettings):
+    """(numerator, denominator) of one micro-batch for `s.loss_type` (see the module docstring)."""
+    m = mask.astype(jnp.float32)
+    n = jnp.asarray(token_loss.shape[0], jnp.float32)
+    if s.loss_type == "grpo":
+        per_seq = jnp.sum(token_loss, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1.0)
+        return jnp.sum(per_seq), n
+    if s.loss_type == "bnpo":
+        return jnp.sum(token_loss) / jnp.maximum(jnp.sum(m), 1.0), jnp.ones((), jnp.float32)
+    if s.loss_type == "dr_grpo":
+        return jnp.sum(token_loss), n * s.max_completion_length
+    return jnp.sum(token_loss), jnp.sum(m)  # dapo
+
+
+def make_loss_fn(s: LossSettings):
+    """The training loop's loss function for GRPO batches.
+
+    batch: tokens, segment_ids int32 [B, P + C]; completion_mask float32 [B, C] (truncated
+    completions already zeroed when masked); advantages float32 [B]; old_logprobs [B, C] when
+    `s.use_old_logprobs`; ref_logprobs [B, C] when beta > 0.
+    """
+
+    def loss_fn(model, batch):
+        mask = batch["completion_mask"]
+        logp = completion_logprobs(model, batch["tokens"], batch["segment_ids"], mask.shape[1], s.temperature,
+                                   s.logprob_chunk_size)  # fmt: skip
+        old = batch["old_logprobs"] if s.use_old_logprobs else None
+        token_loss, stats = per_token_objective(logp, old, batch.get("ref_logprobs"), batch["advantages"], mask, s)
+        num, den = reduce_loss(token_loss, mask, s)
+        return num, den, stats
+
+    return loss_fn

@@ -154,6 +154,7 @@ class MMLULogLik(MMLU):
     start of the assistant's reply; the shots reply with the bare letter."""
 
     name = "mmlu_loglik"
+    data_of = "mmlu"
     kind = "loglik"
     primary = "accuracy"
     instruction = "Answer with the letter of the correct option only."

@@ -79,7 +79,9 @@ class Prepared:
 
 def prepare(name: str, config: EvalConfig) -> Prepared:
     task = make_task(name, config.seed)
-    source = parse_source(config.data[name], task.source) if name in config.data else task.source
+    key = name if name in config.data else task.data_of  # mmlu_loglik reads mmlu's --data
+    local = key in config.data
+    source = parse_source(config.data[key], task.source) if local else task.source
     parsed = parse_rows(load_rows(source), task.parse)
     if config.strict and parsed.skipped:
         reason, count = parsed.skipped.most_common(1)[0]
@@ -89,7 +91,7 @@ def prepare(name: str, config: EvalConfig) -> Prepared:
     pool = parsed.items
     if k > 0 and name in config.shots:
         pool = parse_rows(load_rows(Source(config.shots[name])), task.parse).items
-    elif k > 0 and task.shot_source is not None and name not in config.data:
+    elif k > 0 and task.shot_source is not None and not local:
         pool = parse_rows(load_rows(task.shot_source), task.parse).items
     turns = [task.turns(item, pick_shots(item, pool, k)) for item in items]
     return Prepared(task, source, items, turns, parsed.skipped, k)
@@ -146,7 +148,8 @@ class Progress:
     def __init__(self, total: int):
         from tqdm.auto import tqdm
 
-        self.bar = tqdm(total=total, unit="problem", dynamic_ncols=True, disable=None, file=sys.stderr)
+        quiet = None if _writer() else True  # None: a bar only on a terminal
+        self.bar = tqdm(total=total, unit="problem", dynamic_ncols=True, disable=quiet, file=sys.stderr)
         self.start, self.done, self.total = time.monotonic(), 0, total
 
     def update(self, n: int, what: str) -> None:
@@ -156,6 +159,8 @@ class Progress:
 
     def log(self, message: str) -> None:
         """A line with the elapsed time and the ETA of the whole run (also when the bar is off)."""
+        if not _writer():
+            return
         elapsed = time.monotonic() - self.start
         done, total = self.done, self.total or 1
         eta = elapsed / done * (total - done) if done else float("nan")
@@ -255,13 +260,18 @@ def evaluate(models: list[str], config: EvalConfig, out_dir: str | Path) -> dict
         raise JaxrlError("no model given; pass --model DIR (a HF dir, an Orbax checkpoint or a run dir)")
     if config.num_samples < 1 or config.max_new_tokens < 1 or config.batch_size < 1:
         raise JaxrlError("--num-samples, --max-new-tokens and --batch-size must be at least 1")
+    if config.limit is not None and config.limit < 1:
+        raise JaxrlError(f"--limit {config.limit}: give at least 1 (or leave it out for every problem)")
+    if config.kl_base and not Path(config.kl_base).exists():
+        raise JaxrlError(f"--kl-base {config.kl_base} does not exist")
     if config.chat_template not in CHAT_TEMPLATES:
         raise JaxrlError(f"unknown chat template {config.chat_template!r}; choose from {', '.join(CHAT_TEMPLATES)}")
     sampling_config(config)  # bad temperature / top_p / top_k fail here, before any model loads
     refs = expand_models(models)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "metrics.jsonl").unlink(missing_ok=True)
+    if _writer():
+        (out / "metrics.jsonl").unlink(missing_ok=True)
     mesh = LogicalMesh(make_mesh(config.mesh))
     prepared = [prepare(name, config) for name in config.tasks]
     base = None
@@ -288,16 +298,28 @@ def evaluate(models: list[str], config: EvalConfig, out_dir: str | Path) -> dict
         "kl_base": config.kl_base,
         "kl": kls,
     }  # fmt: skip
-    write_reports(report, out)
+    if _writer():
+        write_reports(report, out)
     return report
 
 
+def _writer() -> bool:
+    """Every host runs the models in lockstep; only the first writes files."""
+    import jax
+
+    return jax.process_index() == 0
+
+
 def _append_jsonl(path: Path, record: dict) -> None:
+    if not _writer():
+        return
     with path.open("a") as f:
         f.write(json.dumps(record) + "\n")
 
 
 def _write_samples(path: Path, p: Prepared, prompts, completions, scored, records) -> None:
+    if not _writer():
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
         for item, prompt, texts, row, extra in zip(p.items, prompts, completions, scored, records, strict=True):

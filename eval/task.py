@@ -45,6 +45,7 @@ class Task:
     num_shots: int = 0
     kind: str = "generate"  # "generate": sampled completions; "loglik": scored continuations
     primary: str = "pass@1"  # the metric shown in the table
+    data_of: str | None = None  # another task whose --data this one reads when it has none of its own
 
     def parse(self, row: dict, index: int) -> Item:
         raise NotImplementedError

@@ -16,7 +16,7 @@ FIXTURES = Path(__file__).parent / "fixtures" / "eval"
 
 def prepared(name, **kw):
     file = FIXTURES / f"{name.removesuffix('_loglik')}.jsonl"
-    return prepare(name, EvalConfig(data={name: str(file)}, **kw))
+    return prepare(name, EvalConfig(data={name.removesuffix("_loglik"): str(file)}, **kw))
 
 
 @pytest.fixture(scope="module")
@@ -254,8 +254,9 @@ def test_item_shots_never_include_the_item():
 
 
 def test_model_arguments_expand_runs_and_need_a_tokenizer(tmp_path):
-    from jaxrl.errors import JaxrlError
     from jaxrl.eval.models import expand_models, load_tokenizer
+
+    from jaxrl.errors import JaxrlError
 
     run = tmp_path / "grpo"
     for step in ("10", "2", "tmp"):

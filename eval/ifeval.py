@@ -116,7 +116,8 @@ def number_placeholders(response, *, num_placeholders):
 
 @checker("detectable_content:postscript")
 def postscript(response, *, postscript_marker):
-    marker = re.escape(postscript_marker.strip()).replace(r"\ ", r"\s*")
+    """A line starting with the marker; "P. S." and "p.s." count for "P.S." (spacing and case free)."""
+    marker = re.escape(postscript_marker.strip()).replace(r"\ ", r"\s*").replace(r"\.", r"\.\s?")
     return re.search(r"^\s*" + marker, response, re.IGNORECASE | re.MULTILINE) is not None
 
 

@@ -48,6 +48,7 @@ class EvalConfig:
     num_shots: dict[str, int] = dataclasses.field(default_factory=dict)  # task -> k (default: the task's)
     tokenizer: str | None = None  # default: beside or above each model
     param_dtype: str | None = None  # e.g. float32, bfloat16 (default: float32)
+    compute_dtype: str | None = None  # matmul dtype, e.g. bfloat16 (default: float32; logits, softmax, KL stay fp32)
     mesh: str = ""  # e.g. data=1,fsdp=-1,tensor=1
     kl_base: str | None = None  # a model: report KL(base || each model)
     kl_data: str | None = None  # MATH-500 rows for the KL (default: the math500 data)
@@ -180,7 +181,7 @@ def evaluate_model(ref: ModelRef, prepared: list[Prepared], config: EvalConfig, 
     from jaxrl.models.checkpoint import load_model
 
     tokenizer = load_tokenizer(ref.path, config.tokenizer)
-    model = load_model(ref.path, mesh, config.param_dtype)
+    model = load_model(ref.path, mesh, config.param_dtype, **_compute(config))
     system = system_prompt_from(config.system_prompt)
     results = {}
     for p in prepared:
@@ -278,7 +279,7 @@ def evaluate(models: list[str], config: EvalConfig, out_dir: str | Path) -> dict
     if config.kl_base:
         base_path = Path(config.kl_base)
         pairs = kl_pairs(config, load_tokenizer(base_path, config.tokenizer))
-        base = (load_model(base_path, mesh, config.param_dtype), pairs)
+        base = (load_model(base_path, mesh, config.param_dtype, **_compute(config)), pairs)
     total = len(refs) * (sum(len(p.items) for p in prepared) + (len(base[1]) if base else 0))
     progress = Progress(total)
     results, kls = {}, {}
@@ -301,6 +302,10 @@ def evaluate(models: list[str], config: EvalConfig, out_dir: str | Path) -> dict
     if _writer():
         write_reports(report, out)
     return report
+
+
+def _compute(config: EvalConfig) -> dict:
+    return {"dtype": config.compute_dtype} if config.compute_dtype else {}
 
 
 def _writer() -> bool:
@@ -359,6 +364,7 @@ def eval_cli(args) -> dict:
         top_k=args.top_k, max_new_tokens=args.max_new_tokens, seed=args.seed, limit=args.limit,
         chat_template=args.chat_template, system_prompt=args.system_prompt, batch_size=args.batch_size,
         data=data, shots=shots, num_shots=num_shots, tokenizer=args.tokenizer, param_dtype=args.dtype,
+        compute_dtype=args.compute_dtype,
         mesh=args.mesh, kl_base=args.kl_base, kl_data=args.kl_data, strict=args.strict,
     )  # fmt: skip
     report = evaluate(args.model, config, args.out)

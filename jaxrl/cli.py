@@ -139,6 +139,7 @@ def _eval(sub):
     p.add_argument("--system-prompt", default="study", help="'study', 'none', or the text")
     p.add_argument("--tokenizer", default=None, help="tokenizer dir (default: beside or above each model)")
     p.add_argument("--dtype", default=None, help="parameter dtype: float32, bfloat16")
+    p.add_argument("--compute-dtype", default=None, help="matmul dtype (default float32): bfloat16 saves memory")
     p.add_argument("--mesh", default="", help="mesh spec, e.g. data=1,fsdp=-1,tensor=1")
     p.add_argument("--strict", action="store_true", help="a malformed row is an error, not skipped")
 

@@ -167,19 +167,30 @@ def init_distributed(
 ) -> bool:
     """Starts `jax.distributed` when running on several hosts; returns whether it did.
 
-    On Cloud TPU VMs the arguments are found from the environment; elsewhere pass them, or set
-    JAXRL_COORDINATOR, JAXRL_NUM_PROCESSES and JAXRL_PROCESS_ID.
+    Pass the arguments, or set JAXRL_COORDINATOR (host:port of process 0), JAXRL_NUM_PROCESSES
+    and JAXRL_PROCESS_ID (tpu_scripts/launch.sh sets all three on every TPU worker). Unset ones
+    are left to JAX's own detection, which covers Cloud TPU VMs, SLURM and Open MPI; set
+    JAXRL_DISTRIBUTED=1 to rely on it alone (e.g. a TPU pod started without launch.sh). With
+    JAX_PLATFORMS=cpu the processes exchange collectives over gloo (tests, CPU clusters).
     """
     coordinator = coordinator or os.environ.get("JAXRL_COORDINATOR")
-    if num_processes is None and "JAXRL_NUM_PROCESSES" in os.environ:
-        num_processes = int(os.environ["JAXRL_NUM_PROCESSES"])
-    if process_id is None and "JAXRL_PROCESS_ID" in os.environ:
-        process_id = int(os.environ["JAXRL_PROCESS_ID"])
+    try:
+        if num_processes is None and os.environ.get("JAXRL_NUM_PROCESSES"):
+            num_processes = int(os.environ["JAXRL_NUM_PROCESSES"])
+        if process_id is None and os.environ.get("JAXRL_PROCESS_ID"):
+            process_id = int(os.environ["JAXRL_PROCESS_ID"])
+    except ValueError:
+        raise JaxrlError("JAXRL_NUM_PROCESSES and JAXRL_PROCESS_ID must be integers") from None
+    if num_processes is not None and process_id is not None and not 0 <= process_id < num_processes:
+        raise JaxrlError(f"process id {process_id} is not in [0, {num_processes})")
     on_tpu_pod = "TPU_WORKER_HOSTNAMES" in os.environ and "," in os.environ["TPU_WORKER_HOSTNAMES"]
-    if coordinator is None and not on_tpu_pod:
+    asked = os.environ.get("JAXRL_DISTRIBUTED", "") not in ("", "0")
+    if coordinator is None and not on_tpu_pod and not asked:
         return False
     if jax.distributed.is_initialized():
         return True
+    if os.environ.get("JAX_PLATFORMS", "").strip() == "cpu":
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
     jax.distributed.initialize(
         coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
     )

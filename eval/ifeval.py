@@ -241,6 +241,7 @@ class IFEval(Task):
     name = "ifeval"
     source = Source("google/IFEval", split="train")
     primary = "prompt_strict"
+    votes = False
 
     def parse(self, row, index):
         (prompt,), (ids,) = texts(row, "prompt"), required(row, "instruction_id_list")

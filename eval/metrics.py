@@ -60,7 +60,7 @@ def summarize(correct: np.ndarray, answers: Sequence[Sequence[str | None]] | Non
 
     pass@1 is the mean over problems of each problem's fraction correct, with the standard error
     over problems; pass@k is the unbiased estimator averaged over problems; maj@k votes over the
-    first k samples of each problem (left out when no sample has an answer, as in IFEval).
+    first k samples of each problem (when `answers` are given).
     """
     correct = np.asarray(correct, dtype=bool)
     if correct.ndim != 2 or correct.shape[1] == 0:
@@ -71,7 +71,7 @@ def summarize(correct: np.ndarray, answers: Sequence[Sequence[str | None]] | Non
     hits = correct.sum(axis=1)
     for k in default_ks(n)[1:]:
         out[f"pass@{k}"] = float(np.mean([pass_at_k(n, int(c), k) for c in hits])) if num else math.nan
-    if answers is not None and any(a is not None for row in answers for a in row):
+    if answers is not None:
         for k in default_ks(n)[1:]:
             votes = [majority_correct(a[:k], c[:k]) for a, c in zip(answers, correct, strict=True)]
             out[f"maj@{k}"] = float(np.mean(votes)) if num else math.nan

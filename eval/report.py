@@ -40,7 +40,7 @@ def table_rows(report: dict) -> list[tuple[str, list[str]]]:
         if any("inst_strict" in r for r in per_model):
             rows.append((f"{task} (inst_strict)", [cell(r, "inst_strict") for r in per_model]))
         n = max((r.get("num_samples", 1) for r in per_model), default=1)
-        for key in (f"pass@{n}", f"maj@{n}") if n > 1 else ():
+        for key in [k for k in (f"pass@{n}", f"maj@{n}") if n > 1 and any(k in r for r in per_model)]:
             rows.append((f"{task} ({key})", [cell(r, key) for r in per_model]))
     if report.get("kl"):
         kl = report["kl"]

@@ -126,12 +126,13 @@ def score_loglik(prepared: Prepared, model, tokenizer, prompts: list[list[int]],
     return scored, records
 
 
-def task_metrics(scored: list[list[Scored]], lengths: list[list[int]] | None, finish: list[list[str]] | None) -> dict:
-    """Summary of one task on one model (see `metrics.summarize`), verdict counts, IFEval's
-    instruction-level accuracy, and completion lengths."""
+def task_metrics(scored: list[list[Scored]], lengths, finish, votes: bool = True) -> dict:
+    """Summary of one task on one model (see `metrics.summarize`; maj@k when `votes`), verdict
+    counts, IFEval's instruction-level accuracy, and completion lengths and truncation."""
     if not scored:
         return {"num_problems": 0}
-    out = summarize([[s.correct for s in row] for row in scored], [[s.answer for s in row] for row in scored])
+    answers = [[s.answer for s in row] for row in scored] if votes else None
+    out = summarize([[s.correct for s in row] for row in scored], answers)
     out["verdicts"] = dict(Counter(s.verdict for row in scored for s in row))
     parts = [p for row in scored for s in row for p in s.parts]
     if parts:
@@ -209,7 +210,7 @@ def evaluate_model(ref: ModelRef, prepared: list[Prepared], config: EvalConfig, 
             scored = p.task.score(p.items, completions)
             lengths, finish = [g.lengths for g in gens], [g.finish_reasons for g in gens]
             records = [{"finish_reasons": g.finish_reasons} for g in gens]
-        metrics = task_metrics(scored, lengths, finish)
+        metrics = task_metrics(scored, lengths, finish, p.task.votes)
         if p.task.primary != "pass@1" and "pass@1" in metrics:  # e.g. IFEval's prompt_strict: the same figure
             metrics[p.task.primary], metrics[p.task.primary + "_stderr"] = metrics["pass@1"], metrics["pass@1_stderr"]
         metrics |= {"skipped": dict(p.skipped), "num_skipped": sum(p.skipped.values()), "num_shots": p.num_shots,

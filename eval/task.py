@@ -46,6 +46,7 @@ class Task:
     kind: str = "generate"  # "generate": sampled completions; "loglik": scored continuations
     primary: str = "pass@1"  # the metric shown in the table
     data_of: str | None = None  # another task whose --data this one reads when it has none of its own
+    votes: bool = True  # extracted answers can be majority-voted (maj@k); IFEval's cannot
 
     def parse(self, row: dict, index: int) -> Item:
         raise NotImplementedError

@@ -63,6 +63,7 @@ def test_hf_dir_and_orbax_checkpoint_score_the_same(sampled):
     assert report["tasks"]["math500"]["skipped"] == {"line is not valid JSON": 1, "missing 'answer'": 1,
                                                      "'problem' is empty": 1}  # fmt: skip
     assert report["tasks"]["ifeval"]["num_problems"] == 4 and "inst_strict" in hf["ifeval"]
+    assert "maj@2" in hf["math500"] and "maj@2" not in hf["ifeval"]  # IFEval has no answers to vote on
     for label in ("hf", "run@7"):
         assert report["kl"][label]["kl"] == pytest.approx(0.0, abs=1e-6)  # the same weights as the base
         assert report["kl"][label]["num_tokens"] > 0

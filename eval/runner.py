@@ -59,7 +59,7 @@ class EvalConfig:
 def parse_source(text: str, default: Source) -> Source:
     """A local file path, or a hub name `name[:config][@split]` (split defaults to the task's)."""
     path = Path(text).expanduser()
-    if path.exists() or path.suffix.lower() in (".jsonl", ".json", ".parquet", ".csv"):
+    if path.exists() or path.suffix.lower() in (".jsonl", ".json", ".parquet"):
         return Source(str(path))
     name, _, split = text.partition("@")
     name, _, config = name.partition(":")
@@ -79,6 +79,9 @@ class Prepared:
 
 
 def prepare(name: str, config: EvalConfig) -> Prepared:
+    """Loads and parses a task's rows (malformed ones counted), keeps the first `limit`, and builds
+    each item's chat turns with its k shots: from --shots, else the task's shot split for hub
+    data, else the evaluated rows themselves (never the item itself)."""
     task = make_task(name, config.seed)
     key = name if name in config.data else task.data_of  # mmlu_loglik reads mmlu's --data
     local = key in config.data
@@ -91,7 +94,8 @@ def prepare(name: str, config: EvalConfig) -> Prepared:
     k = config.num_shots.get(name, task.num_shots)
     pool = parsed.items
     if k > 0 and name in config.shots:
-        pool = parse_rows(load_rows(Source(config.shots[name])), task.parse).items
+        shots = parse_source(config.shots[name], task.shot_source or task.source)
+        pool = parse_rows(load_rows(shots), task.parse).items
     elif k > 0 and task.shot_source is not None and not local:
         pool = parse_rows(load_rows(task.shot_source), task.parse).items
     turns = [task.turns(item, pick_shots(item, pool, k)) for item in items]

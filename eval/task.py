@@ -84,10 +84,11 @@ def texts(row: dict, *names: str, numbers: bool = False) -> list[str]:
 
 
 def pick_shots(item: Item, pool: Sequence[Item], k: int) -> list[Item]:
-    """The first `k` items of `pool` other than `item`, those of its group first."""
+    """The first `k` items of `pool` other than `item` itself (the same object: a pool read from
+    another file may reuse its ids), those of its group first."""
     if k <= 0:
         return []
-    others = [p for p in pool if p.id != item.id]
+    others = [p for p in pool if p is not item]
     same = [p for p in others if p.group == item.group]
     rest = [p for p in others if p.group != item.group]
     return (same + rest)[:k]

@@ -251,6 +251,7 @@ def test_item_shots_never_include_the_item():
 
     pool = [Item(str(i), {}, "g" if i % 2 else "h") for i in range(6)]
     assert [s.id for s in pick_shots(pool[1], pool, 3)] == ["3", "5", "0"]
+    assert [s.id for s in pick_shots(Item("1", {}, "g"), pool, 2)] == ["1", "3"]  # same id, another item
     assert pick_shots(pool[0], pool, 0) == []
 
 
@@ -272,3 +273,19 @@ def test_model_arguments_expand_runs_and_need_a_tokenizer(tmp_path):
         expand_models([str(tmp_path)])
     with pytest.raises(JaxrlError, match="pass --tokenizer"):
         load_tokenizer(refs[0].path)
+
+
+def test_shots_from_another_file_and_k_overridden(tmp_path):
+    import json
+
+    shots = tmp_path / "shots.jsonl"
+    rows = [{"question": f"What is {i}+{i}?", "answer": f"{i}+{i}={2 * i}\n#### {2 * i}"} for i in (11, 12, 13)]
+    shots.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    config = EvalConfig(data={"gsm8k": str(FIXTURES / "gsm8k.jsonl")}, shots={"gsm8k": str(shots)},
+                        num_shots={"gsm8k": 2})  # fmt: skip
+    p = prepare("gsm8k", config)
+    assert p.num_shots == 2
+    # the shots file numbers its rows from 0 too; a shot is left out only when it is the item itself
+    users = [t["content"] for t in p.turns[0][::2]]
+    assert users == ["What is 11+11?", "What is 12+12?", p.items[0].fields["question"]]
+    assert p.turns[3][1]["content"] == "11+11=22\nThe answer is 22."

@@ -11,7 +11,8 @@ Each step directory holds three items:
 Orbax writes a step into a temporary directory and renames it when complete (or, on gs://,
 marks it committed), so a step directory is complete or not listed. A step whose files are
 damaged afterwards fails to restore: `restore_latest` says so, moves it to
-RUN/checkpoints.corrupt/, and falls back to the previous step.
+RUN/checkpoints.corrupt/, and falls back to the previous step (when no step restores, it raises
+instead and moves nothing).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jaxrl.train.config import CheckpointConfig
+
+from jaxrl.errors import JaxrlError
 
 PARAMS, OPT_STATE, TRAIN_STATE = "params", "opt_state", "train_state"
 
@@ -102,19 +105,33 @@ class Checkpoints:
         opt_state = _unflatten(abstract_opt_state, restored[OPT_STATE])
         return restored[PARAMS], opt_state, train_state
 
-    def restore_latest(self, abstract_params, abstract_opt_state):
-        """The newest step that restores, or None when there is none. Damaged steps are moved aside."""
+    def restore_latest(self, abstract_params, abstract_opt_state, warn=None):
+        """The newest step that restores, or None when there is no checkpoint.
+
+        Newer steps that fail to restore (damaged files) are moved aside with a warning once an
+        older one restores. When none restores, nothing is moved and a JaxrlError says why: the
+        usual cause is a recipe that no longer matches the run (another model, freeze or optimizer).
+        """
+        warn = warn or (lambda text: warnings.warn(text, stacklevel=3))
+        failures = []
         for step in reversed(self.steps()):
             try:
-                return self.restore(step, abstract_params, abstract_opt_state)
-            except Exception as e:  # any failure to read a step means the step is unusable
-                reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                aside = self._move_aside(step)
-                warnings.warn(
-                    f"checkpoint step {step} in {self.directory} cannot be restored ({reason[:200]}); "
-                    f"moved it to {aside} and falling back to the previous checkpoint",
-                    stacklevel=2,
-                )
+                restored = self.restore(step, abstract_params, abstract_opt_state)
+            except Exception as e:  # any failure to read a step makes it unusable
+                text = str(e).strip()
+                failures.append((step, (text.splitlines()[0] if text else type(e).__name__)[:200]))
+                continue
+            for bad, reason in failures:
+                aside = self._move_aside(bad)
+                warn(f"checkpoint step {bad} in {self.directory} cannot be restored ({reason}); moved it to "
+                     f"{aside}; resuming from step {step}")  # fmt: skip
+            return restored
+        if failures:
+            step, reason = failures[0]
+            raise JaxrlError(
+                f"no checkpoint in {self.directory} can be restored (newest, step {step}: {reason}); if the recipe "
+                "changed, use the run's recipe.yaml or a new output_dir; if the files are damaged, move them away"
+            )
         return None
 
     def _move_aside(self, step: int) -> epath.Path:

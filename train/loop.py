@@ -305,7 +305,7 @@ def fit(
     """
     start, resumed_from, skipped_total = 0, None, 0
     if resume:
-        restored = checkpoints.restore_latest(*trainer.abstract_state())
+        restored = checkpoints.restore_latest(*trainer.abstract_state(), warn=lambda m: logger.message(f"warning: {m}"))
         if restored is not None:
             params, opt_state, train_state = restored
             trainer.set_state(params, opt_state)

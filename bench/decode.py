@@ -1,0 +1,177 @@
+"""Decode throughput: jaxrl's sampler beside transformers' `generate` on the same weights.
+
+A ~40M-parameter Qwen2-shaped model (hidden 512, 8 layers, 8 heads, 4 KV heads, vocab 32000) with
+random weights is written as a HF directory and loaded through `load_model`, the path a user's
+checkpoint takes; PyTorch runs the very same weights. Both decode greedily, without EOS, a batch
+of 16 random 64-token prompts for 128 new tokens, with the same number of CPU threads, in one run.
+
+    python bench/decode.py                      # CPU (JAX_PLATFORMS=cpu to be sure)
+    python bench/decode.py --device cuda        # GPU: JAX on its default GPU, PyTorch on cuda:0
+
+tokens/s counts new tokens over the whole call (prefill included) and takes the best of
+`--repeats` timed calls after a warm-up. The last line is one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--prompt-len", type=int, default=64)
+    p.add_argument("--new-tokens", type=int, default=128)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="CPU threads of both")
+    p.add_argument("--dtype", default="float32", help="float32 or bfloat16, for both")
+    p.add_argument("--device", default="cpu", help="PyTorch device: cpu or cuda")
+    p.add_argument("--no-reference", action="store_true", help="skip transformers (ratio is null)")
+    return p.parse_args(argv)
+
+
+def bench_config():
+    from jaxrl.models.config import ModelConfig
+
+    return ModelConfig(
+        family="qwen2", vocab_size=32000, hidden_size=512, intermediate_size=1408, num_layers=8, num_heads=8,
+        num_kv_heads=4, head_dim=64, rope_theta=1000000.0, qkv_bias=True, tie_word_embeddings=True,
+    )  # fmt: skip
+
+
+def build_reference(config, directory, dtype: str):
+    """A random transformers model of `config`, saved to `directory` (fp32), cast to `dtype`."""
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    hf_config = transformers.AutoConfig.for_model(**config.to_hf_config())
+    model = transformers.AutoModelForCausalLM.from_config(hf_config, dtype=torch.float32)
+    with torch.no_grad():  # non-trivial biases, so every term of the forward pass matters
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0.0, 0.1)
+    model.eval().save_pretrained(directory)
+    return model.to(getattr(torch, dtype))
+
+
+def best_time(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def bench_jaxrl(directory, prompts, args) -> dict:
+    import jax
+    from jaxrl.models.checkpoint import load_model
+    from jaxrl.models.sampler import SamplingConfig, bucket, pad_prompts, prefill, sample
+
+    from jaxrl.sharding import LogicalMesh, make_mesh
+
+    mesh = LogicalMesh(make_mesh("data=1,fsdp=-1,tensor=1", jax.devices()[:1]))
+    model = load_model(directory, mesh, param_dtype=args.dtype, dtype=args.dtype)
+    config = SamplingConfig(temperature=0, max_new_tokens=args.new_tokens)
+    run = lambda: sample(model, prompts, config, eos_token_ids=())
+
+    start = time.perf_counter()
+    first = run()
+    first_s = time.perf_counter() - start
+    seconds = best_time(run, args.repeats)
+
+    batch = pad_prompts(prompts, model.config.vocab_size, 1, mesh)
+    run_prefill = lambda: jax.block_until_ready(prefill(model, batch, 1, bucket(args.new_tokens), mesh))
+    run_prefill()
+    prefill_s = best_time(run_prefill, args.repeats)
+    new_tokens = int(first.lengths.sum())
+    return {
+        "tokens": first.tokens, "seconds": seconds, "tokens_per_s": new_tokens / seconds,
+        "prefill_tokens_per_s": len(prompts) * len(prompts[0]) / prefill_s,
+        "compile_s": max(first_s - seconds, 0.0), "device": str(jax.devices()[0].platform),
+    }  # fmt: skip
+
+
+def bench_reference(model, prompts, args) -> dict:
+    import numpy as np
+    import torch
+    import transformers
+
+    ids = torch.tensor(np.asarray(prompts), device=args.device)
+    mask = torch.ones_like(ids)
+    model = model.to(args.device)
+    generation = transformers.GenerationConfig(
+        do_sample=False, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, eos_token_id=None,
+        pad_token_id=0,
+    )  # fmt: skip
+
+    def run():
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        return out
+
+    tokens = run()[:, ids.shape[1] :].cpu().numpy()  # also the warm-up
+    seconds = best_time(run, args.repeats)
+
+    def run_prefill():
+        with torch.no_grad():
+            model(input_ids=ids, attention_mask=mask)
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    run_prefill()
+    prefill_s = best_time(run_prefill, args.repeats)
+    return {
+        "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens.size / seconds,
+        "prefill_tokens_per_s": ids.numel() / prefill_s,
+    }  # fmt: skip
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(args.threads)
+    config = bench_config()
+    rng = np.random.default_rng(0)
+    prompts = rng.integers(1, config.vocab_size, (args.batch, args.prompt_len)).tolist()
+    print(f"model: qwen2-shaped, {config.num_params() / 1e6:.1f}M params; batch {args.batch}, "
+          f"{args.prompt_len}-token prompts, {args.new_tokens} new tokens, {args.threads} threads, "
+          f"{args.dtype}", file=sys.stderr)  # fmt: skip
+
+    with tempfile.TemporaryDirectory() as directory:
+        reference_model = build_reference(config, directory, args.dtype)
+        ours = bench_jaxrl(directory, prompts, args)
+    print(f"jaxrl:        {ours['tokens_per_s']:9.1f} new tokens/s ({ours['seconds']:.2f} s), prefill "
+          f"{ours['prefill_tokens_per_s']:.0f} tokens/s, compile {ours['compile_s']:.1f} s", file=sys.stderr)  # fmt: skip
+    result = {
+        "metric": "decode_new_tokens_per_s", "jaxrl": round(ours["tokens_per_s"], 2), "reference": None,
+        "ratio": None, "unit": "tokens/s", "prefill_tokens_per_s": round(ours["prefill_tokens_per_s"], 1),
+        "compile_s": round(ours["compile_s"], 2), "jax_device": ours["device"], "threads": args.threads,
+        "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "dtype": args.dtype,
+    }  # fmt: skip
+    if not args.no_reference:
+        ref = bench_reference(reference_model, prompts, args)
+        agree = float(np.mean(ref["tokens"] == ours["tokens"]))
+        print(f"transformers: {ref['tokens_per_s']:9.1f} new tokens/s ({ref['seconds']:.2f} s), prefill "
+              f"{ref['prefill_tokens_per_s']:.0f} tokens/s; greedy tokens agree: {agree:.3f}", file=sys.stderr)  # fmt: skip
+        result.update(
+            reference=round(ref["tokens_per_s"], 2), ratio=round(ours["tokens_per_s"] / ref["tokens_per_s"], 3),
+            reference_prefill_tokens_per_s=round(ref["prefill_tokens_per_s"], 1), greedy_token_agreement=agree,
+            reference_device=args.device,
+        )  # fmt: skip
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

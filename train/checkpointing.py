@@ -4,7 +4,8 @@ Each step directory holds three items:
 
     params/       the parameter tree as plain nested dicts, exactly what `save_model` writes, so
                   `load_model(RUN/checkpoints/<step>)` and `StandardCheckpointer().restore(...)` work
-    opt_state/    the optax state, its leaves flattened to {"0": ..., "1": ...} in tree order
+    opt_state/    the optax state as nested dicts named by its key paths, e.g. for the default
+                  chain (clip, Adam): {"1": {"count": i32[], "mu": {params}, "nu": {params}}}
     train_state/  JSON: {"step", "data" (iterator position), "rng" (uint32 key data),
                   "skipped_updates", "time"}
 
@@ -33,15 +34,32 @@ from jaxrl.errors import JaxrlError
 PARAMS, OPT_STATE, TRAIN_STATE = "params", "opt_state", "train_state"
 
 
-def _flatten(tree) -> dict[str, Any]:
-    return {str(i): leaf for i, leaf in enumerate(jax.tree.leaves(tree))}
+def _names(path) -> list[str]:
+    """A key path as plain names: dict keys, attribute names, sequence indices."""
+    return [str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path]
 
 
-def _unflatten(like, flat: dict[str, Any]):
-    leaves, treedef = jax.tree.flatten(like)
-    if len(flat) != len(leaves):
-        raise ValueError(f"optimizer state has {len(flat)} leaves, expected {len(leaves)}")
-    return jax.tree.unflatten(treedef, [flat[str(i)] for i in range(len(leaves))])
+def _nested(tree) -> dict[str, Any]:
+    """An optax state as nested dicts named by its key paths (empty states vanish):
+    e.g. {"1": {"count": [], "mu": {params tree}, "nu": {params tree}}} for clip -> adam."""
+    out: dict[str, Any] = {}
+    for path, leaf in jax.tree_util.tree_leaves_with_path(tree):
+        *parents, last = _names(path)
+        node = out
+        for name in parents:
+            node = node.setdefault(name, {})
+        node[last] = leaf
+    return out
+
+
+def _from_nested(like, nested: dict[str, Any]):
+    def take(path, _):
+        node = nested
+        for name in _names(path):
+            node = node[name]
+        return node
+
+    return jax.tree_util.tree_map_with_path(take, like)
 
 
 class Checkpoints:
@@ -73,7 +91,7 @@ class Checkpoints:
             args=ocp.args.Composite(
                 **{
                     PARAMS: ocp.args.StandardSave(params),
-                    OPT_STATE: ocp.args.StandardSave(_flatten(opt_state)),
+                    OPT_STATE: ocp.args.StandardSave(_nested(opt_state)),
                     TRAIN_STATE: ocp.args.JsonSave(train_state),
                 }
             ),
@@ -94,7 +112,7 @@ class Checkpoints:
             args=ocp.args.Composite(
                 **{
                     PARAMS: ocp.args.StandardRestore(abstract_params),
-                    OPT_STATE: ocp.args.StandardRestore(_flatten(abstract_opt_state)),
+                    OPT_STATE: ocp.args.StandardRestore(_nested(abstract_opt_state)),
                     TRAIN_STATE: ocp.args.JsonRestore(),
                 }
             ),
@@ -102,7 +120,7 @@ class Checkpoints:
         train_state = dict(restored[TRAIN_STATE])
         if train_state.get("step") != step:
             raise ValueError(f"train_state says step {train_state.get('step')}, directory says {step}")
-        opt_state = _unflatten(abstract_opt_state, restored[OPT_STATE])
+        opt_state = _from_nested(abstract_opt_state, restored[OPT_STATE])
         return restored[PARAMS], opt_state, train_state
 
     def restore_latest(self, abstract_params, abstract_opt_state, warn=None):

@@ -19,6 +19,10 @@ def _clean(x):
     return x
 
 
+def _number(x) -> float | None:
+    return float(x) if isinstance(x, int | float) and math.isfinite(x) else None
+
+
 def table_rows(report: dict) -> list[tuple[str, list[str]]]:
     """(row label, one cell per model): each task's primary metric +- its standard error, IFEval's
     instruction-level accuracy, pass@k / maj@k at the largest k, and the KL to the base."""
@@ -29,12 +33,10 @@ def table_rows(report: dict) -> list[tuple[str, list[str]]]:
         per_model = [report["results"][m].get(task, {}) for m in labels]
 
         def cell(r, key, err=None):
-            v = r.get(key)
-            if v is None or (isinstance(v, float) and math.isnan(v)):
+            v, e = _number(r.get(key)), _number(r.get(err)) if err else None
+            if v is None:
                 return "-"
-            e = r.get(err) if err else None
-            return f"{v:.3f} ± {e:.3f}" if e is not None and r.get("num_samples", 0) * r.get("num_problems", 0) > 1 \
-                else f"{v:.3f}"  # fmt: skip
+            return f"{v:.3f} ± {e:.3f}" if e is not None else f"{v:.3f}"
 
         rows.append((f"{task} ({primary})", [cell(r, primary, primary + "_stderr") for r in per_model]))
         if any("inst_strict" in r for r in per_model):
@@ -87,8 +89,8 @@ def bar_chart(report: dict, path: Path) -> None:
         for t in tasks:
             r, primary = report["results"][label].get(t, {}), report["tasks"][t]["primary"]
             v, e = r.get(primary), r.get(primary + "_stderr")
-            values.append(np.nan if v is None else v)
-            errors.append(0.0 if e is None or (isinstance(e, float) and math.isnan(e)) else e)
+            values.append(np.nan if _number(v) is None else v)
+            errors.append(_number(e) or 0.0)
         ax.bar(x + (i - (len(labels) - 1) / 2) * width, values, width, yerr=errors, capsize=2, label=label)
     ax.set_xticks(x, tasks, rotation=20)
     ax.set_ylabel("score (primary metric)")
@@ -99,8 +101,49 @@ def bar_chart(report: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def run_steps(report: dict) -> dict[str, list[tuple[int, str]]]:
+    """Runs with at least two checkpoints evaluated: run name -> [(step, model label)] by step."""
+    runs: dict[str, list[tuple[int, str]]] = {}
+    for m in report["models"]:
+        run, sep, step = m["label"].rpartition("@")
+        if sep and step.isdigit():
+            runs.setdefault(run, []).append((int(step), m["label"]))
+    return {run: sorted(steps) for run, steps in runs.items() if len(steps) > 1}
+
+
+def trajectories(report: dict, path: Path) -> bool:
+    """Each task's primary metric (and the KL to the base) against the training step, a line per
+    run; written only when some run has two or more checkpoints. Returns whether it was written."""
+    runs = run_steps(report)
+    if not runs:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(t, report["tasks"][t]["primary"]) for t in report["tasks"]] + (
+        [("kl", "kl")] if report.get("kl") else []
+    )
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3), squeeze=False)
+    for ax, (task, key) in zip(axes[0], panels, strict=True):
+        for run, steps in runs.items():
+            source = report["kl"] if task == "kl" else {m: report["results"][m].get(task, {}) for _, m in steps}
+            ys = [source.get(label, {}).get(key) for _, label in steps]
+            ax.plot([s for s, _ in steps], [float("nan") if y is None else y for y in ys], marker="o", label=run)
+        ax.set_title("KL(base ‖ model)" if task == "kl" else f"{task} ({key})", fontsize="small")
+        ax.set_xlabel("step")
+    axes[0][0].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
 def write_reports(report: dict, out: Path) -> None:
+    """results.json, results.md, results.png, and steps.png when a run has several checkpoints."""
     out = Path(out)
     (out / "results.json").write_text(json.dumps(_clean(report), indent=2, allow_nan=False))
     (out / "results.md").write_text(markdown(report))
     bar_chart(report, out / "results.png")
+    trajectories(report, out / "steps.png")

@@ -56,3 +56,37 @@ def test_summarize_by_hand():
     assert out["maj@2"] == pytest.approx(1 / 3)  # problem 1 ties "3" vs "5": "3" came first, wrong
     assert out["maj@4"] == pytest.approx(1 / 3)
     assert default_ks(6) == [1, 2, 4, 6]
+
+
+def test_reports_from_a_hand_made_report(tmp_path):
+    import json
+
+    from jaxrl.eval.report import run_steps, write_reports
+
+    def metrics(p, err):
+        return {"pass@1": p, "pass@1_stderr": err, "pass@2": p + 0.1, "maj@2": p, "num_problems": 10,
+                "num_samples": 2}  # fmt: skip
+
+    report = {
+        "config": {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 64, "num_samples": 2, "seed": 0,
+                   "chat_template": "olmo2", "system_prompt": "study"},
+        "models": [{"label": "grpo@29", "path": "a"}, {"label": "grpo@58", "path": "b"},
+                   {"label": "base", "path": "c"}],
+        "tasks": {"math500": {"source": "f.jsonl", "primary": "pass@1", "num_problems": 10, "skipped": {"bad": 2}}},
+        "results": {"grpo@29": {"math500": metrics(0.5, 0.1)}, "grpo@58": {"math500": metrics(0.25, float("nan"))},
+                    "base": {"math500": {"num_problems": 0}}},
+        "kl_base": "c",
+        "kl": {"grpo@29": {"kl": 0.0007}, "grpo@58": {"kl": 0.43}},
+    }  # fmt: skip
+    write_reports(report, tmp_path)
+    lines = (tmp_path / "results.md").read_text().splitlines()
+    assert lines[0] == "| benchmark | grpo@29 | grpo@58 | base |"
+    assert lines[2] == "| math500 (pass@1) | 0.500 ± 0.100 | 0.250 | - |"
+    assert lines[3] == "| math500 (pass@2) | 0.600 | 0.350 | - |"
+    assert lines[5] == "| KL(base ‖ model) | 0.0007 | 0.43 | - |"
+    assert "- math500: 10 problems from f.jsonl; skipped bad: 2" in lines
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["results"]["grpo@58"]["math500"]["pass@1_stderr"] is None  # NaN -> null
+    assert run_steps(report) == {"grpo": [(29, "grpo@29"), (58, "grpo@58")]}
+    for name in ("results.png", "steps.png"):
+        assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"

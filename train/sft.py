@@ -69,8 +69,7 @@ def sft_loss(model, batch: dict[str, jax.Array]):
     target_logit_bt = jnp.take_along_axis(logits_btv, batch["targets"][..., None], axis=-1)[..., 0]
     mask = batch["loss_mask"].astype(jnp.float32)
     nll_sum = jnp.sum((logz_bt - target_logit_bt) * mask)
-    tokens = jnp.sum(batch["segment_ids"] > 0).astype(jnp.float32)
-    return nll_sum, jnp.sum(mask), {"loss_tokens": jnp.sum(mask), "tokens_in_batch": tokens}
+    return nll_sum, jnp.sum(mask), {}
 
 
 def load_config(recipe_path: str | None, overrides=()) -> SFTConfig:

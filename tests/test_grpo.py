@@ -169,14 +169,18 @@ def test_killed_and_resumed_run_equals_uninterrupted(model_dir, data_file, tmp_p
 
 @pytest.mark.bench
 def test_tiny_model_learns_single_digit_sums(model_dir, tmp_path):
-    """Prints the reward curve: reward 1 when the completion starts with the right digit, 0.2 for a
-    wrong digit. A random tiny model starts near 0."""
+    """Prints the reward curve. Reward: 1 when the completion starts with the right digit; a wrong
+    digit d earns 0.5 * (1 - |d - answer| / 9), so a group that all answer with digits still ranks
+    them (a flat 0.2 let the model settle on the most common answer). A random tiny model starts near 0."""
 
     def sum_digit(prompts, completions, answer, **columns):
         out = []
         for c, gold in zip(completions, answer, strict=True):
             c = c.lstrip()
-            out.append(1.0 if c[:1] == gold else 0.2 if c[:1].isdigit() else 0.0)
+            if c[:1] == gold:
+                out.append(1.0)
+            else:
+                out.append(0.5 * (1 - abs(int(c[0]) - int(gold)) / 9) if c[:1].isdigit() else 0.0)
         return out
 
     register_reward("test_sum_digit", sum_digit)

@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import io
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -26,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import PartitionSpec
 from jaxrl.models.checkpoint import load_model
 from jaxrl.models.params import count_params
 from jaxrl.models.sampler import SamplingConfig, sample
@@ -156,22 +160,32 @@ def loss_rows(prompt_ids: Sequence[Sequence[int]], completion_tokens: np.ndarray
     return tokens, segments
 
 
-def make_scorer(model, temperature: float, chunk_size: int, mesh: LogicalMesh | None):
-    """A jitted (params, tokens, segments) -> (completion log-probs [N, C], entropy [N, C]) for C
-    completion slots, the forward pass the loss would do, without gradients."""
-    graphdef = nnx.graphdef(model)
+@functools.lru_cache(maxsize=8)
+def _score_fn(graphdef, temperature: float, chunk_size: int):
+    """One jitted scorer per model structure and settings, so later runs in a process reuse it."""
 
     @jax.jit
     def score(params, tokens, segments, completion_mask):
         m = nnx.merge(graphdef, params)
         return completion_logprobs(m, tokens, segments, completion_mask.shape[1], temperature, chunk_size, True)
 
+    return score
+
+
+def make_scorer(model, temperature: float, chunk_size: int, mesh: LogicalMesh | None):
+    """(params, tokens, segments, completion_mask) -> (completion log-probs [N, C], entropy [N, C]),
+    host arrays in and out: the forward pass the loss does, without gradients."""
+    score = _score_fn(nnx.graphdef(model), temperature, chunk_size)
+
     def run(params, tokens, segments, completion_mask):
         arrays = (tokens, segments, completion_mask)
-        if mesh is not None:
-            arrays = [jax.device_put(a, mesh.sharding(("batch", None), a.shape)) for a in arrays]
-        logp, entropy = score(params, *arrays)
-        return np.asarray(jax.device_get(logp)), np.asarray(jax.device_get(entropy))
+        if mesh is None:
+            return tuple(np.asarray(x) for x in score(params, *arrays))
+        # this host's rows in, this host's rows out (rows sharded over the batch axes)
+        spec = PartitionSpec(mesh.spec(("batch",))[0], None)
+        arrays = multihost_utils.host_local_array_to_global_array(arrays, mesh.mesh, spec)
+        out = multihost_utils.global_array_to_host_local_array(score(params, *arrays), mesh.mesh, spec)
+        return tuple(np.asarray(x) for x in out)
 
     return run
 
@@ -285,7 +299,7 @@ class Rollouts:
         state = {"prompts": self.prompts.state(), "generation": self.generation, "used": self.used}
         if self.batch is not None and self.used < self.s.num_iterations:
             state["batch"] = _encode_arrays(self.batch)
-            state["metrics"] = self.metrics
+            state["metrics"] = {k: v for k, v in self.metrics.items() if math.isfinite(v)}  # JSON
         return state
 
     def restore(self, state: Mapping[str, Any]) -> None:

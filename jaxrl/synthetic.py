@@ -15,6 +15,7 @@ Everything is a pure function of the seed.
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 
 SYSTEM_PROMPT = (
@@ -36,6 +37,10 @@ INSTRUCTIONS = (
     ("punctuation:no_comma", {}, "In your entire response, refrain from the use of any commas.",
      lambda s: s.replace(",", "")),
 )
+
+
+KNOWLEDGE_SUBJECT = "invented_geography"
+ChoicePrompt = Callable[[str, list[str]], str]
 
 
 @dataclass(frozen=True)
@@ -122,17 +127,25 @@ def _chat(user: str, assistant: str, system: str | None = None) -> list[dict]:
     return head + [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
 
 
-def pretraining_conversations(world: World, pool: list[Problem], seed: int, count: int) -> list[list[dict]]:
-    """The base model's corpus: facts (plain and under an instruction) and word problems.
+def pretraining_conversations(
+    world: World, pool: list[Problem], seed: int, count: int, choice_prompt: ChoicePrompt | None = None
+) -> list[list[dict]]:
+    """The base model's corpus: facts (plain, under an instruction, as multiple choice) and word problems.
 
     Half the word problems carry the study's system prompt and are answered in its format; the
     other half get a plain one-line answer, so the format is known but not yet habitual.
+    `choice_prompt(question, options)` renders a multiple-choice question the way the knowledge
+    probe asks it (answered by the option's letter); without it there are no such conversations.
     """
     rng, known = random.Random(seed), facts(world)
     out = []
     for _ in range(count):
         roll = rng.random()
-        if roll < 0.35:
+        if roll < 0.15 and choice_prompt is not None:
+            question, answer, _ = rng.choice(known)
+            options = _options(world, question, answer, rng)
+            out.append(_chat(choice_prompt(question, options), "ABCD"[options.index(answer)]))
+        elif roll < 0.35:
             question, _, sentence = rng.choice(known)
             out.append(_chat(question, sentence))
         elif roll < 0.55:
@@ -169,14 +182,20 @@ def math500_rows(pool: list[Problem]) -> list[dict]:
     ]  # fmt: skip
 
 
+def _options(world: World, question: str, answer: str, rng: random.Random) -> list[str]:
+    """The answer and three wrong ones of the same kind, shuffled."""
+    pool = world.capitals if "capital" in question else world.rivers
+    options = rng.sample([x for x in pool if x != answer], 3) + [answer]
+    rng.shuffle(options)
+    return options
+
+
 def knowledge_rows(world: World, seed: int) -> list[dict]:
     """MMLU rows (question, subject, choices, answer index) asking for every fact of the world."""
     rng, rows = random.Random(seed), []
     for question, answer, _ in facts(world):
-        pool = world.capitals if "capital" in question else world.rivers
-        choices = rng.sample([x for x in pool if x != answer], 3) + [answer]
-        rng.shuffle(choices)
-        rows.append({"question": question, "subject": "invented_geography", "choices": choices,
+        choices = _options(world, question, answer, rng)
+        rows.append({"question": question, "subject": KNOWLEDGE_SUBJECT, "choices": choices,
                      "answer": choices.index(answer)})  # fmt: skip
     return rows
 

@@ -56,5 +56,13 @@ def test_pretraining_corpus_mixes_every_kind():
     assert chats == synthetic.pretraining_conversations(world, pool, seed=0, count=400)
     system = [c for c in chats if c[0]["role"] == "system"]
     assert 0.15 < len(system) / len(chats) < 0.35 and all(FORMAT.match(c[-1]["content"]) for c in system)
+    assert not any(c[-1]["content"] in "ABCD" for c in chats)
+    asked = synthetic.pretraining_conversations(world, pool, 0, 400, lambda q, o: f"{q} {' / '.join(o)}")
+    choice = [c for c in asked if c[-1]["content"] in "ABCD"]
+    assert 0.08 < len(choice) / len(asked) < 0.22
+    for c in choice:
+        question, options = c[0]["content"].split("? ")
+        truth = dict((q, a) for q, a, _ in synthetic.facts(world))[question + "?"]
+        assert options.split(" / ")["ABCD".index(c[-1]["content"])] == truth
     shouted = [c for c in chats if "in all capital letters" in c[0]["content"]]
     assert shouted and all(c[-1]["content"].isupper() for c in shouted)

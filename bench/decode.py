@@ -9,7 +9,8 @@ of 16 random 64-token prompts for 128 new tokens, with the same number of CPU th
     python bench/decode.py --device cuda        # GPU: JAX on its default GPU, PyTorch on cuda:0
 
 tokens/s counts new tokens over the whole call (prefill included) and takes the best of
-`--repeats` timed calls after a warm-up. The last line is one JSON object.
+`--repeats` timed rounds after a warm-up, jaxrl and transformers taking turns in each round. The
+last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -60,16 +61,24 @@ def build_reference(config, directory, dtype: str):
     return model.to(getattr(torch, dtype))
 
 
-def best_time(fn, repeats: int) -> float:
-    times = []
+def say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def best_times(runners: dict, repeats: int) -> dict:
+    """Best wall time of each runner over `repeats` rounds, the runners taking turns in each round
+    (so a change in the machine's load hits all of them alike)."""
+    best = dict.fromkeys(runners, float("inf"))
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for name, run in runners.items():
+            start = time.perf_counter()
+            run()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
-def bench_jaxrl(directory, prompts, args) -> dict:
+def jaxrl_runners(directory, prompts, args):
+    """(generate, prefill, greedy tokens [B, N], compile seconds) for jaxrl on one device."""
     import jax
     from jaxrl.models.checkpoint import load_model
     from jaxrl.models.sampler import SamplingConfig, bucket, pad_prompts, prefill, sample
@@ -79,26 +88,21 @@ def bench_jaxrl(directory, prompts, args) -> dict:
     mesh = LogicalMesh(make_mesh("data=1,fsdp=-1,tensor=1", jax.devices()[:1]))
     model = load_model(directory, mesh, param_dtype=args.dtype, dtype=args.dtype)
     config = SamplingConfig(temperature=0, max_new_tokens=args.new_tokens)
-    run = lambda: sample(model, prompts, config, eos_token_ids=())
-
-    start = time.perf_counter()
-    first = run()
-    first_s = time.perf_counter() - start
-    seconds = best_time(run, args.repeats)
-
+    generate = lambda: sample(model, prompts, config, eos_token_ids=())
     batch = pad_prompts(prompts, model.config.vocab_size, 1, mesh)
     run_prefill = lambda: jax.block_until_ready(prefill(model, batch, 1, bucket(args.new_tokens), mesh))
-    run_prefill()
-    prefill_s = best_time(run_prefill, args.repeats)
-    new_tokens = int(first.lengths.sum())
-    return {
-        "tokens": first.tokens, "seconds": seconds, "tokens_per_s": new_tokens / seconds,
-        "prefill_tokens_per_s": len(prompts) * len(prompts[0]) / prefill_s,
-        "compile_s": max(first_s - seconds, 0.0), "device": str(jax.devices()[0].platform),
-    }  # fmt: skip
+
+    start = time.perf_counter()
+    tokens = generate().tokens  # compiles prefill and decode
+    first_s = time.perf_counter() - start
+    start = time.perf_counter()
+    generate()
+    compile_s = max(first_s - (time.perf_counter() - start), 0.0)
+    return generate, run_prefill, tokens, compile_s
 
 
-def bench_reference(model, prompts, args) -> dict:
+def reference_runners(model, prompts, args):
+    """(generate, prefill, greedy tokens [B, N]) for transformers on `args.device`."""
     import numpy as np
     import torch
     import transformers
@@ -110,29 +114,22 @@ def bench_reference(model, prompts, args) -> dict:
         do_sample=False, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, eos_token_id=None,
         pad_token_id=0,
     )  # fmt: skip
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
-    def run():
-        with torch.no_grad():
-            out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation)
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
+    @torch.no_grad()
+    def generate():
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation)
+        sync()
         return out
 
-    tokens = run()[:, ids.shape[1] :].cpu().numpy()  # also the warm-up
-    seconds = best_time(run, args.repeats)
+    @torch.no_grad()
+    def run_prefill():  # logits of the last position only, as generate's prefill does
+        model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
+        sync()
 
-    def run_prefill():
-        with torch.no_grad():
-            model(input_ids=ids, attention_mask=mask)
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-
+    tokens = generate()[:, ids.shape[1] :].cpu().numpy()  # also the warm-up
     run_prefill()
-    prefill_s = best_time(run_prefill, args.repeats)
-    return {
-        "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens.size / seconds,
-        "prefill_tokens_per_s": ids.numel() / prefill_s,
-    }  # fmt: skip
+    return generate, run_prefill, tokens
 
 
 def main(argv=None) -> int:
@@ -144,31 +141,47 @@ def main(argv=None) -> int:
     config = bench_config()
     rng = np.random.default_rng(0)
     prompts = rng.integers(1, config.vocab_size, (args.batch, args.prompt_len)).tolist()
-    print(f"model: qwen2-shaped, {config.num_params() / 1e6:.1f}M params; batch {args.batch}, "
-          f"{args.prompt_len}-token prompts, {args.new_tokens} new tokens, {args.threads} threads, "
-          f"{args.dtype}", file=sys.stderr)  # fmt: skip
+    new_tokens, prompt_tokens = args.batch * args.new_tokens, args.batch * args.prompt_len
+    say(f"model: qwen2-shaped, {config.num_params() / 1e6:.1f}M params; batch {args.batch}, "
+        f"{args.prompt_len}-token prompts, {args.new_tokens} new tokens, {args.threads} threads, "
+        f"{args.dtype}")  # fmt: skip
 
     with tempfile.TemporaryDirectory() as directory:
         reference_model = build_reference(config, directory, args.dtype)
-        ours = bench_jaxrl(directory, prompts, args)
-    print(f"jaxrl:        {ours['tokens_per_s']:9.1f} new tokens/s ({ours['seconds']:.2f} s), prefill "
-          f"{ours['prefill_tokens_per_s']:.0f} tokens/s, compile {ours['compile_s']:.1f} s", file=sys.stderr)  # fmt: skip
+        generate, run_prefill, tokens, compile_s = jaxrl_runners(directory, prompts, args)
+    runners = {"jaxrl": generate, "jaxrl_prefill": run_prefill}
+    if not args.no_reference:
+        (
+            ref_generate,
+            ref_prefill,
+            ref_tokens,
+        ) = reference_runners(reference_model, prompts, args)
+        runners.update(reference=ref_generate, reference_prefill=ref_prefill)
+    best = best_times(runners, args.repeats)
+
+    import jax
+
     result = {
-        "metric": "decode_new_tokens_per_s", "jaxrl": round(ours["tokens_per_s"], 2), "reference": None,
-        "ratio": None, "unit": "tokens/s", "prefill_tokens_per_s": round(ours["prefill_tokens_per_s"], 1),
-        "compile_s": round(ours["compile_s"], 2), "jax_device": ours["device"], "threads": args.threads,
+        "metric": "decode_new_tokens_per_s", "jaxrl": round(new_tokens / best["jaxrl"], 2), "reference": None,
+        "ratio": None, "unit": "tokens/s", "prefill_tokens_per_s": round(prompt_tokens / best["jaxrl_prefill"], 1),
+        "compile_s": round(compile_s, 2), "jax_device": jax.devices()[0].platform, "threads": args.threads,
         "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "dtype": args.dtype,
     }  # fmt: skip
+    say(
+        f"jaxrl:        {result['jaxrl']:9.1f} new tokens/s ({best['jaxrl']:.2f} s), prefill "
+        f"{result['prefill_tokens_per_s']:.0f} tokens/s, compile {compile_s:.1f} s"
+    )
     if not args.no_reference:
-        ref = bench_reference(reference_model, prompts, args)
-        agree = float(np.mean(ref["tokens"] == ours["tokens"]))
-        print(f"transformers: {ref['tokens_per_s']:9.1f} new tokens/s ({ref['seconds']:.2f} s), prefill "
-              f"{ref['prefill_tokens_per_s']:.0f} tokens/s; greedy tokens agree: {agree:.3f}", file=sys.stderr)  # fmt: skip
+        agree = float(np.mean(ref_tokens == tokens))
         result.update(
-            reference=round(ref["tokens_per_s"], 2), ratio=round(ours["tokens_per_s"] / ref["tokens_per_s"], 3),
-            reference_prefill_tokens_per_s=round(ref["prefill_tokens_per_s"], 1), greedy_token_agreement=agree,
-            reference_device=args.device,
+            reference=round(new_tokens / best["reference"], 2), ratio=round(best["reference"] / best["jaxrl"], 3),
+            reference_prefill_tokens_per_s=round(prompt_tokens / best["reference_prefill"], 1),
+            greedy_token_agreement=round(agree, 4), reference_device=args.device,
         )  # fmt: skip
+        say(
+            f"transformers: {result['reference']:9.1f} new tokens/s ({best['reference']:.2f} s), prefill "
+            f"{result['reference_prefill_tokens_per_s']:.0f} tokens/s; greedy tokens agree: {agree:.3f}"
+        )
     print(json.dumps(result))
     return 0
 

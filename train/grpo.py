@@ -72,7 +72,8 @@ class GRPOSettings:
     gold_column: the dataset column the accuracy reward reads (a solution with a boxed answer, or
       a bare answer). verifier_timeout_s: per-completion bound on math-verify.
     logprob_chunk_size: completion tokens per chunk of the log-prob computation (bounds the
-      [rows, chunk, vocab] logits buffer).
+      [rows, chunk, vocab] logits buffer); logprob_vocab_chunk_size > 0 also cuts the vocabulary
+      (for a vocabulary not sharded over `tensor`).
     """
 
     prompts_per_step: int = 8
@@ -95,6 +96,7 @@ class GRPOSettings:
     verifier_timeout_s: float = 5.0
     verifier_workers: int = 0  # 0: min(4, CPU count)
     logprob_chunk_size: int = 256
+    logprob_vocab_chunk_size: int = 0
     shuffle: bool = True
 
     def __post_init__(self):
@@ -117,7 +119,8 @@ class GRPOSettings:
         return LossSettings(
             loss_type=self.loss_type, epsilon=self.epsilon, epsilon_high=self.epsilon_high, beta=self.beta,
             max_completion_length=self.max_completion_length, temperature=self.temperature,
-            logprob_chunk_size=self.logprob_chunk_size, use_old_logprobs=self.num_iterations > 1,
+            logprob_chunk_size=self.logprob_chunk_size, logprob_vocab_chunk_size=self.logprob_vocab_chunk_size,
+            use_old_logprobs=self.num_iterations > 1,
         )  # fmt: skip
 
     def sampling(self, seed: int) -> SamplingConfig:
@@ -161,21 +164,22 @@ def loss_rows(prompt_ids: Sequence[Sequence[int]], completion_tokens: np.ndarray
 
 
 @functools.lru_cache(maxsize=8)
-def _score_fn(graphdef, temperature: float, chunk_size: int):
+def _score_fn(graphdef, temperature: float, chunk_size: int, vocab_chunk_size: int):
     """One jitted scorer per model structure and settings, so later runs in a process reuse it."""
 
     @jax.jit
     def score(params, tokens, segments, completion_mask):
         m = nnx.merge(graphdef, params)
-        return completion_logprobs(m, tokens, segments, completion_mask.shape[1], temperature, chunk_size, True)
+        return completion_logprobs(m, tokens, segments, completion_mask.shape[1], temperature, chunk_size, True,
+                                   vocab_chunk_size)  # fmt: skip
 
     return score
 
 
-def make_scorer(model, temperature: float, chunk_size: int, mesh: LogicalMesh | None):
+def make_scorer(model, temperature: float, chunk_size: int, vocab_chunk_size: int, mesh: LogicalMesh | None):
     """(params, tokens, segments, completion_mask) -> (completion log-probs [N, C], entropy [N, C]),
     host arrays in and out: the forward pass the loss does, without gradients."""
-    score = _score_fn(nnx.graphdef(model), temperature, chunk_size)
+    score = _score_fn(nnx.graphdef(model), temperature, chunk_size, vocab_chunk_size)
 
     def run(params, tokens, segments, completion_mask):
         arrays = (tokens, segments, completion_mask)
@@ -236,7 +240,8 @@ class Rollouts:
         self.trainer, self.prompts, self.tokenizer, self.scorer = trainer, prompts, tokenizer, scorer
         self.s, self.ref_params, self.mesh, self.seed = settings, ref_params, mesh, seed
         self.eos_token_ids = eos_token_ids
-        self.score = make_scorer(trainer.model, settings.temperature, settings.logprob_chunk_size, mesh)
+        self.score = make_scorer(trainer.model, settings.temperature, settings.logprob_chunk_size,
+                                 settings.logprob_vocab_chunk_size, mesh)  # fmt: skip
         self.pad_id = trainer.config.pad_token_id or 0
         self.generation = 0  # generation batches drawn so far
         self.used = 0  # optimizer steps already taken on the current batch

@@ -73,12 +73,59 @@ def _unchunked(x, c: int):
     return jnp.moveaxis(x, 0, 1).reshape(b, n * chunk)[:, :c]
 
 
+def _block_stats(h_bcd, w_dv, targets_bc, temperature: float, with_entropy: bool):
+    """(log-prob of the target, entropy) of one chunk over the whole vocabulary at once."""
+    logits = jnp.einsum("bcd,dv->bcv", h_bcd, w_dv.astype(h_bcd.dtype), preferred_element_type=jnp.float32)
+    logits = logits / temperature
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    logp = jnp.take_along_axis(logits, targets_bc[..., None], axis=-1)[..., 0] - lse
+    if not with_entropy:
+        return logp, jnp.zeros_like(logp)
+    logp_all = jax.lax.stop_gradient(logits - lse[..., None])
+    return logp, -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
+
+
+def _vocab_chunked_stats(h_bcd, w_dv, targets_bc, temperature: float, with_entropy: bool, vocab_chunk: int):
+    """`_block_stats` with the vocabulary cut into blocks of `vocab_chunk` and an online logsumexp
+    (a running max and a rescaled sum), so at most [B, chunk, vocab_chunk] logits exist at once."""
+    d, v = w_dv.shape
+    if v % vocab_chunk:
+        raise JaxrlError(f"logprob_vocab_chunk_size={vocab_chunk} does not divide the vocabulary ({v})")
+    blocks = jnp.moveaxis(w_dv.reshape(d, v // vocab_chunk, vocab_chunk), 1, 0)  # [n, D, vocab_chunk]
+    starts = jnp.arange(v // vocab_chunk, dtype=jnp.int32) * vocab_chunk
+
+    @jax.checkpoint
+    def block(carry, xs):
+        top, total, weighted, target = carry  # running max, sum exp(l - top), sum exp(l - top) * l, target logit
+        w, start = xs
+        logits = jnp.einsum("bcd,dv->bcv", h_bcd, w.astype(h_bcd.dtype), preferred_element_type=jnp.float32)
+        logits = logits / temperature
+        new_top = jax.lax.stop_gradient(jnp.maximum(top, jnp.max(logits, axis=-1)))  # any shift is exact
+        rescale = jnp.exp(top - new_top)
+        e = jnp.exp(logits - new_top[..., None])
+        total = total * rescale + jnp.sum(e, axis=-1)
+        weighted = weighted * rescale + jax.lax.stop_gradient(jnp.sum(e * logits, axis=-1))
+        local = targets_bc - start
+        inside = (local >= 0) & (local < vocab_chunk)
+        picked = jnp.take_along_axis(logits, jnp.clip(local, 0, vocab_chunk - 1)[..., None], axis=-1)[..., 0]
+        return (new_top, total, weighted, target + jnp.where(inside, picked, 0.0)), None
+
+    zeros = jnp.zeros(targets_bc.shape, jnp.float32)
+    init = (jnp.full(targets_bc.shape, -jnp.inf, jnp.float32), zeros, zeros, zeros)
+    (top, total, weighted, target), _ = jax.lax.scan(block, init, (blocks, starts))
+    lse = top + jnp.log(total)
+    entropy = jax.lax.stop_gradient(lse - weighted / total) if with_entropy else zeros
+    return target - lse, entropy
+
+
 def token_logprobs(h_bcd, w_dv, targets_bc, temperature: float = 1.0, chunk_size: int = 256,
-                   with_entropy: bool = False):  # fmt: skip
+                   with_entropy: bool = False, vocab_chunk_size: int = 0):  # fmt: skip
     """log softmax(h @ w / temperature)[target] [B, C] fp32 (and the entropy [B, C] if asked).
 
     The sequence is cut into chunks of `chunk_size` and each chunk is rematerialised in the
-    backward pass, so at most [B, chunk_size, V] logits exist at once, never [B, C, V].
+    backward pass, so at most [B, chunk_size, V] logits exist at once, never [B, C, V]; with
+    `vocab_chunk_size` > 0 the vocabulary is cut too (at most [B, chunk_size, vocab_chunk_size]).
+    Keep the vocabulary whole when it is sharded over `tensor`: the shards already cut it.
     """
     c = h_bcd.shape[1]
     chunk = max(1, min(chunk_size, c))
@@ -86,15 +133,9 @@ def token_logprobs(h_bcd, w_dv, targets_bc, temperature: float = 1.0, chunk_size
     @jax.checkpoint
     def one_chunk(args):
         h, targets = args
-        logits = jnp.einsum("bcd,dv->bcv", h, w_dv.astype(h.dtype), preferred_element_type=jnp.float32)
-        logits = logits / temperature
-        lse = jax.nn.logsumexp(logits, axis=-1)
-        logp = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - lse
-        if not with_entropy:
-            return logp, jnp.zeros_like(logp)
-        logp_all = jax.lax.stop_gradient(logits - lse[..., None])
-        entropy = -jnp.sum(jnp.exp(logp_all) * logp_all, axis=-1)
-        return logp, entropy
+        if vocab_chunk_size:
+            return _vocab_chunked_stats(h, w_dv, targets, temperature, with_entropy, vocab_chunk_size)
+        return _block_stats(h, w_dv, targets, temperature, with_entropy)
 
     logp, entropy = jax.lax.map(one_chunk, (_chunked(h_bcd, chunk), _chunked(targets_bc, chunk)))
     logp = _unchunked(logp, c)
@@ -102,7 +143,7 @@ def token_logprobs(h_bcd, w_dv, targets_bc, temperature: float = 1.0, chunk_size
 
 
 def completion_logprobs(model, tokens_bt, segment_ids_bt, completion_length: int, temperature: float = 1.0,
-                        chunk_size: int = 256, with_entropy: bool = False):  # fmt: skip
+                        chunk_size: int = 256, with_entropy: bool = False, vocab_chunk_size: int = 0):  # fmt: skip
     """Log-probs [B, C] of the completion tokens (the last C slots of `tokens_bt`) under `model`.
 
     tokens_bt / segment_ids_bt: int32 [B, P + C], prompt left-padded, completion right-padded;
@@ -112,7 +153,7 @@ def completion_logprobs(model, tokens_bt, segment_ids_bt, completion_length: int
     t = tokens_bt.shape[1]
     h_bcd = h_btd[:, t - completion_length - 1 : t - 1]
     targets = tokens_bt[:, t - completion_length :]
-    return token_logprobs(h_bcd, model.unembed(), targets, temperature, chunk_size, with_entropy)
+    return token_logprobs(h_bcd, model.unembed(), targets, temperature, chunk_size, with_entropy, vocab_chunk_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +167,7 @@ class LossSettings:
     max_completion_length: int = 256
     temperature: float = 1.0
     logprob_chunk_size: int = 256
+    logprob_vocab_chunk_size: int = 0  # 0: the whole vocabulary per chunk
     use_old_logprobs: bool = False  # True when num_iterations > 1: r uses the stored old log-probs
 
     def __post_init__(self):
@@ -198,7 +240,7 @@ def make_loss_fn(s: LossSettings):
     def loss_fn(model, batch):
         mask = batch["completion_mask"]
         logp = completion_logprobs(model, batch["tokens"], batch["segment_ids"], mask.shape[1], s.temperature,
-                                   s.logprob_chunk_size)  # fmt: skip
+                                   s.logprob_chunk_size, vocab_chunk_size=s.logprob_vocab_chunk_size)  # fmt: skip
         old = batch["old_logprobs"] if s.use_old_logprobs else None
         token_loss, stats = per_token_objective(logp, old, batch.get("ref_logprobs"), batch["advantages"], mask, s)
         num, den = reduce_loss(token_loss, mask, s)

@@ -1,0 +1,167 @@
+"""The miniature study's stages: data -> base -> GRPO and SFT -> evaluation -> analysis -> report.
+
+Each stage calls the public entry point a TPU user would (`jaxrl.train.grpo.run`,
+`jaxrl.train.sft.run`, `jaxrl.eval.runner.evaluate`, `jaxrl analyze`) and leaves a `DONE` marker,
+so a killed reproduction resumes at the stage it was in (and training resumes from its last
+checkpoint).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import time
+from pathlib import Path
+
+from jaxrl import synthetic
+from jaxrl.errors import JaxrlError
+from jaxrl.reproduce.base import BaseSpec, build_base, world_and_pools, write_jsonl
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Sizes of one reproduction; the recipes' other settings are the study's (see `grpo_overrides`)."""
+
+    name: str
+    num_train: int  # word problems both methods train on
+    num_test: int  # held-out word problems: the in-domain test and the KL set
+    grpo_steps: int
+    grpo_prompts: int  # prompts per step
+    grpo_generations: int
+    grpo_lr: float
+    sft_steps: int
+    sft_batch: int
+    sft_lr: float
+    checkpoints: int  # per run, evenly spaced
+    eval_samples: int  # completions per test problem
+    num_instruction_prompts: int
+
+
+PRESETS = {
+    "default": Preset("default", num_train=256, num_test=100, grpo_steps=64, grpo_prompts=8, grpo_generations=8,
+                      grpo_lr=1e-4, sft_steps=24, sft_batch=32, sft_lr=1e-3, checkpoints=8, eval_samples=4,
+                      num_instruction_prompts=48),
+    "fast": Preset("fast", num_train=64, num_test=24, grpo_steps=12, grpo_prompts=4, grpo_generations=4,
+                   grpo_lr=1e-4, sft_steps=6, sft_batch=32, sft_lr=1e-3, checkpoints=3, eval_samples=1,
+                   num_instruction_prompts=24),
+}  # fmt: skip
+MAX_COMPLETION = 48  # tokens: a base-style solution takes ~25
+
+
+def write_data(preset: Preset, spec: BaseSpec, data: Path) -> dict[str, Path]:
+    """The training and test files, each in the schema of the dataset whose role it plays."""
+    world, _, train, test = world_and_pools(spec, preset.num_train, preset.num_test)
+    return {
+        "train": write_jsonl(data / "train.jsonl", synthetic.math_rows(train, "teacher")),
+        "math500": write_jsonl(data / "math500.jsonl", synthetic.math500_rows(test)),
+        "mmlu": write_jsonl(data / "mmlu.jsonl", synthetic.knowledge_rows(world, spec.seed)),
+        "ifeval": write_jsonl(data / "ifeval.jsonl",
+                              synthetic.instruction_rows(world, spec.seed, preset.num_instruction_prompts)),
+    }  # fmt: skip
+
+
+def grpo_overrides(preset: Preset, base: Path, train: Path, out: Path) -> list[str]:
+    """The study's GRPO recipe (dr_grpo, no std scaling, truncated completions masked, beta 0,
+    epsilon 0.2, clip 0.2, T 0.6, accuracy + 0.2 format) at the preset's sizes."""
+    every = max(preset.grpo_steps // preset.checkpoints, 1)
+    return [
+        f"model.path={base}", f"data.dataset_name={train}", "grpo.gold_column=answer",
+        f"grpo.prompts_per_step={preset.grpo_prompts}", f"grpo.num_generations={preset.grpo_generations}",
+        f"grpo.max_completion_length={MAX_COMPLETION}", "grpo.max_prompt_length=256", "grpo.verifier_workers=1",
+        f"optimizer.learning_rate={preset.grpo_lr}", f"loop.max_steps={preset.grpo_steps}",
+        f"loop.output_dir={out}", f"checkpoint.save_steps={every}", "loop.logging_steps=1",
+    ]  # fmt: skip
+
+
+def sft_overrides(preset: Preset, base: Path, train: Path, out: Path) -> list[str]:
+    """The study's SFT recipe (whole-sequence loss, constant lr after 10% warmup, clip 0.2) at the
+    preset's sizes, on the teacher's solutions to the same problems."""
+    every = max(preset.sft_steps // preset.checkpoints, 1)
+    return [
+        f"model.path={base}", f"data.dataset_name={train}", f"sft.batch_size={preset.sft_batch}",
+        "sft.max_length=256", "sft.pad_to_multiple_of=32", f"optimizer.learning_rate={preset.sft_lr}",
+        f"loop.max_steps={preset.sft_steps}", f"loop.output_dir={out}", f"checkpoint.save_steps={every}",
+        "loop.logging_steps=1",
+    ]  # fmt: skip
+
+
+def last_checkpoint(run: Path) -> Path:
+    steps = [p for p in (run / "checkpoints").iterdir() if p.name.isdigit()]
+    if not steps:
+        raise JaxrlError(f"no checkpoint in {run}")
+    return max(steps, key=lambda p: int(p.name))
+
+
+def evaluate(preset: Preset, models: list[Path], files: dict[str, Path], base: Path, out: Path) -> dict:
+    """In-domain (with the study's system prompt and format) and the two probes (without it)."""
+    from jaxrl.eval.runner import EvalConfig, evaluate
+
+    common = dict(temperature=0.6, top_p=0.95, max_new_tokens=MAX_COMPLETION, chat_template="olmo2", seed=0)
+    maths = EvalConfig(tasks=("math500",), num_samples=preset.eval_samples, system_prompt="study",
+                       data={"math500": str(files["math500"])}, kl_base=str(base), **common)  # fmt: skip
+    probes = EvalConfig(tasks=("mmlu_loglik", "ifeval"), system_prompt="none", num_shots={"mmlu_loglik": 0},
+                        data={"mmlu": str(files["mmlu"]), "ifeval": str(files["ifeval"])}, **common)  # fmt: skip
+    paths = [str(m) for m in models]
+    return {"maths": evaluate(paths, maths, out / "maths"), "probes": evaluate(paths, probes, out / "probes")}
+
+
+def stage(out: Path, name: str, log, work):
+    """Runs `work()` unless `out/name/DONE` exists; returns how long it took."""
+    done = out / name / "DONE"
+    if done.exists():
+        log(f"[{name}] done already")
+        return 0.0
+    start = time.time()
+    log(f"[{name}] ...")
+    work()
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text("")
+    seconds = time.time() - start
+    log(f"[{name}] {seconds:.0f} s")
+    return seconds
+
+
+def reproduce(preset_name: str = "default", out: str | Path = "runs/reproduce", cache: str | Path | None = None,
+              log=print) -> Path:  # fmt: skip
+    """Runs (or resumes) the whole miniature study; returns the report directory."""
+    from jaxrl.reproduce.report import write_report
+
+    if preset_name not in PRESETS:
+        raise JaxrlError(f"unknown preset {preset_name!r}; choose from {', '.join(PRESETS)}")
+    preset, spec, out = PRESETS[preset_name], BaseSpec(), Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    timings, files = {}, write_data(preset, spec, out / "data")
+    base_dir = Path(cache) if cache else Path.home() / ".cache" / "jaxrl" / f"reproduce-base-{spec.key()}"
+    timings["base"] = stage(out, "base", log, lambda: _copy(build_base(spec, base_dir, log), out / "base"))
+    base = out / "base"
+    runs = {"grpo": out / "runs" / "grpo", "sft": out / "runs" / "sft"}
+
+    def train_grpo():
+        from jaxrl.train import grpo
+
+        grpo.run(None, grpo_overrides(preset, base, files["train"], runs["grpo"]))
+
+    def train_sft():
+        from jaxrl.train import sft
+
+        sft.run(None, sft_overrides(preset, base, files["train"], runs["sft"]))
+
+    timings["grpo"] = stage(out, "grpo", log, train_grpo)
+    timings["sft"] = stage(out, "sft", log, train_sft)
+    models = [base, last_checkpoint(runs["grpo"]), last_checkpoint(runs["sft"])]
+    timings["eval"] = stage(out, "eval", log, lambda: evaluate(preset, models, files, base, out / "eval"))
+    timings["analysis"] = stage(out, "analysis", log, lambda: _analyze(base, list(runs.values()), out / "analysis"))
+    write_report(out, preset, models, runs, timings)
+    return out
+
+
+def _copy(src: Path, dst: Path) -> None:
+    shutil.rmtree(dst, ignore_errors=True)
+    shutil.copytree(src, dst)
+
+
+def _analyze(base: Path, runs: list[Path], out: Path) -> None:
+    from jaxrl.cli import main
+
+    if main(["analyze", str(base), *map(str, runs), "--out", str(out)]) != 0:
+        raise JaxrlError("the analysis stage failed (see the message above)")

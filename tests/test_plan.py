@@ -24,6 +24,7 @@ from jaxrl.train.plan import HEADROOM, MemoryPlan, device_env
 from jaxrl.cli import main as cli_main
 
 HERE = Path(__file__).resolve()
+REPO = HERE.parents[1]
 ROWS, SEQ, ACCUMULATION = 16, 256, 2
 
 
@@ -136,16 +137,35 @@ def test_plan_command(tmp_path, capsys):
     assert "--method sft or --method grpo" in capsys.readouterr().err
 
 
+def test_grpo_plan_counts_the_sampling_cache(tmp_path, capsys):
+    from jaxrl.models.config import preset
+
+    out = tmp_path / "plan.json"
+    argv = ["plan", "--recipe", str(REPO / "train/recipes/grpo-tiny.yaml"), "--model", "tiny-olmo2",
+            "--devices", "4", "--mesh", "fsdp=4", "--chip", "v4", "--json", str(out)]  # fmt: skip
+    assert cli_main(argv) == 0
+    text = capsys.readouterr().out
+    assert "grpo step of tiny-olmo2" in text and "KV cache" in text
+    plan = json.loads(out.read_text())
+    assert (plan["rows"], plan["seq_len"]) == (8, 280)  # 2 prompts x 4 generations; 256 + 24 slots
+    c = preset("tiny-olmo2")
+    kv = 2 * c.num_layers * 8 * 280 * c.num_kv_heads * c.head_dim * 4 // 4  # k and v, fp32, rows split 4 ways
+    positions = 2 * 8 * 280 * 4 // 4  # the cache's segment ids and positions, int32
+    assert plan["kv_cache_bytes"] == kv + positions
+    assert plan["need"] == max(plan["peak"], plan["params"] + plan["opt_state"] + kv + positions)
+
+
 def test_fit_verdict_keeps_headroom():
     gb = 10**9
     plan = MemoryPlan("sft", "m", 1, "fsdp=8", 8, 8, 8, 1, 0, 0, 0, 0, 0, 0, 0, 0, peak=int(30 * gb), chip="v4",
                       capacity=32 * gb)  # fmt: skip
     assert plan.fits is (30 <= 32 * (1 - HEADROOM))
     plan.peak = int(28 * gb)
-    assert plan.fits is True
-    plan.kv_cache_bytes = int(2 * gb)
-    assert plan.fits is False
-    assert "does NOT fit" in plan.table()
+    assert plan.fits is True and plan.need == plan.peak
+    # GRPO generation holds params, optimizer state and the KV cache at once, not the step's peak
+    plan.params, plan.opt_state, plan.kv_cache_bytes = int(4 * gb), int(8 * gb), int(17 * gb)
+    assert plan.need == int(29 * gb) and plan.fits is False
+    assert "does NOT fit" in plan.table() and "generation" in plan.table()
 
 
 @pytest.mark.slow

@@ -192,13 +192,24 @@ class MemoryPlan:
     kv_cache_bytes: int | None = None  # GRPO: sampling cache per device, not part of the step
 
     @property
+    def sampling(self) -> int | None:
+        """GRPO generation: params + optimizer state stay resident beside the KV cache (the step's
+        temporaries are free then); the sampler's own small buffers are not counted."""
+        return None if self.kv_cache_bytes is None else self.params + self.opt_state + self.kv_cache_bytes
+
+    @property
+    def need(self) -> int:
+        """The most a device holds at once: the step's peak, or generation when that is larger."""
+        return max(self.peak, self.sampling or 0)
+
+    @property
     def fits(self) -> bool | None:
         if self.capacity is None:
             return None
-        return self.peak + (self.kv_cache_bytes or 0) <= self.capacity * (1 - HEADROOM)
+        return self.need <= self.capacity * (1 - HEADROOM)
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "fits": self.fits}
+        return {**dataclasses.asdict(self), "need": self.need, "fits": self.fits}
 
     def table(self) -> str:
         g = lambda n: f"{n / GIB:9.2f} GiB" if n >= GIB else f"{n / 1024**2:9.1f} MiB"
@@ -216,12 +227,12 @@ class MemoryPlan:
             f"  peak         {g(self.peak)}  (arguments + outputs - aliased + temporaries)",
         ]
         if self.kv_cache_bytes is not None:
-            lines.append(f"  sampling KV  {g(self.kv_cache_bytes)}  (GRPO generation, beside the params)")
+            lines.append(f"  KV cache     {g(self.kv_cache_bytes)}  (GRPO generation of all rows at once)")
+            lines.append(f"  generation   {g(self.sampling)}  (params + opt_state + KV cache)")
         if self.capacity is not None:
-            need = self.peak + (self.kv_cache_bytes or 0)
             verdict = "fits" if self.fits else "does NOT fit"
             lines.append(
-                f"{self.chip}: {self.capacity / 1e9:.0f} GB per device; needs {need / 1e9:.1f} GB -> {verdict} "
+                f"{self.chip}: {self.capacity / 1e9:.0f} GB per device; needs {self.need / 1e9:.1f} GB -> {verdict} "
                 f"(keeping {HEADROOM:.0%} free)"
             )
         return "\n".join(lines)
@@ -245,6 +256,44 @@ def sft_inputs(config, rows: int | None):
     return sft_loss, batch
 
 
+def grpo_inputs(config, rows: int | None):
+    """(loss_fn, host batch shapes) of a GRPO recipe: prompts_per_step x num_generations rows of
+    max_prompt_length prompt slots + max_completion_length completion slots (what the rollouts build)."""
+    import jax
+    import jax.numpy as jnp
+    from jaxrl.train.grpo_loss import make_loss_fn
+
+    s = config.grpo
+    if not s.max_prompt_length:
+        raise JaxrlError("grpo.max_prompt_length is not set; the plan needs a prompt length")
+    n = rows or s.prompts_per_step * s.num_generations
+    p, c = s.max_prompt_length, s.max_completion_length
+    batch = {
+        "tokens": jax.ShapeDtypeStruct((n, p + c), jnp.int32),
+        "segment_ids": jax.ShapeDtypeStruct((n, p + c), jnp.int32),
+        "completion_mask": jax.ShapeDtypeStruct((n, c), jnp.float32),
+        "advantages": jax.ShapeDtypeStruct((n,), jnp.float32),
+    }
+    settings = s.loss_settings()
+    if settings.use_old_logprobs:
+        batch["old_logprobs"] = jax.ShapeDtypeStruct((n, c), jnp.float32)
+    if s.beta > 0:
+        batch["ref_logprobs"] = jax.ShapeDtypeStruct((n, c), jnp.float32)
+    return make_loss_fn(settings), batch
+
+
+def kv_cache_bytes(model_config, rows: int, slots: int, mesh) -> int:
+    """Per-device bytes of the sampler's KV cache for `rows` sequences of `slots` positions."""
+    import jax
+    import numpy as np
+
+    shape = (model_config.num_layers, rows, slots, model_config.num_kv_heads, model_config.head_dim)
+    kv = jax.ShapeDtypeStruct(shape, model_config.compute_dtype,
+                              sharding=mesh.sharding(("layers", "batch", "seq", "kv_heads", None), shape))  # fmt: skip
+    seg = jax.ShapeDtypeStruct((rows, slots), np.int32, sharding=mesh.sharding(("batch", "seq"), (rows, slots)))
+    return sharded_bytes([kv, kv, seg, seg])
+
+
 def make_plan(recipe: str | None, mesh: str, *, overrides=(), method: str | None = None, model: str | None = None,
               rows: int | None = None, chip: str | None = None) -> MemoryPlan:  # fmt: skip
     """Compiles the recipe's step for `mesh` over this process's devices and measures it."""
@@ -261,7 +310,10 @@ def make_plan(recipe: str | None, mesh: str, *, overrides=(), method: str | None
         config = load_config(recipe, overrides)
         loss_fn, host_batch = sft_inputs(config, rows)
     else:
-        raise JaxrlError("GRPO plans need train/grpo.py, which is not there yet; plan the SFT recipe")
+        from jaxrl.train.grpo import load_config
+
+        config = load_config(recipe, overrides)
+        loss_fn, host_batch = grpo_inputs(config, rows)
     spec = MeshSpec.parse(mesh or config.loop.mesh)
     lm = LogicalMesh(make_mesh(spec))
     k = config.loop.gradient_accumulation_steps
@@ -273,6 +325,11 @@ def make_plan(recipe: str | None, mesh: str, *, overrides=(), method: str | None
     compiled, batch = compile_step(trainer, host_batch)
     mem = compiled.memory_analysis()
     arguments = mem.argument_size_in_bytes
+    kv = None
+    if method == "grpo":
+        kv = kv_cache_bytes(
+            model_config, num_rows, config.grpo.max_prompt_length + config.grpo.max_completion_length, lm
+        )
     return MemoryPlan(
         method=method,
         model=model or config.model.path,
@@ -293,6 +350,7 @@ def make_plan(recipe: str | None, mesh: str, *, overrides=(), method: str | None
         peak=arguments + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes,
         chip=chip,
         capacity=capacity,
+        kv_cache_bytes=kv,
     )
 
 
@@ -342,7 +400,8 @@ def plan_cli(args: argparse.Namespace) -> MemoryPlan:
         lines = result.stderr.strip().splitlines()
         last = lines[-1].removeprefix("jaxrl plan: error: ") if lines else ""
         raise JaxrlError(last or f"the planning process failed with status {result.returncode}")
-    plan = MemoryPlan(**{k: v for k, v in json.loads(result.stdout.strip().splitlines()[-1]).items() if k != "fits"})
+    fields = {f.name for f in dataclasses.fields(MemoryPlan)}
+    plan = MemoryPlan(**{k: v for k, v in json.loads(result.stdout.strip().splitlines()[-1]).items() if k in fields})
     print(plan.table())
     if args.json:
         Path(args.json).write_text(json.dumps(plan.to_json(), indent=2) + "\n")

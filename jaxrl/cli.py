@@ -209,6 +209,21 @@ def _generate(sub):
     return run
 
 
+@command
+def _reproduce(sub):
+    p = sub.add_parser("reproduce", help="the whole study in miniature on a CPU: GRPO vs SFT, evaluation, analysis")
+    p.add_argument("--preset", default="default", help="default (about 10 minutes on 2 cores) or fast")
+    p.add_argument("--out", default="runs/reproduce", help="report directory (a killed run resumes from it)")
+    p.add_argument("--base-cache", default=None, help="where the pre-trained base model is kept between runs")
+
+    def run(args):
+        from jaxrl.reproduce.pipeline import reproduce
+
+        print(f"report: {reproduce(args.preset, args.out, args.base_cache) / 'report.md'}")
+
+    return run
+
+
 # New sub-commands go above this line, each one `@command` function.
 
 

@@ -214,12 +214,14 @@ def _reproduce(sub):
     p = sub.add_parser("reproduce", help="the whole study in miniature on a CPU: GRPO vs SFT, evaluation, analysis")
     p.add_argument("--preset", default="default", help="default (about 10 minutes on 2 cores) or fast")
     p.add_argument("--out", default="runs/reproduce", help="report directory (a killed run resumes from it)")
-    p.add_argument("--base-cache", default=None, help="where the pre-trained base model is kept between runs")
+    p.add_argument("--base-cache", default=None, help="where a base model built here is kept between runs")
+    p.add_argument("--rebuild-base", action="store_true",
+                   help="pre-train the base model again and ship it in the package (how the shipped one was made)")
 
     def run(args):
         from jaxrl.reproduce.pipeline import reproduce
 
-        print(f"report: {reproduce(args.preset, args.out, args.base_cache) / 'report.md'}")
+        print(f"report: {reproduce(args.preset, args.out, args.base_cache, args.rebuild_base) / 'report.md'}")
 
     return run
 

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import shutil
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from jaxrl import synthetic
 
+SHIPPED = Path(__file__).parent / "base_model"  # the default base, made by `jaxrl reproduce --rebuild-base`
 BASE_SHAPE = dict(
     vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=4,
     head_dim=32, max_position_embeddings=512,
@@ -35,6 +36,22 @@ class BaseSpec:
 
     def key(self) -> str:
         return "-".join(f"{v}" for v in self.__dict__.values())
+
+
+def shipped_base(spec: BaseSpec) -> Path | None:
+    """The base model shipped with the package, when it was made from `spec`."""
+    marker = SHIPPED / "base_spec.json"
+    if marker.is_file() and json.loads(marker.read_text()) == asdict(spec):
+        return SHIPPED
+    return None
+
+
+def ship_base(spec: BaseSpec, built: Path) -> Path:
+    """Copies a freshly built base (HF directory) into the package, with the spec it came from."""
+    shutil.rmtree(SHIPPED, ignore_errors=True)
+    shutil.copytree(built, SHIPPED)
+    (SHIPPED / "base_spec.json").write_text(json.dumps(asdict(spec), indent=1) + "\n")
+    return SHIPPED
 
 
 def world_and_pools(spec: BaseSpec, num_train: int, num_test: int):

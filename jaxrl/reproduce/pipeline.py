@@ -121,8 +121,19 @@ def stage(out: Path, name: str, log, work):
     return seconds
 
 
+def base_model(spec: BaseSpec, cache: str | Path | None, rebuild: bool, log) -> Path:
+    """The shipped base model, or one built (and cached) from `spec`; `rebuild` re-makes the shipped one."""
+    from jaxrl.reproduce.base import ship_base, shipped_base
+
+    if not rebuild and (shipped := shipped_base(spec)):
+        return shipped
+    cache = Path(cache) if cache else Path.home() / ".cache" / "jaxrl" / f"reproduce-base-{spec.key()}"
+    built = build_base(spec, cache, log)
+    return ship_base(spec, built) if rebuild else built
+
+
 def reproduce(preset_name: str = "default", out: str | Path = "runs/reproduce", cache: str | Path | None = None,
-              log=print) -> Path:  # fmt: skip
+              rebuild_base: bool = False, log=print) -> Path:  # fmt: skip
     """Runs (or resumes) the whole miniature study; returns the report directory."""
     from jaxrl.reproduce.report import write_report
 
@@ -131,8 +142,7 @@ def reproduce(preset_name: str = "default", out: str | Path = "runs/reproduce", 
     preset, spec, out = PRESETS[preset_name], BaseSpec(), Path(out)
     out.mkdir(parents=True, exist_ok=True)
     timings, files = {}, write_data(preset, spec, out / "data")
-    base_dir = Path(cache) if cache else Path.home() / ".cache" / "jaxrl" / f"reproduce-base-{spec.key()}"
-    timings["base"] = stage(out, "base", log, lambda: _copy(build_base(spec, base_dir, log), out / "base"))
+    timings["base"] = stage(out, "base", log, lambda: _copy(base_model(spec, cache, rebuild_base, log), out / "base"))
     base = out / "base"
     runs = {"grpo": out / "runs" / "grpo", "sft": out / "runs" / "sft"}
 

@@ -125,7 +125,8 @@ def _run(model_dir, data_file, out: Path, extra=()):
         "grpo.max_prompt_length=16", "grpo.num_iterations=2", "grpo.beta=0.04", "grpo.loss_type=grpo",
         "grpo.reward_funcs=[test_digit_share,test_kill_switch]", "grpo.verifier_workers=1",
         "optimizer.learning_rate=1e-2", f"optimizer.adam_epsilon={EXACT_EPS}", "checkpoint.save_steps=3",
-        "checkpoint.async_save=false", *extra,
+        "checkpoint.async_save=false", "loop.gradient_accumulation_steps=2", "loop.mesh=data=1,fsdp=2,tensor=4",
+        *extra,
     ]  # fmt: skip
     return grpo.run(None, overrides)
 

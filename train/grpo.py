@@ -176,20 +176,29 @@ def _score_fn(graphdef, temperature: float, chunk_size: int, vocab_chunk_size: i
     return score
 
 
-def make_scorer(model, temperature: float, chunk_size: int, vocab_chunk_size: int, mesh: LogicalMesh | None):
+def make_scorer(model, temperature: float, chunk_size: int, vocab_chunk_size: int, mesh: LogicalMesh | None,
+                micro_batches: int = 1):  # fmt: skip
     """(params, tokens, segments, completion_mask) -> (completion log-probs [N, C], entropy [N, C]),
-    host arrays in and out: the forward pass the loss does, without gradients."""
+    host arrays in and out: the forward pass the loss does, without gradients, `micro_batches`
+    row slices at a time."""
     score = _score_fn(nnx.graphdef(model), temperature, chunk_size, vocab_chunk_size)
 
-    def run(params, tokens, segments, completion_mask):
-        arrays = (tokens, segments, completion_mask)
+    def score_rows(params, arrays):
         if mesh is None:
             return tuple(np.asarray(x) for x in score(params, *arrays))
         # this host's rows in, this host's rows out (rows sharded over the batch axes)
         spec = PartitionSpec(mesh.spec(("batch",))[0], None)
-        arrays = multihost_utils.host_local_array_to_global_array(arrays, mesh.mesh, spec)
+        arrays = multihost_utils.host_local_array_to_global_array(tuple(arrays), mesh.mesh, spec)
         out = multihost_utils.global_array_to_host_local_array(score(params, *arrays), mesh.mesh, spec)
         return tuple(np.asarray(x) for x in out)
+
+    def run(params, tokens, segments, completion_mask):
+        # one row slice per training micro-batch, so scoring needs no more memory than training
+        pieces = []
+        for rows in np.split(np.arange(len(tokens)), micro_batches):
+            pieces.append(score_rows(params, (tokens[rows], segments[rows], completion_mask[rows])))
+        logp, entropy = zip(*pieces, strict=True)
+        return np.concatenate(logp), np.concatenate(entropy)
 
     return run
 
@@ -241,7 +250,7 @@ class Rollouts:
         self.s, self.ref_params, self.mesh, self.seed = settings, ref_params, mesh, seed
         self.eos_token_ids = eos_token_ids
         self.score = make_scorer(trainer.model, settings.temperature, settings.logprob_chunk_size,
-                                 settings.logprob_vocab_chunk_size, mesh)  # fmt: skip
+                                 settings.logprob_vocab_chunk_size, mesh, trainer.accumulation)  # fmt: skip
         self.pad_id = trainer.config.pad_token_id or 0
         self.generation = 0  # generation batches drawn so far
         self.used = 0  # optimizer steps already taken on the current batch

@@ -183,12 +183,18 @@ class ListBatches:
         self.i = state["i"]
 
 
+@pytest.fixture(scope="module")
+def fit_trainer(model_dir):
+    """One compiled trainer for the fit tests (they only compare it with itself)."""
+    return trainer_for(model_dir, "data=2,fsdp=1,tensor=1", 2, steps=20)
+
+
 def poisoned(b):
     return {**b, "loss_mask": np.full_like(b["loss_mask"], np.nan)}
 
 
-def test_nonfinite_updates_are_skipped_then_stop_the_run(model_dir, tmp_path):
-    trainer = trainer_for(model_dir, "data=2,fsdp=1,tensor=1", 2, steps=20)
+def test_nonfinite_updates_are_skipped_then_stop_the_run(fit_trainer, tmp_path):
+    trainer = fit_trainer
     good = [batch(0), batch(1)]
     before = flat((trainer.params, trainer.opt_state))
     assert int(trainer.step(poisoned(good[0]), 0)["skipped"]) == 1
@@ -207,8 +213,8 @@ def test_nonfinite_updates_are_skipped_then_stop_the_run(model_dir, tmp_path):
     ckpts.close()
 
 
-def test_damaged_newest_checkpoint_falls_back_with_a_warning(model_dir, tmp_path):
-    trainer = trainer_for(model_dir, "data=2,fsdp=1,tensor=1", 2, steps=4)
+def test_damaged_newest_checkpoint_falls_back_with_a_warning(fit_trainer, tmp_path):
+    trainer = fit_trainer
     ckpts = Checkpoints(tmp_path / "checkpoints", CheckpointConfig(async_save=False))
     logger = MetricsLogger(tmp_path, 4, progress=False, tensorboard=False)
     fit(trainer, ListBatches([batch(0), batch(1)]), 4, ckpts, logger, save_interval=2)

@@ -173,3 +173,15 @@ def test_user_rewards_by_import_path_and_clear_errors():
         get_reward("no.such.module:f")
     with pytest.raises(JaxrlError, match="reward_weights"):
         RewardScorer(["format"], [1.0, 2.0])
+
+
+def test_a_verifier_that_cannot_start_answers_error(monkeypatch, tmp_path):
+    from jaxrl.rewards import verify
+
+    broken = tmp_path / "broken_worker.py"
+    broken.write_text("raise SystemExit(1)\n")
+    monkeypatch.setattr(verify, "WORKER_SCRIPT", broken)
+    with MathVerifier(num_workers=1, timeout_s=1.0, start_timeout_s=30) as v:
+        began = time.monotonic()
+        assert v.judge([("1", "1", True), ("2", "2", True)]) == ["error", "error"]
+        assert time.monotonic() - began < 20

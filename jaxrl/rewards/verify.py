@@ -57,7 +57,13 @@ class _Worker:
             return None
         self.buffer += chunk
         *lines, self.buffer = self.buffer.split(b"\n")
-        return [json.loads(line) for line in lines]
+        messages = []
+        for line in lines:
+            try:
+                messages.append(json.loads(line))
+            except ValueError:  # not ours: the protocol has its own descriptor, but never crash on it
+                continue
+        return messages
 
     def kill(self) -> None:
         if self.process.poll() is None:
@@ -162,6 +168,15 @@ class MathVerifier:
                     if messages is None:  # the worker died (out of memory, killed)
                         if w in running:
                             verdicts[running.pop(w)[0]] = "error"
+                        if not w.ready:  # it could not even start (math-verify missing?): do not respawn forever
+                            selector.unregister(w.fd)
+                            w.kill()
+                            self._workers.remove(w)
+                            if not self._workers:
+                                while queue:
+                                    verdicts[queue.popleft()] = "error"
+                                break
+                            continue
                         selector.unregister(w.fd)
                         self._replace(w)
                         selector.register(self._workers[-1].fd, selectors.EVENT_READ, self._workers[-1])

@@ -113,6 +113,38 @@ def test_plan_agrees_with_memory_measured_on_cpu(mesh):
     assert 0.9 * transient <= measured <= 1.35 * transient, (measured / 2**20, transient / 2**20)
 
 
+FREEZES = [(dict(train_only=("attn.{q,k}", "lm_head")), "fsdp=4,tensor=2")]  # the study's q/k-only variant
+
+
+@pytest.mark.parametrize("freeze, mesh", FREEZES)
+def test_abstract_step_is_the_trainers_step_with_freezing(freeze, mesh):
+    """Frozen tensors change the optimizer state's structure; the abstract step must follow."""
+    import jax
+    import numpy as np
+    from jaxrl.models.config import preset
+    from jaxrl.models.params import init_decoder
+    from jaxrl.train import plan
+    from jaxrl.train.config import FreezeConfig, OptimizerConfig
+    from jaxrl.train.loop import Trainer
+    from jaxrl.train.sft import sft_loss
+
+    from jaxrl.sharding import LogicalMesh, make_mesh
+
+    cfg, lm, opt, fc = preset("tiny-olmo2"), LogicalMesh(make_mesh(mesh)), OptimizerConfig(), FreezeConfig(**freeze)
+    rows, seq = 16, 32
+    host = {n: np.zeros((rows, seq), np.int32) for n in ("tokens", "segment_ids", "positions", "targets")}
+    host["loss_mask"] = np.ones((rows, seq), np.float32)
+    trainer = Trainer(init_decoder(cfg, lm), sft_loss, opt, 10, freeze=fc, accumulation=2, mesh=lm)
+    step = jax.device_put(np.int32(0), lm.replicated())
+    real = trainer._build(host).lower(trainer.params, trainer.opt_state, trainer.device_batch(host), step)
+    abstract = plan.abstract_trainer(cfg, sft_loss, opt, fc, 2, lm, 10)
+    shapes = {k: jax.ShapeDtypeStruct(v.shape, v.dtype) for k, v in host.items()}
+    lowered, _ = plan.lower_step(abstract, shapes)
+    assert lowered.as_text() == real.as_text()
+    if "train_only" in freeze:  # tensors frozen in every layer carry no moments (partly frozen ones keep theirs)
+        assert plan.sharded_bytes(abstract.opt_state) < 2 * plan.sharded_bytes(abstract.params)
+
+
 def test_plan_command(tmp_path, capsys):
     recipe = tmp_path / "sft.yaml"
     recipe.write_text("model:\n  path: tiny-olmo2\nsft:\n  batch_size: 16\n  max_length: 64\n"

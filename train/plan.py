@@ -102,33 +102,28 @@ def abstract_trainer(model_config, loss_fn, optimizer, freeze, accumulation: int
     `tx.init`), so `_build` yields exactly the step that training runs.
     """
     import jax
-    import optax
     from flax import nnx
     from jaxrl.models.params import abstract_decoder, state_shardings
+    from jaxrl.train.config import FreezeConfig
     from jaxrl.train.freeze import FreezePlan
-    from jaxrl.train.loop import Trainer
+    from jaxrl.train.loop import Trainer, _like_params
     from jaxrl.train.optim import adamw_direction, make_schedule
 
     graphdef, state = nnx.split(abstract_decoder(model_config, mesh))
     shapes, shardings = nnx.to_pure_dict(state), nnx.to_pure_dict(state_shardings(state, mesh))
-    params = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)
+    with_sharding = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
+    params = jax.tree.map(with_sharding, shapes, shardings)
 
     t = Trainer.__new__(Trainer)
     t.config, t.mesh, t.accumulation, t.total_steps = model_config, mesh, accumulation, total_steps
     t.graphdef, t.params, t.loss_fn = graphdef, params, loss_fn
-    t.plan = FreezePlan.build(freeze, params, model_config.num_layers)
+    t.plan = FreezePlan.build(freeze or FreezeConfig(), params, model_config.num_layers)
     t.schedule = make_schedule(optimizer, total_steps)
     t.tx = adamw_direction(optimizer, None if t.plan.is_trivial else t.plan.labels(params))
     t.param_shardings = shardings
-    is_sharding = lambda x: isinstance(x, jax.sharding.Sharding)
     abstract_opt = jax.eval_shape(t.tx.init, params)
-    t.opt_shardings = optax.tree_map_params(
-        t.tx, lambda _, s: s, abstract_opt, shardings, transform_non_params=lambda _: mesh.replicated(),
-        is_leaf=is_sharding,
-    )  # fmt: skip
-    t.opt_state = jax.tree.map(
-        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_opt, t.opt_shardings
-    )
+    t.opt_shardings = _like_params(abstract_opt, params, mesh)
+    t.opt_state = jax.tree.map(with_sharding, abstract_opt, t.opt_shardings)
     t.rng, t._step_fn, t._batch_shardings = None, None, None
     return t
 

@@ -66,13 +66,13 @@ def encode_prompts(tokenizer, texts: list[str], raw: bool, system: str | None = 
 
 def generate_cli(args, out=None) -> None:
     """Loads the model and tokenizer, samples, and prints text or one JSON object per completion."""
-    out = out or sys.stdout
     from jaxrl.models.checkpoint import load_model
     from jaxrl.models.sampler import SamplingConfig, sample
     from transformers import AutoTokenizer
 
     from jaxrl.sharding import LogicalMesh, make_mesh
 
+    out = out or sys.stdout
     model_path = Path(args.model)
     if not model_path.exists():
         raise JaxrlError(f"model path {model_path} does not exist")

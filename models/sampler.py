@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 from jaxrl.models.decoder import Decoder, KVCache
 from jaxrl.models.sampling import choose_tokens
 
@@ -193,17 +194,19 @@ def _prefill(graphdef, state, tokens_bp, segments_bp, *, num_samples: int, slots
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "new_bucket", "greedy", "truncate"))
-def _decode(graphdef, state, cache, logits_rv, positions_r, active_r, row_keys, eos_ids, max_new_tokens,
+def _decode(graphdef, state, cache, logits_rv, positions_r, active_r, row_ids, seed, eos_ids, max_new_tokens,
             temperature, top_k, top_p, pad_id, *, new_bucket: int, greedy: bool, truncate: bool):  # fmt: skip
     """Samples up to `max_new_tokens` (<= new_bucket) tokens per row.
 
     positions_r: int32 [R], the position of each row's first new token (its prompt length).
-    active_r: bool [R], False for dummy rows. row_keys: [R] PRNG keys. eos_ids: int32 [E].
+    active_r: bool [R], False for dummy rows. row_ids: int32 [R], each row's number (its random
+    stream is `fold_in(key(seed), row)`). eos_ids: int32 [E].
     Returns tokens int32 [R, new_bucket], logprobs fp32 [R, new_bucket], lengths int32 [R].
     """
     model = nnx.merge(graphdef, state)
     lm = model.mesh
     rows = logits_rv.shape[0]
+    row_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), row_ids)
 
     def choose(logits, step, done):
         keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, step)
@@ -284,32 +287,37 @@ def sample(
     cache, logits = prefill(model, batch, n, new_bucket, mesh)
 
     rows = len(batch.lengths) * n
-    row_ids = np.arange(rows, dtype=np.uint32)
-    row_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(config.seed), row_ids)
+    row_ids = np.arange(rows, dtype=np.int32)
     positions = np.repeat(batch.lengths, n).astype(np.int32)
-    active = np.arange(rows) < batch.num_prompts * n
+    active = row_ids < batch.num_prompts * n
     if mesh is not None:
         row_sharding = mesh.sharding(("batch",), (rows,))
-        positions, active = put(positions, row_sharding), put(active, row_sharding)
-        row_keys = jax.device_put(row_keys, row_sharding)
+        positions, active, row_ids = (put(x, row_sharding) for x in (positions, active, row_ids))
     graphdef, state = nnx.split(model)
     tokens, logprobs, lengths = _decode(
-        graphdef, state, cache, logits, positions, active, row_keys,
+        graphdef, state, cache, logits, positions, active, row_ids, jnp.uint32(config.seed & 0xFFFFFFFF),
         jnp.asarray(eos or (-1,), jnp.int32), jnp.int32(config.max_new_tokens),
         jnp.float32(max(config.temperature, 1e-6)), jnp.int32(config.top_k), jnp.float32(config.top_p),
         jnp.int32(pad_id), new_bucket=new_bucket, greedy=config.greedy, truncate=config.truncates,
     )  # fmt: skip
 
     real = batch.num_prompts * n
-    tokens = np.asarray(tokens)[:real, : config.max_new_tokens].copy()
-    logprobs = np.asarray(logprobs)[:real, : config.max_new_tokens].copy()
-    lengths = np.asarray(lengths)[:real].copy()
+    tokens = to_host(tokens)[:real, : config.max_new_tokens].copy()
+    logprobs = to_host(logprobs)[:real, : config.max_new_tokens].copy()
+    lengths = to_host(lengths)[:real].copy()
     last = tokens[np.arange(real), np.maximum(lengths - 1, 0)]
     reasons = ["eos" if t in eos else "length" for t in last.tolist()]
     completions = Completions(tokens, logprobs, lengths, reasons, np.repeat(np.arange(batch.num_prompts), n))
     if config.stop_strings:
         cut_at_stop_strings(completions, config.stop_strings, tokenizer, pad_id)
     return completions
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole array on this host (gathered from the other hosts when it spans several)."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def cut_at_stop_strings(completions: Completions, stop_strings: Sequence[str], tokenizer, pad_id: int) -> None:

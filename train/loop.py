@@ -304,6 +304,9 @@ def fit(
     and `batches.state()` are saved with every checkpoint and restored on resume.
     """
     start, resumed_from, skipped_total = 0, None, 0
+    if not resume and checkpoints.steps():
+        raise JaxrlError(f"{checkpoints.directory} already holds checkpoints {checkpoints.steps()} and resume is off; "
+                         "use a new output_dir, or resume")  # fmt: skip
     if resume:
         restored = checkpoints.restore_latest(*trainer.abstract_state(), warn=lambda m: logger.message(f"warning: {m}"))
         if restored is not None:

@@ -275,11 +275,11 @@ def evaluate(models: list[str], config: EvalConfig, out_dir: str | Path) -> dict
     sampling_config(config)  # bad temperature / top_p / top_k fail here, before any model loads
     refs = expand_models(models)
     out = Path(out_dir)
+    mesh = LogicalMesh(make_mesh(config.mesh))
+    prepared = [prepare(name, config) for name in config.tasks]  # bad mesh or data: fail before writing
     out.mkdir(parents=True, exist_ok=True)
     if _writer():
         (out / "metrics.jsonl").unlink(missing_ok=True)
-    mesh = LogicalMesh(make_mesh(config.mesh))
-    prepared = [prepare(name, config) for name in config.tasks]
     base = None
     if config.kl_base:
         base_path = Path(config.kl_base)

@@ -1,0 +1,250 @@
+"""Fault injection, bad inputs: every case of CASES runs `jaxrl ...` in-process and must end with a
+clear one-line error (exit 2) or a counted skip (exit 0), never a traceback, and leave no partial
+output behind. docs/FAULTS.md lists the same cases (a test checks that the two agree).
+
+Placeholders in a case's arguments: {model} a tiny HF model, {orbax} the same model as an Orbax
+checkpoint, {out} an output path that must not exist afterwards, {fx} tests/fixtures/faults,
+{data} the 12-row OpenR1 sample, {sft} / {grpo} the tiny recipes, and the damaged model
+directories {no_config}, {no_tokenizer}, {bad_config}, {cut_weights}.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+
+from jaxrl import cli
+from jaxrl.tiny import build_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+FIXTURES = REPO / "tests" / "fixtures" / "faults"
+DOC = REPO / "docs" / "FAULTS.md"
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    id: str
+    argv: tuple[str, ...]
+    expect: str  # a regex the one stderr line (error) or stdout (skip) must match
+    skip: bool = False  # True: the designed outcome is a counted skip and exit 0
+
+
+def sft(*overrides: str) -> tuple[str, ...]:
+    return ("train", "sft", "--recipe", "{sft}", "model.path={model}", "data.dataset_name={data}",
+            "loop.output_dir={out}", "loop.mesh=data=1,fsdp=-1,tensor=1", *overrides)  # fmt: skip
+
+
+def grpo(*overrides: str) -> tuple[str, ...]:
+    return ("train", "grpo", "--recipe", "{grpo}", "model.path={model}", "data.dataset_name={data}",
+            "loop.output_dir={out}", "loop.mesh=data=1,fsdp=-1,tensor=1", *overrides)  # fmt: skip
+
+
+def data(*overrides: str) -> tuple[str, ...]:
+    return ("data", "data.dataset_name={data}", *overrides)
+
+
+def evaluate(*args: str) -> tuple[str, ...]:
+    return ("eval", "--out", "{out}", "--tasks", "gsm8k", "--data", "gsm8k={data}", *args)
+
+
+CASES = [
+    # recipes: unknown keys, wrong types, impossible values, broken files
+    Case("recipe-unknown-key-override", sft("sft.batch_sizes=4"), r"unknown key 'sft\.batch_sizes'; did you mean 'sft\.batch_size'"),
+    Case("recipe-unknown-key-file", ("train", "sft", "--recipe", "{fx}/unknown_key.yaml", "model.path={model}",
+                                     "loop.output_dir={out}"), r"unknown key 'sft\.micro_batch_size'"),  # fmt: skip
+    Case("recipe-unknown-section", sft("trainer.lr=1"), r"unknown key 'trainer'"),
+    Case("recipe-wrong-type-int", sft("sft.batch_size=four"), r"sft\.batch_size must be an integer, got 'four'"),
+    Case("recipe-wrong-type-file", ("train", "sft", "--recipe", "{fx}/wrong_type.yaml", "model.path={model}",
+                                    "loop.output_dir={out}"), r"sft\.batch_size must be an integer"),  # fmt: skip
+    Case("recipe-wrong-type-bool", sft("sft.padding_free=maybe"), r"sft\.padding_free must be true or false"),
+    Case("recipe-wrong-type-float", sft("optimizer.learning_rate=fast"), r"optimizer\.learning_rate must be a number"),
+    Case("recipe-bad-choice", sft("chat.chat_template=jinja"), r"chat\.chat_template must be one of"),
+    Case("recipe-malformed-override", sft("sft.batch_size"), r"malformed override 'sft\.batch_size'"),
+    Case("recipe-override-a-section", sft("sft=4"), r"sft is a section"),
+    Case("recipe-file-missing", ("train", "sft", "--recipe", "{fx}/no_such_recipe.yaml"), r"recipe file .* does not exist"),
+    Case("recipe-bad-yaml", ("train", "sft", "--recipe", "{fx}/bad_yaml.yaml"), r"is not valid YAML at line \d+"),
+    Case("recipe-not-a-mapping", ("train", "sft", "--recipe", "{fx}/list.yaml"), r"must be a mapping of keys to values"),
+    Case("recipe-not-utf8", ("train", "sft", "--recipe", "{fx}/not_utf8.yaml"), r"is not UTF-8 text"),
+    Case("recipe-negative-lr", sft("optimizer.learning_rate=-1"), r"learning_rate >= 0"),
+    Case("recipe-unknown-scheduler", sft("optimizer.lr_scheduler_type=cosine_restarts"), r"lr_scheduler_type='cosine_restarts'"),
+    Case("recipe-max-steps-zero", sft("loop.max_steps=0"), r"loop\.max_steps=0"),
+    Case("recipe-save-steps-fraction", sft("checkpoint.save_steps=2.5"), r"checkpoint\.save_steps=2\.5"),
+    Case("recipe-prompt-without-completion", sft("data.prompt_column=problem"), r"set both prompt_column and completion_column"),
+    Case("recipe-output-dir-remote", sft("loop.output_dir=gs://bucket/run"), r"must be a local directory"),
+    # impossible combinations of batch, accumulation, generations and mesh
+    Case("sft-batch-vs-accumulation", sft("sft.padding_free=false", "sft.batch_size=4", "loop.gradient_accumulation_steps=3"),
+         r"sft\.batch_size 4 is not divisible by gradient_accumulation_steps=3"),  # fmt: skip
+    Case("sft-batch-vs-data-parallel", sft("sft.padding_free=false", "sft.batch_size=4", "loop.mesh=data=8,fsdp=1"),
+         r"not divisible by the data-parallel size 8"),  # fmt: skip
+    Case("grpo-completions-vs-data-parallel", grpo("grpo.prompts_per_step=2", "grpo.num_generations=3"),
+         r"completions per step .* 6 .* not divisible by the data-parallel size 8"),  # fmt: skip
+    Case("grpo-completions-vs-accumulation", grpo("grpo.num_generations=3", "loop.gradient_accumulation_steps=4",
+                                                  "loop.mesh=data=1,fsdp=1,tensor=8"),
+         r"6 is not divisible by gradient_accumulation_steps=4"),  # fmt: skip
+    Case("grpo-one-generation", grpo("grpo.num_generations=1"), r"num_generations=1: group advantages need at least 2"),
+    Case("grpo-unknown-loss", grpo("grpo.loss_type=ppo"), r"grpo\.loss_type='ppo'"),
+    Case("grpo-weights-vs-rewards", grpo("grpo.reward_weights=[1.0]"), r"1 grpo\.reward_weights for 2 reward_funcs"),
+    Case("grpo-zero-temperature", grpo("grpo.temperature=0"), r"grpo\.temperature must be > 0"),
+    Case("grpo-no-max-steps", grpo("loop.max_steps=-1"), r"GRPO needs loop\.max_steps"),
+    Case("grpo-missing-prompt-column", grpo("data.prompt_column=question"), r"has no column 'question'"),
+    # mesh specs
+    Case("mesh-unknown-axis", sft("loop.mesh=data=1,pipeline=2"), r"bad mesh spec .*expected axis=size"),
+    Case("mesh-size-not-integer", sft("loop.mesh=data=two"), r"size of 'data' is not an integer"),
+    Case("mesh-wrong-device-count", sft("loop.mesh=data=3,fsdp=1,tensor=1"), r"needs 3 devices but 8 are available"),
+    Case("mesh-two-wildcards", sft("loop.mesh=data=-1,fsdp=-1"), r"at most one -1"),
+    # model directories
+    Case("model-path-missing", sft("model.path={fx}/no_such_model"), r"model\.path .* does not exist"),
+    Case("model-path-empty", sft("model.path="), r"no model: set model\.path"),
+    Case("model-dir-without-config", sft("model.path={no_config}"), r"neither a HF model directory"),
+    Case("model-dir-without-tokenizer", sft("model.path={no_tokenizer}"), r"no tokenizer files next to"),
+    Case("model-config-not-json", sft("model.path={bad_config}"), r"config\.json"),
+    Case("model-weights-truncated", sft("model.path={cut_weights}"), r"model\.safetensors"),
+    # data files
+    Case("data-file-missing", sft("data.dataset_name={fx}/no_such_file.jsonl"), r"data file .* does not exist"),
+    Case("data-file-empty", sft("data.dataset_name={fx}/empty.jsonl"), r"data file .*empty\.jsonl is empty"),
+    Case("data-file-blank-lines", sft("data.dataset_name={fx}/blank_lines.jsonl"), r"is empty"),
+    Case("data-not-utf8", sft("data.dataset_name={fx}/not_utf8.jsonl"), r"is not UTF-8 text \(bad byte at line 3\)"),
+    Case("data-missing-column", sft("data.dataset_name={fx}/no_messages.jsonl"), r"has no column 'messages'"),
+    Case("data-no-valid-line", sft("data.dataset_name={fx}/all_bad_lines.jsonl"),
+         r"holds no usable rows \(.*line is not a JSON object.*line is not valid JSON\)"),  # fmt: skip
+    Case("data-unknown-format", sft("data.dataset_name={fx}/rows.txt"), r"unknown data format \.txt"),
+    Case("data-json-not-rows", sft("data.dataset_name={fx}/number.json"), r"expected a list of rows, got a JSON int"),
+    Case("data-corrupt-parquet", sft("data.dataset_name={fx}/garbage.parquet"), r"cannot read .* as parquet"),
+    Case("data-malformed-filter", sft("data.filters=[source]"), r"malformed filter 'source'"),
+    Case("data-filter-keeps-nothing", sft("data.filters=[source=nowhere]"), r"keeps none of 12 rows"),
+    Case("data-filter-unknown-column", sft("data.filters=[origin=cn_k12]"), r"filter on 'origin'"),
+    Case("data-every-row-too-long", sft("sft.max_length=16"), r"no SFT example left: 12 of 12 are longer than max_length=16"),
+    Case("data-strict-bad-line", sft("data.dataset_name={fx}/some_bad_lines.jsonl", "data.strict=true"),
+         r"line 3 is not valid JSON"),  # fmt: skip
+    # counted skips (exit 0): the report says how many rows were dropped and why
+    Case("skip-bad-json-lines", data("data.dataset_name={fx}/some_bad_lines.jsonl"),
+         r"skipped: 1 line is not a JSON object\nskipped: 2 line is not valid JSON", skip=True),  # fmt: skip
+    Case("skip-malformed-messages", data("data.dataset_name={fx}/bad_messages.jsonl"),
+         r"skipped: 1 a message is not \{role, content\} text\n.*no user message.*\n.*not a non-empty assistant answer",
+         skip=True),  # fmt: skip
+    Case("skip-over-max-length", data("tokenizer={model}", "max_length=512"), r"over max_length=512: 1 dropped; 11 kept", skip=True),
+    Case("skip-prompt-rows-without-text", data("data.dataset_name={fx}/bad_messages.jsonl", "mode=prompts",
+                                               "data.prompt_column=problem", "tokenizer={model}"),
+         r"skipped: 3 'problem' is missing or not text/messages", skip=True),  # fmt: skip
+    Case("data-report-bad-mode", data("mode=chat"), r"mode must be one of 'sft', 'prompts'"),
+    Case("data-report-bad-tokenizer", data("tokenizer={fx}/no_such_tokenizer"), r"cannot load a tokenizer"),
+    # jaxrl eval
+    Case("eval-unknown-task", ("eval", "--out", "{out}", "--tasks", "math9000", "--model", "{model}"), r"math9000"),
+    Case("eval-no-model", evaluate(), r"no model given"),
+    Case("eval-model-missing", evaluate("--model", "{fx}/no_such_model"), r"no_such_model"),
+    Case("eval-limit-zero", evaluate("--model", "{model}", "--limit", "0"), r"--limit 0"),
+    Case("eval-bad-num-shots", evaluate("--model", "{model}", "--num-shots", "gsm8k=two"), r"--num-shots gsm8k=two"),
+    Case("eval-bad-chat-template", evaluate("--model", "{model}", "--chat-template", "jinja"), r"unknown chat template 'jinja'"),
+    Case("eval-bad-top-p", evaluate("--model", "{model}", "--top-p", "1.5"), r"top_p"),
+    Case("eval-bad-mesh", evaluate("--model", "{model}", "--mesh", "data=3,fsdp=1,tensor=1"), r"needs 3 devices"),
+    Case("eval-empty-data", ("eval", "--out", "{out}", "--tasks", "gsm8k", "--data", "gsm8k={fx}/empty.jsonl",
+                             "--model", "{model}"), r"empty"),  # fmt: skip
+    Case("eval-strict-malformed-rows", ("eval", "--out", "{out}", "--tasks", "gsm8k", "--strict", "--model", "{model}",
+                                        "--data", "gsm8k={fx}/gsm8k_no_answer.jsonl"), r"malformed rows"),  # fmt: skip
+    # jaxrl analyze
+    Case("analyze-base-missing", ("analyze", "{fx}/no_such_model", "{model}", "--out", "{out}"), r"no_such_model"),
+    Case("analyze-base-not-a-model", ("analyze", "{no_config}", "{model}", "--out", "{out}"), r"no_config"),
+    Case("analyze-run-missing", ("analyze", "{model}", "{fx}/no_such_run", "--out", "{out}"), r"no_such_run"),
+    Case("analyze-unknown-module", ("analyze", "{model}", "{orbax}", "--out", "{out}", "--modules", "attention"),
+         r"unknown module 'attention'"),  # fmt: skip
+    Case("analyze-negative-svd", ("analyze", "{model}", "{orbax}", "--out", "{out}", "--svd", "-1"), r"--svd must be >= 0"),
+    # jaxrl generate
+    Case("generate-model-missing", ("generate", "{fx}/no_such_model", "--prompt", "hi"), r"does not exist"),
+    Case("generate-no-prompt", ("generate", "{model}"), r"no prompts"),
+    Case("generate-empty-prompts-file", ("generate", "{model}", "--prompts", "{fx}/prompts_empty.txt"), r"has no prompts"),
+    Case("generate-no-tokenizer", ("generate", "{no_tokenizer}", "--prompt", "hi"), r"no tokenizer files"),
+    Case("generate-bad-mesh", ("generate", "{model}", "--prompt", "hi", "--mesh", "tensor=3,fsdp=1"), r"needs 3 devices"),
+    # jaxrl convert
+    Case("convert-source-missing", ("convert", "{fx}/no_such_model", "{out}"), r"source .* does not exist"),
+    Case("convert-source-not-a-model", ("convert", "{no_config}", "{out}"), r"neither a HF model directory"),
+    Case("convert-bad-mesh", ("convert", "{model}", "{out}", "--mesh", "data=5"), r"mesh spec"),
+    # jaxrl plan (the checks made before the planning process starts)
+    Case("plan-zero-devices", ("plan", "--recipe", "{sft}", "--devices", "0"), r"--devices 0"),
+    Case("plan-unknown-chip", ("plan", "--recipe", "{sft}", "--devices", "8", "--chip", "tpu-v9"), r"tpu-v9"),
+    Case("plan-mesh-vs-devices", ("plan", "--recipe", "{sft}", "--devices", "8", "--mesh", "data=3,fsdp=1"),
+         r"needs 3 devices but 8"),  # fmt: skip
+]
+
+
+@pytest.fixture(scope="module")
+def paths(tmp_path_factory):
+    root = tmp_path_factory.mktemp("faults")
+    model = build_tiny_model(root / "model", "tiny-olmo2", seed=0)
+    damaged = {}
+    for name in ("no_config", "no_tokenizer", "bad_config", "cut_weights"):
+        damaged[name] = shutil.copytree(model, root / name)
+    (damaged["no_config"] / "config.json").unlink()
+    for f in damaged["no_tokenizer"].glob("tokenizer*"):
+        f.unlink()
+    (damaged["no_tokenizer"] / "chat_template.jinja").unlink(missing_ok=True)
+    (damaged["bad_config"] / "config.json").write_text('{"model_type": "olmo2", "hidden_size": ')
+    weights = damaged["cut_weights"] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    orbax = root / "orbax"
+    assert cli.main(["convert", str(model), str(orbax)]) == 0
+    return {
+        "model": model, "orbax": orbax, "fx": FIXTURES, "data": REPO / "tests/fixtures/data/openr1_math_sample.jsonl",
+        "sft": REPO / "train/recipes/sft-tiny.yaml", "grpo": REPO / "train/recipes/grpo-tiny.yaml",
+        "root": root, **damaged,
+    }  # fmt: skip
+
+
+def snapshot(root: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime_ns for p in root.rglob("*")}
+
+
+# Python's own default warning filters: what a user of the `jaxrl` command would see on stderr.
+def shown_warnings(record: list[warnings.WarningMessage]) -> list[str]:
+    hidden = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
+    return [str(w.message) for w in record if not issubclass(w.category, hidden)]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_bad_input(case: Case, paths, tmp_path, capsys):
+    out = tmp_path / "out"
+    argv = [a.format(**paths, out=out) for a in case.argv]
+    before = snapshot(paths["root"])
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        code = cli.main(argv)
+    captured = capsys.readouterr()
+    stderr_lines = captured.err.splitlines() + shown_warnings(record)
+    if case.skip:
+        assert code == 0, captured.err
+        assert re.search(case.expect, captured.out), captured.out
+        assert "Traceback" not in captured.err and not shown_warnings(record), captured.err
+    else:
+        assert code == 2, (code, captured.err)
+        assert len(stderr_lines) == 1, stderr_lines
+        assert stderr_lines[0].startswith(f"jaxrl {argv[0]}: error: "), stderr_lines
+        assert re.search(case.expect, stderr_lines[0]), stderr_lines[0]
+    assert not out.exists(), f"partial output left behind: {sorted(p.name for p in out.rglob('*'))}"
+    assert snapshot(paths["root"]) == before, "an input was changed"
+
+
+def test_every_case_is_documented():
+    text = DOC.read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `([a-z0-9-]+)` \|", text, flags=re.M))
+    ids = {c.id for c in CASES}
+    assert len(ids) == len(CASES), "duplicate case ids"
+    assert len(ids) >= 30
+    assert ids - documented == set(), "cases missing from docs/FAULTS.md"
+    bad_input_rows = documented - set(FAULT_TESTS)
+    assert bad_input_rows - ids == set(), "docs/FAULTS.md lists bad inputs the suite does not run"
+
+
+# Runtime faults documented in docs/FAULTS.md and the tests that show them (tests/test_faults_*.py).
+FAULT_TESTS = {
+    "sigkill-sft": "test_faults_resume.py::test_sft_killed_at_random_points_resumes_bitwise",
+    "sigkill-grpo": "test_faults_resume.py::test_grpo_killed_at_random_points_resumes_bitwise",
+    "sigterm": "test_faults_resume.py::test_sft_killed_at_random_points_resumes_bitwise",
+    "checkpoint-truncated": "test_faults_resume.py::test_sft_killed_at_random_points_resumes_bitwise",
+    "checkpoint-file-deleted": "test_faults_resume.py::test_grpo_killed_at_random_points_resumes_bitwise",
+    "nonfinite-stop": "test_faults_nonfinite.py::test_huge_learning_rate_skips_then_stops",
+    "nonfinite-skip": "test_faults_nonfinite.py::test_poisoned_steps_are_skipped_counted_and_recovered",
+}

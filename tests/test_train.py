@@ -236,3 +236,21 @@ def test_damaged_newest_checkpoint_falls_back_with_a_warning(fit_trainer, tmp_pa
     assert fresh.steps() == [2]
     ckpts.close()
     fresh.close()
+
+
+def test_chunked_sft_loss_equals_the_plain_one(model_dir):
+    from flax import nnx
+
+    model = load_model(model_dir, mesh_of("data=1,fsdp=1,tensor=1", 1))
+    graphdef, params = nnx.split(model)
+    b = {k: jax.numpy.asarray(v) for k, v in batch(3, rows=2, length=20).items()}
+
+    def loss(p, chunk):
+        num, den, _ = sft_loss(nnx.merge(graphdef, p), b, chunk)
+        return num / den
+
+    plain, g_plain = jax.jit(jax.value_and_grad(lambda p: loss(p, 0)))(params)
+    chunked, g_chunked = jax.jit(jax.value_and_grad(lambda p: loss(p, 8)))(params)  # 20 = 8 + 8 + 4
+    np.testing.assert_allclose(chunked, plain, rtol=1e-6)
+    for a, c in zip(jax.tree.leaves(g_plain), jax.tree.leaves(g_chunked), strict=True):
+        np.testing.assert_allclose(c, a, atol=1e-7, rtol=1e-5)

@@ -10,6 +10,7 @@ trained on whole sequences; `sft.completion_only_loss=true` trains on the comple
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -18,6 +19,7 @@ from jaxrl.models.params import count_params
 from jaxrl.train import rundir
 from jaxrl.train.checkpointing import Checkpoints
 from jaxrl.train.config import CheckpointConfig, FreezeConfig, LoopConfig, ModelSource, OptimizerConfig
+from jaxrl.train.grpo_loss import token_logprobs
 from jaxrl.train.loop import Trainer, check_batch_size, data_parallel_size, fit
 
 from jaxrl.data import ChatConfig, DataConfig, SFTBatches, load_sft_dataset
@@ -40,10 +42,11 @@ class SFTSettings:
     completion_only_loss: bool = False
     pad_to_multiple_of: int = 64
     shuffle: bool = True
+    loss_chunk_size: int = 0  # > 0: logits for this many positions at a time, recomputed in backward
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.max_length < 2 or self.pad_to_multiple_of < 1:
-            raise JaxrlError("sft: batch_size >= 1, max_length >= 2 and pad_to_multiple_of >= 1 required")
+        if self.batch_size < 1 or self.max_length < 2 or self.pad_to_multiple_of < 1 or self.loss_chunk_size < 0:
+            raise JaxrlError("sft: batch_size >= 1, max_length >= 2, pad_to_multiple_of >= 1, loss_chunk_size >= 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,18 +61,24 @@ class SFTConfig:
     loop: LoopConfig = LoopConfig()
 
 
-def sft_loss(model, batch: dict[str, jax.Array]):
+def sft_loss(model, batch: dict[str, jax.Array], chunk_size: int = 0):
     """(sum of masked token NLL, number of masked tokens, aux) for one micro-batch.
 
     batch: tokens, segment_ids, positions, targets int32 [B, T]; loss_mask float32 [B, T], aligned
     with the logits (1 where the prediction at t of targets[t] is trained).
+    chunk_size > 0: the [B, T, V] fp32 logits never exist at once; `chunk_size` positions at a
+    time are projected and recomputed in the backward pass (what a 100k vocabulary at 4096
+    tokens needs).
     """
-    logits_btv = model(batch["tokens"], batch["segment_ids"], batch["positions"])
-    logz_bt = jax.nn.logsumexp(logits_btv, axis=-1)
-    target_logit_bt = jnp.take_along_axis(logits_btv, batch["targets"][..., None], axis=-1)[..., 0]
     mask = batch["loss_mask"].astype(jnp.float32)
-    nll_sum = jnp.sum((logz_bt - target_logit_bt) * mask)
-    return nll_sum, jnp.sum(mask), {}
+    if chunk_size:
+        h_btd, _ = model.hidden_states(batch["tokens"], batch["segment_ids"], batch["positions"])
+        nll_bt = -token_logprobs(h_btd, model.unembed(), batch["targets"], 1.0, chunk_size)
+    else:
+        logits_btv = model(batch["tokens"], batch["segment_ids"], batch["positions"])
+        logz_bt = jax.nn.logsumexp(logits_btv, axis=-1)
+        nll_bt = logz_bt - jnp.take_along_axis(logits_btv, batch["targets"][..., None], axis=-1)[..., 0]
+    return jnp.sum(nll_bt * mask), jnp.sum(mask), {}
 
 
 def load_config(recipe_path: str | None, overrides=()) -> SFTConfig:
@@ -110,7 +119,8 @@ def run(recipe_path: str | None, overrides=()) -> str:
 
     model = load_model(model_path, mesh, config.model.param_dtype, dtype=config.model.dtype, remat=config.model.remat)
     rundir.write_run_files(run_dir, model.config, rundir.tokenizer_dir(model_path), dump_recipe(config))
-    trainer = Trainer(model, sft_loss, config.optimizer, total_steps, freeze=config.freeze, accumulation=k,
+    loss_fn = functools.partial(sft_loss, chunk_size=cfg.loss_chunk_size)
+    trainer = Trainer(model, loss_fn, config.optimizer, total_steps, freeze=config.freeze, accumulation=k,
                       mesh=mesh, seed=loop.seed)  # fmt: skip
     del model
     checkpoints = Checkpoints(rundir.checkpoint_dir(run_dir, config.checkpoint.directory), config.checkpoint)

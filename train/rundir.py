@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 import jax
+import yaml
 from jaxrl.models.checkpoint import find_config, is_orbax_model
 from jaxrl.models.config import ModelConfig
 from jaxrl.models.hf_io import TOKENIZER_FILES
@@ -77,18 +78,33 @@ def check_output_dir(output_dir: str) -> Path:
     return Path(output_dir).expanduser()
 
 
-def write_run_files(run_dir: Path, config: ModelConfig, tokenizer_from: Path, recipe_yaml: str) -> Path:
-    """config.json, tokenizer files and recipe.yaml in `run_dir` (process 0 only)."""
+def changed_keys(old_yaml: str, new_yaml: str) -> list[str]:
+    """Dotted keys whose values differ between two resolved recipes."""
+
+    def flat(node, prefix=""):
+        if isinstance(node, dict):
+            return {k: v for key, value in node.items() for k, v in flat(value, f"{prefix}{key}.").items()}
+        return {prefix[:-1]: node}
+
+    old, new = flat(yaml.safe_load(old_yaml) or {}), flat(yaml.safe_load(new_yaml) or {})
+    return sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+
+
+def write_run_files(run_dir: Path, config: ModelConfig, tokenizer_from: Path, recipe_yaml: str) -> list[str]:
+    """config.json, tokenizer files and recipe.yaml in `run_dir` (process 0 only). Returns the
+    recipe keys that differ from the recipe.yaml already there (a resumed run whose recipe changed)."""
     if jax.process_index() != 0:
-        return run_dir
+        return []
     run_dir.mkdir(parents=True, exist_ok=True)
+    previous = run_dir / "recipe.yaml"
+    changed = changed_keys(previous.read_text(), recipe_yaml) if previous.is_file() else []
     (run_dir / "config.json").write_text(json.dumps(config.to_hf_config(), indent=2))
     for name in TOKENIZER_FILES:
         if (tokenizer_from / name).is_file() and name != "config.json":
             if (tokenizer_from / name).resolve() != (run_dir / name).resolve():
                 shutil.copy2(tokenizer_from / name, run_dir / name)
     (run_dir / "recipe.yaml").write_text(recipe_yaml)
-    return run_dir
+    return changed
 
 
 def checkpoint_dir(run_dir: Path, override: str) -> str:

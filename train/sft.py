@@ -118,7 +118,7 @@ def run(recipe_path: str | None, overrides=()) -> str:
     total_steps = total_steps_of(loop, batches.steps_per_epoch)
 
     model = load_model(model_path, mesh, config.model.param_dtype, dtype=config.model.dtype, remat=config.model.remat)
-    rundir.write_run_files(run_dir, model.config, rundir.tokenizer_dir(model_path), dump_recipe(config))
+    changed = rundir.write_run_files(run_dir, model.config, rundir.tokenizer_dir(model_path), dump_recipe(config))
     loss_fn = functools.partial(sft_loss, chunk_size=cfg.loss_chunk_size)
     trainer = Trainer(model, loss_fn, config.optimizer, total_steps, freeze=config.freeze, accumulation=k,
                       mesh=mesh, seed=loop.seed)  # fmt: skip
@@ -130,6 +130,8 @@ def run(recipe_path: str | None, overrides=()) -> str:
         f"{batches.steps_per_epoch} steps per epoch, {total_steps} steps; "
         f"{count_params(trainer.model) / 1e6:.1f}M parameters; {trainer.plan.summary()}"
     )
+    if changed and checkpoints.steps() and config.checkpoint.resume:
+        logger.message(f"warning: resuming with a recipe that differs from the run's in {', '.join(changed)}")
     try:
         result = fit(
             trainer, batches, total_steps, checkpoints, logger,

@@ -1,7 +1,7 @@
 """The miniature study's stages: data -> base -> GRPO and SFT -> evaluation -> analysis -> report.
 
 Each stage calls the public entry point a TPU user would (`jaxrl.train.grpo.run`,
-`jaxrl.train.sft.run`, `jaxrl.eval.runner.evaluate`, `jaxrl analyze`) and leaves a `DONE` marker,
+`jaxrl.train.sft.run`, `jaxrl.eval.runner.evaluate`, `jaxrl analyze`) and leaves a marker in `.done/`,
 so a killed reproduction resumes at the stage it was in (and training resumes from its last
 checkpoint).
 """
@@ -105,18 +105,18 @@ def evaluate(preset: Preset, models: list[Path], files: dict[str, Path], base: P
     return {"maths": evaluate(paths, maths, out / "maths"), "probes": evaluate(paths, probes, out / "probes")}
 
 
-def stage(out: Path, name: str, log, work):
-    """Runs `work()` unless `out/name/DONE` exists; returns how long it took."""
-    done = out / name / "DONE"
+def stage(out: Path, name: str, log, work) -> float:
+    """Runs `work()` unless `out/.done/name` exists; returns the seconds it took (then or earlier)."""
+    done = out / ".done" / name
     if done.exists():
         log(f"[{name}] done already")
-        return 0.0
+        return float(done.read_text() or 0)
     start = time.time()
     log(f"[{name}] ...")
     work()
-    done.parent.mkdir(parents=True, exist_ok=True)
-    done.write_text("")
     seconds = time.time() - start
+    done.parent.mkdir(parents=True, exist_ok=True)
+    done.write_text(f"{seconds:.1f}")
     log(f"[{name}] {seconds:.0f} s")
     return seconds
 

@@ -29,7 +29,8 @@ def parse_args(argv=None):
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="CPU threads of both")
+    p.add_argument("--threads", type=int, default=None,
+                   help="pin the process to this many CPUs, used by both (default: all it may use)")  # fmt: skip
     p.add_argument("--dtype", default="float32", help="float32 or bfloat16, for both")
     p.add_argument("--device", default="cpu", help="PyTorch device: cpu or cuda")
     p.add_argument("--no-reference", action="store_true", help="skip transformers (ratio is null)")
@@ -132,8 +133,19 @@ def reference_runners(model, prompts, args):
     return generate, run_prefill, tokens
 
 
+def pin_threads(threads: int | None) -> int:
+    """Restricts this process to `threads` CPUs before JAX or PyTorch start their thread pools: XLA
+    sizes its pool by the CPUs it may run on, PyTorch is told the same number."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if threads is not None and threads < len(cpus):
+        cpus = cpus[:threads]
+        os.sched_setaffinity(0, cpus)
+    return len(cpus)
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    args.threads = pin_threads(args.threads)
     import numpy as np
     import torch
 

@@ -61,10 +61,14 @@ def last_step(run_dir: Path) -> int:
     return max(steps, default=0)
 
 
-def run_until(setup, run_dir: Path, at_step: int | None, sig: int | None) -> subprocess.CompletedProcess | tuple:
-    """Starts the run; once it logged `at_step`, sends `sig`. Returns (returncode, stderr, step seen)."""
-    proc = subprocess.Popen(command(setup, run_dir), cwd=Path(__file__).parents[1], env=env(),
+def start(setup, run_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen(command(setup, run_dir), cwd=Path(__file__).parents[1], env=env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def run_until(setup, run_dir: Path, at_step: int | None, sig: int | None) -> tuple[int, str, int | None]:
+    """Runs `jaxrl train sft`; once it logged `at_step`, sends `sig`. Returns (returncode, stderr, step seen)."""
+    proc = start(setup, run_dir)
     seen = None
     if sig is not None:
         deadline = time.time() + 120
@@ -93,10 +97,7 @@ def final_params(run_dir: Path) -> dict[str, np.ndarray]:
 
 @pytest.mark.slow
 def test_sigkill_and_sigterm_then_resume_is_bitwise_identical(setup, tmp_path):
-    code, stderr, _ = run_until(setup, tmp_path / "straight", None, None)
-    assert code == 0, stderr
-    expected = final_params(tmp_path / "straight")
-
+    straight = start(setup, tmp_path / "straight")  # beside the interrupted runs (two cores)
     run = tmp_path / "interrupted"
     code, _, killed_at = run_until(setup, run, 9, signal.SIGKILL)
     assert code == -signal.SIGKILL and killed_at < TOTAL_STEPS
@@ -111,6 +112,9 @@ def test_sigkill_and_sigterm_then_resume_is_bitwise_identical(setup, tmp_path):
     code, stderr, _ = run_until(setup, run, None, None)
     assert code == 0, stderr
     assert f"resumed from checkpoint step {saved[-1]}" in stderr
+    _, stderr = straight.communicate(timeout=180)
+    assert straight.returncode == 0, stderr
+    expected = final_params(tmp_path / "straight")
     got = final_params(run)
     assert got.keys() == expected.keys()
     for name in expected:

@@ -21,6 +21,7 @@ import dataclasses
 import functools
 import io
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -280,6 +281,7 @@ class Rollouts:
         texts = out.texts(self.tokenizer)
         rows = [prompt_batch.rows[i] for i in np.asarray(out.prompt_index)]
         prompt_texts = [self.tokenizer.decode(prompt_batch.prompt_ids[i]) for i in np.asarray(out.prompt_index)]
+        verdicts_before, errors_before = Counter(self.scorer.verdict_counts), Counter(self.scorer.errors)
         scores = self.scorer(prompt_texts, texts, rows)
         advantages, tied = group_advantages(scores.total, G, s.scale_rewards)
 
@@ -302,10 +304,11 @@ class Rollouts:
         if s.beta > 0:
             batch["ref_logprobs"] = self.score(self.ref_params, tokens, segments, token_mask)[0]
         metrics = rollout_metrics(scores, token_mask, lengths, truncated, np.asarray(tied), entropy, gap)
-        for verdict, count in self.scorer.verdict_counts.items():
+        # this batch's completions the verifier could not judge, by verdict, and reward functions that raised
+        for verdict, count in (self.scorer.verdict_counts - verdicts_before).items():
             if verdict not in ("correct", "wrong"):
                 metrics[f"verifier/{verdict}"] = float(count)
-        for name, count in self.scorer.errors.items():
+        for name, count in (self.scorer.errors - errors_before).items():
             metrics[f"rewards/{name}/errors"] = float(count)
         return batch, metrics
 

@@ -37,6 +37,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from jaxrl.models.decoder import Decoder
+from jaxrl.models.params import state_shardings
 from jaxrl.train.checkpointing import Checkpoints, rng_from_json, rng_to_json
 from jaxrl.train.config import FreezeConfig, OptimizerConfig
 from jaxrl.train.freeze import FreezePlan
@@ -120,7 +121,8 @@ class Trainer:
         self.accumulation = accumulation
         self.total_steps = total_steps
         self.graphdef, state = nnx.split(model)
-        self.params = nnx.to_pure_dict(state)
+        # placed by the logical-axis rules (a no-op for a model created or loaded on this mesh)
+        self.params = jax.device_put(nnx.to_pure_dict(state), nnx.to_pure_dict(state_shardings(state, self.mesh)))
         self.plan = FreezePlan.build(freeze or FreezeConfig(), self.params, model.config.num_layers)
         self.schedule = make_schedule(optimizer, total_steps)
         # AdamW's direction without the lr: the step multiplies by -lr(step), so a skipped update

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from jaxrl.models.checkpoint import load_model
+from jaxrl.models.sampler import Completions
 from jaxrl.train import grpo
 from jaxrl.train.config import OptimizerConfig
 from jaxrl.train.grpo import GRPOSettings, GRPOTrainer, Rollouts, loss_rows
@@ -82,6 +83,42 @@ def test_recipes_load_with_the_study_numbers():
         grpo.load_config(None, ["grpo.loss_type=ppo"])
     with pytest.raises(JaxrlError, match="num_generations"):
         grpo.load_config(None, ["grpo.num_generations=1"])
+
+
+def test_rollout_masks_truncated_completions_and_reports_metrics(model_dir, monkeypatch):
+    """A canned sampler output: one completion ended by EOS (3 tokens), one cut at the limit."""
+    c = 5
+    tokens = np.array([[11, 12, 13, 0, 0], [21, 22, 23, 24, 25]], np.int32)
+    canned = Completions(tokens, np.zeros((2, c), np.float32), np.array([3, 5], np.int32), ["eos", "length"],
+                         np.array([0, 0], np.int32))  # fmt: skip
+    monkeypatch.setattr(grpo, "sample", lambda *args, **kwargs: canned)
+    register_reward("test_first_wins", lambda prompts, completions, **kw: [1.0, 0.0])
+    tokenizer = load_tokenizer(model_dir)
+    s = GRPOSettings(prompts_per_step=1, num_generations=2, max_completion_length=c, max_prompt_length=4,
+                     mask_truncated_completions=True, scale_rewards="none",
+                     reward_funcs=("test_first_wins",))  # fmt: skip
+    mesh = LogicalMesh(make_mesh("", jax.devices()[:1]))
+    trainer = GRPOTrainer(load_model(model_dir, mesh, "float32"), make_loss_fn(s.loss_settings()), OptimizerConfig(),
+                          1, mesh=mesh)  # fmt: skip
+    prompts = encode_prompts([{"problem": "1+1="}], tokenizer, ChatConfig(system_prompt=None))
+    prompts.prompt_ids = [[7, 8, 9]]
+    rollouts = Rollouts(trainer, PromptBatches(prompts, 1, seed=0), tokenizer, RewardScorer(s.reward_funcs), s,
+                        mesh=mesh)  # fmt: skip
+    batch = next(rollouts)
+    REWARDS.pop("test_first_wins")
+    np.testing.assert_array_equal(batch["completion_mask"], [[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]])
+    pad = trainer.config.pad_token_id
+    np.testing.assert_array_equal(batch["tokens"][0], [pad, 7, 8, 9, 11, 12, 13, pad, pad])
+    np.testing.assert_array_equal(batch["segment_ids"][1], [0, 1, 1, 1, 1, 1, 1, 1, 1])
+    np.testing.assert_allclose(batch["advantages"], [0.5, -0.5])
+    m = rollouts.metrics
+    assert (m["reward"], m["frac_reward_zero_std"], m["completions/clipped_ratio"]) == (0.5, 0.0, 0.5)
+    assert (m["completions/min_length"], m["completions/max_length"], m["completions/mean_length"]) == (3, 5, 4)
+    # the canned log-probs are 0, so the gap is the trainer's |log-prob| over the 8 sampled tokens
+    logp, _ = rollouts.score(trainer.params, batch["tokens"], batch["segment_ids"], np.ones((2, c), np.float32))
+    live = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
+    np.testing.assert_allclose(m["logprob_gap/max"], np.abs(logp[live]).max(), rtol=1e-6)
+    assert "old_logprobs" not in batch and "ref_logprobs" not in batch  # mu = 1, beta = 0
 
 
 def _one_step(model_dir, data_file, spec: str, devices: int):

@@ -79,7 +79,40 @@ def _sums(base, other, per_layer: bool):
     return floats, changed
 
 
-_sums_jit = jax.jit(_sums, static_argnums=2)
+SLICE = 1 << 18  # elements reduced per step by the streaming kernel (1 MiB of fp32)
+
+
+def _sliced_sums(base, other, per_layer: bool):
+    """`_sums` over [L, n] in slices of SLICE elements, so no temporary is larger than a slice.
+
+    For blocks on one device (streamed checkpoints): a fused reduction of a whole block may
+    materialise a full-size fp32 temporary, which would double host memory on the CPU backend.
+    """
+    lead = base.shape[0] if per_layer and base.ndim else 1
+    b, o = base.reshape(lead, -1), other.reshape(lead, -1)
+    n = b.shape[1]
+    step = max(1, min(n, SLICE // max(1, lead)))
+    steps, rest = divmod(n, step)
+
+    def part(x0, x):
+        floats, changed = _sums(x0, x, per_layer=True)
+        return floats, changed
+
+    def body(i, acc):
+        floats, changed = part(
+            jax.lax.dynamic_slice_in_dim(b, i * step, step, 1), jax.lax.dynamic_slice_in_dim(o, i * step, step, 1)
+        )
+        return acc[0] + floats, acc[1] + changed
+
+    acc = (jnp.zeros((4, lead), jnp.float32), jnp.zeros((lead,), jnp.int32))
+    acc = jax.lax.fori_loop(0, steps, body, acc)
+    if rest:
+        floats, changed = part(b[:, steps * step :], o[:, steps * step :])
+        acc = (acc[0] + floats, acc[1] + changed)
+    return acc if per_layer else (acc[0][:, 0], acc[1][0])
+
+
+_sums_jit = jax.jit(_sliced_sums, static_argnums=2)
 
 
 @functools.cache

@@ -8,12 +8,16 @@ A source hands out any block `tensor[index]` of a parameter in our layout (stack
   store) with tensorstore and reads exactly the index asked for. A stored chunk (one device's
   shard when it was written) is decompressed whole, so reads aligned to `chunks` decode each
   chunk once.
+Blocks land in page-aligned buffers (anonymous memory maps, reused block after block through
+`Buffers`): the CPU backend computes on them in place instead of copying, and host memory stays at
+the blocks in hand rather than at what an allocator kept.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import mmap
 from pathlib import Path
 from typing import Protocol
 
@@ -27,13 +31,46 @@ from jaxrl.tensorfiles import SafetensorsDir
 Index = tuple[slice, ...]
 
 
+def host_buffer(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array in its own anonymous memory map (page-aligned, freed on release)."""
+    nbytes = math.prod(shape) * np.dtype(dtype).itemsize
+    if nbytes == 0:
+        return np.zeros(shape, dtype)
+    return np.frombuffer(mmap.mmap(-1, nbytes), dtype).reshape(shape)
+
+
+class Buffers:
+    """Reusable host buffers, one per slot, grown to the largest block asked for.
+
+    A block handed out stays valid until the same slot is asked for again; the caller must be
+    done with it (including any device computation reading it in place) by then.
+    """
+
+    def __init__(self):
+        self._maps: dict[int, mmap.mmap] = {}
+
+    def array(self, slot: int, shape: tuple[int, ...], dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes == 0:
+            return np.zeros(shape, dtype)
+        if slot not in self._maps or len(self._maps[slot]) < nbytes:
+            self._maps.pop(slot, None)  # unmapped once no array views it
+            self._maps[slot] = mmap.mmap(-1, nbytes)
+        return np.frombuffer(self._maps[slot], dtype, count=math.prod(shape)).reshape(shape)
+
+
+def _buffer(out: Buffers | tuple[Buffers, int] | None, shape, dtype) -> np.ndarray:
+    return host_buffer(shape, dtype) if out is None else out[0].array(out[1], shape, dtype)
+
+
 class Source(Protocol):
     label: str
 
     def shape(self, spec: TensorSpec) -> tuple[int, ...]: ...
     def dtype(self, spec: TensorSpec) -> np.dtype: ...
     def chunks(self, spec: TensorSpec) -> tuple[int, ...] | None: ...
-    def read(self, spec: TensorSpec, index: Index) -> np.ndarray: ...
+    def read(self, spec: TensorSpec, index: Index, out: tuple[Buffers, int] | None = None) -> np.ndarray: ...
 
 
 class HFSource:
@@ -63,6 +100,22 @@ class HFSource:
         mm = np.memmap(info.path, dtype=info.dtype, mode="r", offset=info.offset, shape=info.shape)
         return spec.to_ours(mm)
 
+    def read_hf(self, spec: TensorSpec, layer: int | None, out: tuple[Buffers, int] | None = None) -> np.ndarray:
+        """One HF tensor (one layer) as stored, read straight from the file into its own buffer
+        (no memory map, so the file's pages never count as this process's memory)."""
+        info = self._info(spec, layer)
+        out = _buffer(out, info.shape, info.dtype)
+        if info.nbytes:
+            with open(info.path, "rb", buffering=0) as f:
+                f.seek(info.offset)
+                view, done = memoryview(out.reshape(-1).view(np.uint8)), 0
+                while done < info.nbytes:
+                    n = f.readinto(view[done:])
+                    if not n:
+                        raise JaxrlError(f"{info.path} ends early (truncated while being read?)")
+                    done += n
+        return out
+
     def shape(self, spec: TensorSpec) -> tuple[int, ...]:
         for layer in range(spec.num_layers) if spec.stacked else (None,):
             self._info(spec, layer)  # every layer present, with the right shape
@@ -74,13 +127,17 @@ class HFSource:
     def chunks(self, spec: TensorSpec) -> None:
         return None
 
-    def read(self, spec: TensorSpec, index: Index) -> np.ndarray:
+    def read(self, spec: TensorSpec, index: Index, out: tuple[Buffers, int] | None = None) -> np.ndarray:
         if not spec.stacked:
-            return np.array(self._layer(spec, None)[index])
+            view = self._layer(spec, None)[index]
+            out = _buffer(out, view.shape, view.dtype)
+            out[...] = view
+            return out
         layers = range(*index[0].indices(spec.shape[0]))
         first = self._layer(spec, layers[0])[index[1:]]
-        out = np.empty((len(layers),) + first.shape, first.dtype)
+        out = _buffer(out, (len(layers),) + first.shape, first.dtype)
         out[0] = first
+        del first  # unmaps it: one layer's file pages at a time
         for j, layer in enumerate(layers[1:], 1):
             out[j] = self._layer(spec, layer)[index[1:]]
         return out
@@ -129,8 +186,12 @@ class OrbaxSource:
     def chunks(self, spec: TensorSpec) -> tuple[int, ...]:
         return tuple(self._array(spec).chunk_layout.read_chunk.shape)
 
-    def read(self, spec: TensorSpec, index: Index) -> np.ndarray:
-        return self._array(spec)[index].read().result()
+    def read(self, spec: TensorSpec, index: Index, out: tuple[Buffers, int] | None = None) -> np.ndarray:
+        source = self._array(spec)[index]
+        out = _buffer(out, tuple(source.shape), source.dtype.numpy_dtype)
+        if out.size:
+            ts.array(out, copy=False, write=True).write(source).result()
+        return out
 
 
 def block_plan(spec: TensorSpec, *chunkings: tuple[int, ...] | None) -> list[Index]:

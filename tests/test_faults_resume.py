@@ -1,0 +1,310 @@
+"""Fault injection, processes: `jaxrl train sft|grpo` killed with SIGKILL at seeded random points,
+stopped with SIGTERM, and resumed from damaged checkpoints ends bitwise equal to the same run left
+alone (the Orbax params of the last checkpoint).
+
+Each run is a child process running `jaxrl.cli.main(["train", ...])`, forked from a server that has
+already imported jaxrl (saves ~10 s of imports per run on a loaded machine); the children share a
+persistent compilation cache, so only the first run of each method compiles. Both methods' uninterrupted
+reference runs start together when the module's fixture is set up; each interrupted chain starts
+once its reference has compiled (so it finds the cache warm) and runs beside it, in threads.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import json
+import multiprocessing
+import os
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from jaxrl.tiny import build_tiny_model
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO / "tests/fixtures/data/openr1_math_sample.jsonl"
+DEVICES = 1  # one CPU device per child: the quickest compile (tests/test_train_resume.py covers fsdp=2)
+SEED = 20260
+SFT_STEPS, GRPO_STEPS = 8, 8
+CHILD_TIMEOUT_S = 240
+
+_FORKSERVER = multiprocessing.get_context("forkserver")
+_FORKSERVER.set_forkserver_preload([
+    "jaxrl.cli", "jaxrl.train.sft", "jaxrl.train.grpo", "torch", "transformers.models.auto.tokenization_auto",
+])  # fmt: skip
+
+
+def digit_share(prompts, completions, **columns):
+    """A dense toy GRPO reward (rarely tied within a group): the share of digits in a completion."""
+    return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
+
+
+def _cli_child(argv: list[str], log: str, cache_dir: str) -> None:
+    """Runs in the forked child: output to `log`, a shared compile cache, then `jaxrl ...`."""
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES}"
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    sys.stdout.reconfigure(line_buffering=True)
+    sys.stderr.reconfigure(line_buffering=True)
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", cache_dir)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    from jaxrl import cli
+
+    code = cli.main(argv)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
+@dataclasses.dataclass
+class Outcome:
+    code: int
+    log: str
+    resumable: list[int]  # complete checkpoints when the run started
+    signalled_at_step: int | None = None  # the step this run had logged when the signal was sent
+    exit_after_signal_s: float | None = None
+
+
+def logged_steps(run: Path, since: float) -> list[int]:
+    """Steps in RUN/metrics.jsonl logged after `since` (this process's rows)."""
+    path = run / "metrics.jsonl"
+    if not path.exists():
+        return []
+    steps = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if row.get("time", 0) >= since:
+            steps.append(row["step"])
+    return steps
+
+
+def launch(argv: list[str], run: Path, cache: Path, *, at_step: int | None = None, delay_s: float = 0.0,
+           sig: int = signal.SIGKILL) -> Outcome:  # fmt: skip
+    """Runs `jaxrl argv` in a child; once the run logged `at_step` (and `delay_s` later), sends `sig`."""
+    log = run.parent / f"{run.name}.log"
+    offset = log.stat().st_size if log.exists() else 0
+    started, resumable = time.time(), complete_steps(run)
+    child = _FORKSERVER.Process(target=_cli_child, args=(argv, str(log), str(cache)))
+    child.start()
+    seen = sent = None
+    if at_step is not None:
+        deadline = time.monotonic() + CHILD_TIMEOUT_S
+        while child.is_alive() and time.monotonic() < deadline:
+            steps = logged_steps(run, started)
+            if steps and max(steps) >= at_step:
+                time.sleep(delay_s)
+                seen = max(logged_steps(run, started))
+                os.kill(child.pid, sig)
+                sent = time.monotonic()
+                break
+            time.sleep(0.01)
+    child.join(CHILD_TIMEOUT_S)
+    exit_after_signal_s = None if sent is None else time.monotonic() - sent
+    if child.is_alive():
+        child.kill()
+        child.join()
+        raise AssertionError(f"jaxrl {' '.join(argv[:2])} hung; log:\n{log.read_text()[offset:]}")
+    text = log.read_text()[offset:]
+    assert at_step is None or sent is not None, f"the run ended before step {at_step}:\n{text}"
+    return Outcome(child.exitcode, text, resumable, seen, exit_after_signal_s)
+
+
+def final_params(run: Path, step: int) -> dict[str, np.ndarray]:
+    restored = ocp.StandardCheckpointer().restore((run / "checkpoints" / str(step) / "params").absolute())
+    out = {}
+
+    def walk(prefix, node):
+        for k, v in node.items():
+            walk(f"{prefix}.{k}", v) if isinstance(v, dict) else out.__setitem__(f"{prefix}.{k}", np.asarray(v))
+
+    walk("", restored)
+    return out
+
+
+def complete_steps(run: Path) -> list[int]:
+    """Checkpoint steps Orbax finished (renamed from their temporary directory)."""
+    if not (run / "checkpoints").is_dir():
+        return []
+    return sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def truncate_largest_params_file(step_dir: Path) -> str:
+    largest = max((p for p in (step_dir / "params").rglob("*") if p.is_file()), key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[: largest.stat().st_size // 3])
+    return f"truncated {largest.relative_to(step_dir)}"
+
+
+def delete_params_manifest(step_dir: Path) -> str:
+    """(params/_METADATA is not needed when restoring onto a known tree; the OCDBT manifest is.)"""
+    (step_dir / "params" / "manifest.ocdbt").unlink()
+    return "deleted params/manifest.ocdbt"
+
+
+def kill_points(rng: random.Random, windows: list[tuple[int, int]]) -> list[tuple[int, float]]:
+    """One (step, delay in seconds) per window: signal once the run logged that step, after the delay."""
+    return [(rng.randint(lo, hi), round(rng.uniform(0.0, 0.5), 3)) for lo, hi in windows]
+
+
+def sft_argv(model: Path, run: Path) -> list[str]:
+    return [
+        "train", "sft", "--recipe", str(REPO / "train/recipes/sft-tiny.yaml"), f"model.path={model}",
+        f"data.dataset_name={DATA}", f"loop.output_dir={run}", f"loop.max_steps={SFT_STEPS}",
+        "sft.batch_size=2", "checkpoint.save_steps=2", "checkpoint.save_total_limit=2", f"loop.mesh=data=1,fsdp={DEVICES},tensor=1",
+    ]  # fmt: skip
+
+
+def grpo_argv(model: Path, run: Path) -> list[str]:
+    return [
+        "train", "grpo", "--recipe", str(REPO / "train/recipes/grpo-tiny.yaml"), f"model.path={model}",
+        f"data.dataset_name={DATA}", f"loop.output_dir={run}", f"loop.max_steps={GRPO_STEPS}",
+        "grpo.num_iterations=2", "grpo.max_completion_length=16", "grpo.mask_truncated_completions=false",
+        "grpo.reward_funcs=[test_faults_resume:digit_share,format]",
+        "checkpoint.save_steps=1", "checkpoint.save_total_limit=3", f"loop.mesh=data=1,fsdp={DEVICES},tensor=1",
+    ]  # fmt: skip
+
+
+SFT_POINTS = kill_points(random.Random(SEED), [(1, 2), (3, 4), (4, 5), (5, 6)])  # 3 x SIGKILL, then SIGTERM
+GRPO_POINTS = kill_points(random.Random(SEED + 1), [(1, 3), (4, 5), (6, 7)])  # 3 x SIGKILL
+# Before the 3rd and the 4th GRPO run the newest complete checkpoint is damaged (>= 2 exist by then:
+# a run that logged step k >= 4 has finished the checkpoints of steps k - 3 and k - 2).
+GRPO_DAMAGES = {2: truncate_largest_params_file, 3: delete_params_manifest}
+
+
+def wait_until_compiled(run: Path, reference: concurrent.futures.Future) -> None:
+    """Until the reference logged its first step (its compiled programs are in the cache)."""
+    while not reference.done() and not logged_steps(run, 0):
+        time.sleep(0.05)
+
+
+def sft_chain(model: Path, run: Path, cache: Path) -> list[Outcome]:
+    history = []
+    for at_step, delay in SFT_POINTS[:3]:
+        out = launch(sft_argv(model, run), run, cache, at_step=at_step, delay_s=delay)
+        assert out.code == -signal.SIGKILL, out.log
+        history.append(out)
+    at_step, delay = SFT_POINTS[3]
+    history.append(launch(sft_argv(model, run), run, cache, at_step=at_step, delay_s=delay, sig=signal.SIGTERM))
+    history.append(launch(sft_argv(model, run), run, cache))
+    return history
+
+
+def grpo_chain(model: Path, run: Path, cache: Path) -> tuple[list[Outcome], list[tuple[int, int, str]]]:
+    history, damaged = [], []
+    for i, (at_step, delay) in enumerate(GRPO_POINTS):
+        if i in GRPO_DAMAGES:
+            damaged.append(damage_newest(run, GRPO_DAMAGES[i]))
+        out = launch(grpo_argv(model, run), run, cache, at_step=at_step, delay_s=delay)
+        assert out.code == -signal.SIGKILL, out.log
+        history.append(out)
+    damaged.append(damage_newest(run, GRPO_DAMAGES[len(GRPO_POINTS)]))
+    history.append(launch(grpo_argv(model, run), run, cache))
+    return history, damaged
+
+
+def damage_newest(run: Path, damage) -> tuple[int, int, str]:
+    """(damaged step, the step before it, what was done)."""
+    steps = complete_steps(run)
+    assert len(steps) >= 2, steps
+    return steps[-1], steps[-2], damage(run / "checkpoints" / str(steps[-1]))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Starts all four tracks (SFT and GRPO, each uninterrupted and interrupted) at once."""
+    root = tmp_path_factory.mktemp("faults-resume")
+    model = build_tiny_model(root / "model", "tiny-olmo2", seed=0)
+    cache = root / "jit-cache"
+    pool = concurrent.futures.ThreadPoolExecutor(4)
+    tracks = {}
+    for method, argv, chain in (("sft", sft_argv, sft_chain), ("grpo", grpo_argv, grpo_chain)):
+        straight, interrupted = root / f"{method}-straight", root / f"{method}-interrupted"
+        reference = pool.submit(launch, argv(model, straight), straight, cache)
+
+        def track(chain=chain, straight=straight, interrupted=interrupted, reference=reference):
+            wait_until_compiled(straight, reference)
+            return chain(model, interrupted, cache)
+
+        tracks[method] = (straight, interrupted, reference, pool.submit(track))
+    yield tracks
+    pool.shutdown(wait=True, cancel_futures=True)
+
+
+def assert_same_params(got: dict, expected: dict) -> None:
+    assert got.keys() == expected.keys()
+    different = [k for k in expected if not np.array_equal(got[k], expected[k])]
+    assert not different, f"params differ from the uninterrupted run: {different}"
+
+
+def assert_one_story(run: Path, total: int) -> None:
+    """metrics.jsonl of the interrupted run has every step once, in order."""
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, total + 1))
+
+
+def assert_resumed_when_possible(history: list[Outcome]) -> None:
+    for out in history:
+        if out.resumable:
+            assert "resumed from checkpoint step" in out.log, out.log
+        else:
+            assert "resumed from checkpoint step" not in out.log, out.log
+
+
+@pytest.mark.slow
+def test_sft_killed_at_random_points_resumes_bitwise(runs):
+    """SIGKILL at 3 seeded points, then SIGTERM (a checkpoint within 30 s, exit 0), then the rest:
+    the final params equal the uninterrupted run's bitwise."""
+    straight, run, reference, chain = runs["sft"]
+    ref, history = reference.result(), chain.result()
+    assert ref.code == 0, ref.log
+    *kills, term, last = history
+    assert_resumed_when_possible(history)
+    assert term.code == 0, term.log
+    assert term.exit_after_signal_s < 30, term.exit_after_signal_s
+    saved = int(term.log.split("SIGTERM: saved checkpoint step ")[1].split(";")[0])
+    assert term.signalled_at_step <= saved < SFT_STEPS, (saved, term.signalled_at_step)
+    assert saved in complete_steps(run) or saved < complete_steps(run)[0]
+    assert f"resumed from checkpoint step {saved} " in last.log, last.log
+    assert last.code == 0, last.log
+    assert_same_params(final_params(run, SFT_STEPS), final_params(straight, SFT_STEPS))
+    assert_one_story(run, SFT_STEPS)
+    print("sft: signals at (step, delay s)", SFT_POINTS, "; killed after steps", [k.signalled_at_step for k in kills],
+          f"; SIGTERM saved step {saved} and exited {term.exit_after_signal_s:.1f} s after the signal")  # fmt: skip
+
+
+@pytest.mark.slow
+def test_grpo_killed_at_random_points_resumes_bitwise(runs):
+    """SIGKILL at 3 seeded points (inside and between generation batches); before the last two resumes
+    the newest checkpoint is damaged (a params file truncated, or params/manifest.ocdbt deleted): resume
+    warns, moves it aside and continues from the one before; the final params equal the
+    uninterrupted run's bitwise."""
+    straight, run, reference, chain = runs["grpo"]
+    ref, (history, damaged) = reference.result(), chain.result()
+    assert ref.code == 0, ref.log
+    assert_resumed_when_possible(history)
+    assert history[-1].code == 0, history[-1].log
+    for (bad, previous, what), out in zip(damaged, history[2:], strict=True):
+        assert f"warning: checkpoint step {bad} in " in out.log, (what, out.log)
+        assert f"resuming from step {previous}" in out.log, (what, out.log)
+        assert f"resumed from checkpoint step {previous} " in out.log, (what, out.log)
+    assert len(list((run / "checkpoints.corrupt").iterdir())) == len(damaged)
+    assert_same_params(final_params(run, GRPO_STEPS), final_params(straight, GRPO_STEPS))
+    assert_one_story(run, GRPO_STEPS)
+    rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["grad_norm"] > 0 for r in rows), "the reward gave no signal: the comparison would be vacuous"
+    print("grpo: signals at (step, delay s)", GRPO_POINTS, "; killed after steps",
+          [k.signalled_at_step for k in history[:-1]], "; damaged (step, fell back to, how):", damaged)  # fmt: skip

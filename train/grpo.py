@@ -46,6 +46,7 @@ from jaxrl.train.grpo_loss import (
     make_loss_fn,
 )
 from jaxrl.train.loop import Trainer, check_batch_size, data_parallel_size, fit
+from jaxrl.train.sft import total_steps_of
 
 from jaxrl.data import ChatConfig, DataConfig, PromptBatches, load_prompts
 from jaxrl.errors import JaxrlError
@@ -362,13 +363,12 @@ def run(recipe_path: str | None, overrides=()) -> str:
     if s.prompts_per_step % jax.process_count():
         raise JaxrlError(f"grpo.prompts_per_step={s.prompts_per_step} must divide over {jax.process_count()} hosts")
     check_batch_size(s.prompts_per_step * s.num_generations, k, dp, "completions per step (prompts x generations)")
-    if loop.max_steps < 1:
-        raise JaxrlError("GRPO needs loop.max_steps (optimizer steps; the study: 571)")
     tokenizer = rundir.load_tokenizer(model_path)
     prompts = load_prompts(config.data, tokenizer, config.chat, s.max_prompt_length)
     prompt_batches = PromptBatches(prompts, s.prompts_per_step, seed=loop.seed, shuffle=s.shuffle,
                                    process_index=jax.process_index(), process_count=jax.process_count())  # fmt: skip
-    total_steps = loop.max_steps
+    # max_steps, else epochs of prompts; each generation batch trains num_iterations steps
+    total_steps = total_steps_of(loop, prompt_batches.steps_per_epoch * s.num_iterations)
     load = lambda: load_model(model_path, mesh, config.model.param_dtype, dtype=config.model.dtype,
                               remat=config.model.remat)  # fmt: skip
     model = load()

@@ -164,14 +164,14 @@ def test_chunked_logprobs_match_full_logits(chunk, vocab_chunk):
         lp = jax.nn.log_softmax(logits)
         return jnp.take_along_axis(lp, targets[..., None], -1)[..., 0], -jnp.sum(jnp.exp(lp) * lp, -1)
 
-    logp, entropy = token_logprobs(h, w, targets, 0.6, chunk, with_entropy=True, vocab_chunk_size=vocab_chunk)
+    logp, entropy = jax.jit(lambda h, w: token_logprobs(h, w, targets, 0.6, chunk, True, vocab_chunk))(h, w)
     ref_logp, ref_entropy = full(h, w)
     np.testing.assert_allclose(logp, ref_logp, rtol=1e-5, atol=1e-5)
     # the online (vocabulary-chunked) entropy is lse - E[logit]: fine as a metric, less exact
     np.testing.assert_allclose(entropy, ref_entropy, rtol=1e-5, atol=1e-4 if vocab_chunk else 1e-5)
     lp = lambda h, w: token_logprobs(h, w, targets, 0.6, chunk, vocab_chunk_size=vocab_chunk)
-    g = jax.grad(lambda h, w: jnp.sum(jnp.sin(lp(h, w))), (0, 1))(h, w)
-    g_ref = jax.grad(lambda h, w: jnp.sum(jnp.sin(full(h, w)[0])), (0, 1))(h, w)
+    g = jax.jit(jax.grad(lambda h, w: jnp.sum(jnp.sin(lp(h, w))), (0, 1)))(h, w)
+    g_ref = jax.jit(jax.grad(lambda h, w: jnp.sum(jnp.sin(full(h, w)[0])), (0, 1)))(h, w)
     for a, b in zip(g, g_ref, strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
@@ -302,7 +302,7 @@ def test_objective_and_gradients_match_pytorch(tiny, policy_vjp, loss_type, beta
         num, den = reduce_loss(token_loss, b["completion_mask"], s)
         return num / den
 
-    value, d_logp = jax.value_and_grad(objective)(logp)
+    value, d_logp = jax.jit(jax.value_and_grad(objective))(logp)
     (grads,) = pullback(d_logp)
     _assert_matches_torch(value, grads, hf, config, batch, loss_type, beta, num_iterations)
 

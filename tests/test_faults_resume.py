@@ -6,7 +6,8 @@ Each run is a child process running `jaxrl.cli.main(["train", ...])`, forked fro
 already imported jaxrl (saves ~10 s of imports per run on a loaded machine); the children share a
 persistent compilation cache, so only the first run of each method compiles. Both methods' uninterrupted
 reference runs start together when the module's fixture is set up; each interrupted chain starts
-once its reference has compiled (so it finds the cache warm) and runs beside it, in threads.
+once its reference has compiled (so it finds the cache warm) and runs beside it, in threads;
+tests/test_faults.py starts them all before its bad-input cases, which then run meanwhile.
 """
 
 from __future__ import annotations
@@ -46,8 +47,9 @@ def digit_share(prompts, completions, **columns):
     return [sum(ch.isdigit() for ch in c) / max(len(c), 1) for c in completions]
 
 
-def _cli_child(argv: list[str], log: str, cache_dir: str) -> None:
-    """Runs in the forked child: output to `log`, a shared compile cache, then `jaxrl ...`."""
+def _child(argv: list[str], log: str, cache_dir: str, function=None) -> None:
+    """Runs in the forked child: output to `log`, a shared compile cache, then `jaxrl argv` (or
+    `function(*argv)`, whose exception exits with status 1 after its traceback)."""
     os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={DEVICES}"
     os.environ["JAX_PLATFORMS"] = "cpu"
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
@@ -60,9 +62,19 @@ def _cli_child(argv: list[str], log: str, cache_dir: str) -> None:
     jax.config.update("jax_compilation_cache_dir", cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-    from jaxrl import cli
+    if function is None:
+        from jaxrl import cli
 
-    code = cli.main(argv)
+        code = cli.main(argv)
+    else:
+        try:
+            function(*argv)
+            code = 0
+        except BaseException:
+            import traceback
+
+            traceback.print_exc()
+            code = 1
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -93,13 +105,14 @@ def logged_steps(run: Path, since: float) -> list[int]:
     return steps
 
 
-def launch(argv: list[str], run: Path, cache: Path, *, at_step: int | None = None, delay_s: float = 0.0,
-           sig: int = signal.SIGKILL) -> Outcome:  # fmt: skip
-    """Runs `jaxrl argv` in a child; once the run logged `at_step` (and `delay_s` later), sends `sig`."""
+def launch(argv: list, run: Path, cache: Path, *, at_step: int | None = None, delay_s: float = 0.0,
+           sig: int = signal.SIGKILL, function=None) -> Outcome:  # fmt: skip
+    """Runs `jaxrl argv` (or `function(*argv)`) in a child; once the run logged `at_step` (and
+    `delay_s` later), sends `sig`."""
     log = run.parent / f"{run.name}.log"
     offset = log.stat().st_size if log.exists() else 0
     started, resumable = time.time(), complete_steps(run)
-    child = _FORKSERVER.Process(target=_cli_child, args=(argv, str(log), str(cache)))
+    child = _FORKSERVER.Process(target=_child, args=(argv, str(log), str(cache), function))
     child.start()
     seen = sent = None
     if at_step is not None:
@@ -164,7 +177,8 @@ def sft_argv(model: Path, run: Path) -> list[str]:
     return [
         "train", "sft", "--recipe", str(REPO / "train/recipes/sft-tiny.yaml"), f"model.path={model}",
         f"data.dataset_name={DATA}", f"loop.output_dir={run}", f"loop.max_steps={SFT_STEPS}",
-        "sft.batch_size=2", "checkpoint.save_steps=2", "checkpoint.save_total_limit=2", f"loop.mesh=data=1,fsdp={DEVICES},tensor=1",
+        "sft.batch_size=2", "checkpoint.save_steps=2", "checkpoint.save_total_limit=2",
+        f"loop.mesh=data=1,fsdp={DEVICES},tensor=1",
     ]  # fmt: skip
 
 
@@ -223,13 +237,28 @@ def damage_newest(run: Path, damage) -> tuple[int, int, str]:
     return steps[-1], steps[-2], damage(run / "checkpoints" / str(steps[-1]))
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """Starts all four tracks (SFT and GRPO, each uninterrupted and interrupted) at once."""
-    root = tmp_path_factory.mktemp("faults-resume")
+def nonfinite_argv(model: Path, run: Path) -> list[str]:
+    """SFT with a learning rate of 1e30: the first update blows the params up, the next losses are
+    not finite; 2 in a row stop the run."""
+    return sft_argv(model, run) + ["optimizer.learning_rate=1e30", "optimizer.warmup_ratio=0",
+                                   "loop.max_nonfinite_steps=2", "checkpoint.save_steps=1"]  # fmt: skip
+
+
+_TRACKS: dict | None = None
+
+
+def start_tracks(root: Path) -> dict:
+    """Starts, once per session, every run of this module and of test_faults_nonfinite.py in
+    threads: SFT and GRPO each uninterrupted (the reference) and interrupted (the chain, which begins
+    once its reference has compiled), the SFT run with a learning rate of 1e30, and the poisoned
+    loop. tests/test_faults.py calls this first, so the runs go on while its bad-input cases run in
+    the test process."""
+    global _TRACKS
+    if _TRACKS is not None:
+        return _TRACKS
     model = build_tiny_model(root / "model", "tiny-olmo2", seed=0)
     cache = root / "jit-cache"
-    pool = concurrent.futures.ThreadPoolExecutor(4)
+    pool = concurrent.futures.ThreadPoolExecutor(6)
     tracks = {}
     for method, argv, chain in (("sft", sft_argv, sft_chain), ("grpo", grpo_argv, grpo_chain)):
         straight, interrupted = root / f"{method}-straight", root / f"{method}-interrupted"
@@ -240,8 +269,21 @@ def runs(tmp_path_factory):
             return chain(model, interrupted, cache)
 
         tracks[method] = (straight, interrupted, reference, pool.submit(track))
-    yield tracks
-    pool.shutdown(wait=True, cancel_futures=True)
+    nonfinite = root / "sft-nonfinite"
+    tracks["nonfinite"] = (nonfinite, pool.submit(launch, nonfinite_argv(model, nonfinite), nonfinite, cache))
+    from test_faults_nonfinite import poisoned_run
+
+    poisoned = root / "poisoned"
+    tracks["poisoned"] = (poisoned, pool.submit(launch, [str(model), str(poisoned)], poisoned, cache,
+                                                function=poisoned_run))  # fmt: skip
+    pool.shutdown(wait=False)  # the threads end with their runs
+    _TRACKS = tracks
+    return tracks
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    return start_tracks(tmp_path_factory.mktemp("faults-resume"))
 
 
 def assert_same_params(got: dict, expected: dict) -> None:

@@ -9,6 +9,7 @@ and each block is reduced by the same jitted kernel as in-memory trees.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import jax
 import numpy as np
@@ -36,6 +37,24 @@ def tensor_bytes(spec: TensorSpec, base: Source, other: Source) -> int:
     return n * (base.dtype(spec).itemsize + other.dtype(spec).itemsize)
 
 
+class _Pair:
+    """Reads the same block from both sides, the base on a helper thread (file reads, copies and
+    decompression release the GIL), into the two reused buffers."""
+
+    def __init__(self, base: Source, other: Source, pool: ThreadPoolExecutor):
+        self.base, self.other, self.pool = base, other, pool
+        buffers = Buffers()
+        self.slots = (buffers, 0), (buffers, 1)
+
+    def read(self, spec: TensorSpec, index=None, layer=None, hf=False):
+        def one(source, slot):
+            return source.read_hf(spec, layer, slot) if hf else source.read(spec, index, slot)
+
+        pending = self.pool.submit(one, self.base, self.slots[0])
+        o = one(self.other, self.slots[1])
+        return pending.result(), o
+
+
 def diff_sources(
     base: Source,
     other: Source,
@@ -50,46 +69,46 @@ def diff_sources(
     progress(nbytes) is called after each block with the bytes read from both sides.
     """
     device = device or jax.local_devices()[0]
-    buffers = Buffers()  # slot 0: base block, slot 1: other block
-    base_buf, other_buf = (buffers, 0), (buffers, 1)
     out = []
-    for spec in specs:
-        check_shapes(spec, base, other)
-        layers = spec.shape[0] if spec.stacked else 1
-        sums = [Sums() for _ in range(layers)]
-        both_hf = isinstance(base, HFSource) and isinstance(other, HFSource)
-        if both_hf:  # HF layout on both sides: read each tensor as stored, no re-layout
-            blocks = [(i, None) for i in (range(layers) if spec.stacked else (None,))]
-        else:
-            blocks = [(None, index) for index in block_plan(spec, base.chunks(spec), other.chunks(spec))]
-        for layer, index in blocks:
-            if both_hf:
-                b = jax.device_put(base.read_hf(spec, layer, base_buf), device)
-                o = jax.device_put(other.read_hf(spec, layer, other_buf), device)
-                floats, changed = block_sums(b, o, per_layer=False)
-                add_block(sums, floats[:, None], changed[None], True, layer or 0, b.size)
-            else:
-                b = jax.device_put(base.read(spec, index, base_buf), device)
-                o = jax.device_put(other.read(spec, index, other_buf), device)
-                floats, changed = block_sums(b, o, per_layer=spec.stacked)
-                add_block(sums, floats, changed, spec.stacked, index[0].start if spec.stacked else 0, b.size)
-            nbytes = b.nbytes + o.nbytes
-            b.delete()  # block_sums has waited for the results: the buffers are free to reuse
-            o.delete()
-            if progress is not None:
-                progress(nbytes)
-        spectra = None
-        if svd and spec.rows is not None:
-            spectra = []
-            for i in range(layers):
-                layer = i if spec.stacked else None
-                if both_hf:  # the HF tensor is already the matrix [out, in]
-                    b, o, rows = base.read_hf(spec, layer, base_buf), other.read_hf(spec, layer, other_buf), 1
-                else:
-                    index = ((slice(i, i + 1),) if spec.stacked else ()) + tuple(slice(0, n) for n in spec.layer_shape)
-                    b, o, rows = base.read(spec, index, base_buf), other.read(spec, index, other_buf), spec.rows
-                    if spec.stacked:
-                        b, o = b[0], o[0]
-                spectra += spectrum(jax.device_put(b, device), jax.device_put(o, device), rows, svd)
-        out += changes_from_sums(spec, sums, spectra)
+    with ThreadPoolExecutor(1) as pool:
+        pair = _Pair(base, other, pool)
+        for spec in specs:
+            check_shapes(spec, base, other)
+            out += _diff_tensor(spec, pair, svd, progress, device)
     return out
+
+
+def _diff_tensor(spec: TensorSpec, pair: _Pair, svd: int, progress, device) -> list[TensorChange]:
+    layers = spec.shape[0] if spec.stacked else 1
+    sums = [Sums() for _ in range(layers)]
+    # Two HF directories: each tensor read as stored (HF layout, one layer at a time), no re-layout.
+    hf = isinstance(pair.base, HFSource) and isinstance(pair.other, HFSource)
+    if hf:
+        blocks = [(i if spec.stacked else None, None) for i in range(layers)]
+    else:
+        blocks = [(None, index) for index in block_plan(spec, pair.base.chunks(spec), pair.other.chunks(spec))]
+    for layer, index in blocks:
+        b, o = (jax.device_put(x, device) for x in pair.read(spec, index, layer, hf))
+        if hf:
+            floats, changed = block_sums(b, o, per_layer=False)
+            add_block(sums, floats[:, None], changed[None], True, layer or 0, b.size)
+        else:
+            floats, changed = block_sums(b, o, per_layer=spec.stacked)
+            add_block(sums, floats, changed, spec.stacked, index[0].start if spec.stacked else 0, b.size)
+        nbytes = b.nbytes + o.nbytes
+        b.delete()  # block_sums has waited for the results: the buffers are free to reuse
+        o.delete()
+        if progress is not None:
+            progress(nbytes)
+    spectra = None
+    if svd and spec.rows is not None:
+        spectra = []
+        for i in range(layers):
+            layer = i if spec.stacked else None
+            index = ((slice(i, i + 1),) if spec.stacked else ()) + tuple(slice(0, n) for n in spec.layer_shape)
+            b, o = pair.read(spec, index, layer, hf)
+            if spec.stacked and not hf:
+                b, o = b[0], o[0]
+            rows = 1 if hf else spec.rows  # a HF tensor is already the matrix [out, in]
+            spectra += spectrum(jax.device_put(b, device), jax.device_put(o, device), rows, svd)
+    return changes_from_sums(spec, sums, spectra)

@@ -6,6 +6,8 @@ import csv
 import json
 import math
 import shutil
+import subprocess
+import sys
 
 import jax
 import ml_dtypes
@@ -294,3 +296,13 @@ def test_cli_bad_inputs(case, saved, tmp_path, capsys):
     assert code == 2
     lines = io.err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("jaxrl analyze: error:"), io.err
+
+
+def test_core_floor_does_not_import_the_model_package():
+    code = (
+        "import sys, jaxrl.analysis, jaxrl.analysis.analyze, jaxrl.analysis.report; "
+        "bad = [m for m in sys.modules if m.split('.')[:2] in (['jaxrl', 'models'], ['jaxrl', 'train'], "
+        "['jaxrl', 'eval'])]; print(bad); sys.exit(1 if bad else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stdout + done.stderr[-1000:]

@@ -117,8 +117,10 @@ def plot_comparison(rows: Sequence[dict], out: Path) -> Path:
     for j, (run, means) in enumerate(finals.items()):
         x = np.arange(len(modules)) + (j - (len(finals) - 1) / 2) * width
         ax.bar(x, [means.get(m, np.nan) for m in modules], width, label=run)
-    if _positive_range(v for means in finals.values() for v in means.values()):
+    span = _positive_range(v for means in finals.values() for v in means.values())
+    if span:
         ax.set_yscale("log")
+        ax.set_ylim(bottom=span[0] / 3)  # so the smallest bar is still seen
     ax.set_xticks(range(len(modules)), modules)
     ax.set_ylabel("||W - W0|| / ||W0|| (mean over layers)")
     ax.set_title("final checkpoint of each run", fontsize=10)

@@ -20,6 +20,7 @@ import base64
 import dataclasses
 import functools
 import io
+import json
 import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -30,7 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
-from jax.sharding import PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 from jaxrl.models.checkpoint import load_model
 from jaxrl.models.params import count_params
 from jaxrl.models.sampler import SamplingConfig, sample
@@ -53,7 +54,7 @@ from jaxrl.errors import JaxrlError
 from jaxrl.metrics import MetricsLogger
 from jaxrl.recipes import dump_recipe, load_recipe
 from jaxrl.rewards import MathVerifier, RewardScorer
-from jaxrl.sharding import LogicalMesh
+from jaxrl.sharding import LogicalMesh, put
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,19 +181,16 @@ def _score_fn(graphdef, temperature: float, chunk_size: int, vocab_chunk_size: i
 
 def make_scorer(model, temperature: float, chunk_size: int, vocab_chunk_size: int, mesh: LogicalMesh | None,
                 micro_batches: int = 1):  # fmt: skip
-    """(params, tokens, segments, completion_mask) -> (completion log-probs [N, C], entropy [N, C]),
-    host arrays in and out: the forward pass the loss does, without gradients, `micro_batches`
-    row slices at a time."""
+    """(params, tokens, segments, completion_mask) -> (completion log-probs [N, C], entropy [N, C]):
+    the forward pass the loss does, without gradients, `micro_batches` row slices at a time.
+    The GLOBAL batch in (the same arrays on every host), the global results out on every host."""
     score = _score_fn(nnx.graphdef(model), temperature, chunk_size, vocab_chunk_size)
 
     def score_rows(params, arrays):
         if mesh is None:
             return tuple(np.asarray(x) for x in score(params, *arrays))
-        # this host's rows in, this host's rows out (rows sharded over the batch axes)
-        spec = PartitionSpec(mesh.spec(("batch",))[0], None)
-        arrays = multihost_utils.host_local_array_to_global_array(tuple(arrays), mesh.mesh, spec)
-        out = multihost_utils.global_array_to_host_local_array(score(params, *arrays), mesh.mesh, spec)
-        return tuple(np.asarray(x) for x in out)
+        rows = NamedSharding(mesh.mesh, PartitionSpec(mesh.spec(("batch",))[0], None))
+        return tuple(_to_host(x) for x in score(params, *(put(np.asarray(a), rows) for a in arrays)))
 
     def run(params, tokens, segments, completion_mask):
         # one row slice per training micro-batch, so scoring needs no more memory than training
@@ -226,6 +224,37 @@ def rollout_metrics(scores, completion_mask: np.ndarray, lengths: np.ndarray, tr
     return out
 
 
+# -- hosts: every host samples the global batch, scores rewards for its own rows, trains its own rows
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    """The whole of a (possibly multi-host) array on this host."""
+    return np.asarray(x) if x.is_fully_addressable else np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _gather_rows(x: np.ndarray) -> np.ndarray:
+    """This host's rows [n, ...] -> every host's rows in host order [hosts * n, ...] (same n on all)."""
+    return x if jax.process_count() == 1 else np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _gather_json(value: Any) -> list[Any]:
+    """A JSON value from every host, in host order (values of any size)."""
+    if jax.process_count() == 1:
+        return [value]
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8).astype(np.int32)
+    sizes = multihost_utils.process_allgather(np.array([data.size], np.int32), tiled=True)
+    padded = np.zeros(int(sizes.max()), np.int32)
+    padded[: data.size] = data
+    everyone = multihost_utils.process_allgather(padded)  # [hosts, longest]
+    return [json.loads(row[:n].astype(np.uint8).tobytes()) for row, n in zip(everyone, sizes, strict=True)]
+
+
+def _host_rows(n: int) -> slice:
+    """This host's block of a global prompt-major array of n rows (host h holds the h-th of equal blocks)."""
+    per_host = n // jax.process_count()
+    return slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
+
+
 def _encode_arrays(arrays: Mapping[str, np.ndarray]) -> str:
     buffer = io.BytesIO()
     np.savez_compressed(buffer, **arrays)
@@ -240,9 +269,16 @@ def _decode_arrays(text: str) -> dict[str, np.ndarray]:
 class Rollouts:
     """The batch source `fit` iterates: a new generation batch every `num_iterations` steps.
 
+    On several hosts each host draws its own slice of the prompts; the hosts swap prompt ids so
+    that every host samples the same global batch (the sampler places its inputs as global arrays),
+    each scores the rewards of its own completions, and the rewards are gathered so that advantages,
+    the batch std and the metrics are those of the global batch. `batch` is the global batch (the
+    same on every host); `__next__` hands the loop this host's block of its rows.
+
     `state()` holds the prompt order, the generation count and, inside a generation batch, the
-    batch itself (so a resumed run reuses exactly the completions and old log-probs it had).
-    After each `__next__`, `metrics` holds that generation batch's host metrics.
+    batch itself (so a resumed run reuses exactly the completions and old log-probs it had; it is
+    global, so process 0's copy, the one a checkpoint keeps, serves every host).
+    After each `__next__`, `metrics` holds that generation batch's metrics, over all hosts.
     """
 
     def __init__(self, trainer: Trainer, prompts: PromptBatches, tokenizer, scorer: RewardScorer,
@@ -269,27 +305,39 @@ class Rollouts:
             self.used = 0
         self.used += 1
         self.metrics["iteration"] = float(self.used)
-        return self.batch
+        return {k: v[_host_rows(len(v))] for k, v in self.batch.items()}
 
     def sampling_seed(self, generation: int) -> int:
         return int(jax.random.randint(jax.random.fold_in(jax.random.key(self.seed), generation), (), 0, 2**31 - 1))
 
     def generate(self, prompt_batch, generation: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """The global generation batch (tokens, segment_ids, completion_mask, advantages, and old /
+        reference log-probs when used; [N, ...] with N = all hosts' prompts x G) and its metrics,
+        from this host's prompts."""
         s, G = self.s, self.s.num_generations
-        out = sample(self.trainer.model, prompt_batch.prompt_ids, s.sampling(self.sampling_seed(generation)),
+        # every host samples the same global prompt list, host order (host h's prompts are block h)
+        prompt_ids = [p for host in _gather_json([list(map(int, p)) for p in prompt_batch.prompt_ids]) for p in host]
+        out = sample(self.trainer.model, prompt_ids, s.sampling(self.sampling_seed(generation)),
                      eos_token_ids=self.eos_token_ids, tokenizer=self.tokenizer, mesh=self.mesh)  # fmt: skip
         lengths = np.asarray(out.lengths)
-        texts = out.texts(self.tokenizer)
-        rows = [prompt_batch.rows[i] for i in np.asarray(out.prompt_index)]
-        prompt_texts = [self.tokenizer.decode(prompt_batch.prompt_ids[i]) for i in np.asarray(out.prompt_index)]
+
+        # rewards of this host's completions (its own prompts' rows), then gathered: global [N]
+        mine = _host_rows(len(lengths))
+        first_prompt = _host_rows(len(prompt_ids)).start
+        local_index = np.asarray(out.prompt_index)[mine] - first_prompt
+        token_lists = out.token_lists()[mine]
+        texts = [self.tokenizer.decode(t, skip_special_tokens=True) for t in token_lists]
+        rows = [prompt_batch.rows[i] for i in local_index]
+        prompt_texts = [self.tokenizer.decode(prompt_batch.prompt_ids[i]) for i in local_index]
         verdicts_before, errors_before = Counter(self.scorer.verdict_counts), Counter(self.scorer.errors)
         scores = self.scorer(prompt_texts, texts, rows)
-        advantages, tied = group_advantages(scores.total, G, s.scale_rewards)
+        per_function = {k: _gather_rows(v) for k, v in scores.per_function.items()}
+        scores = dataclasses.replace(scores, total=_gather_rows(scores.total), per_function=per_function)
+        advantages, tied = group_advantages(scores.total, G, s.scale_rewards)  # groups and batch std: global
 
-        prompt_slots = s.max_prompt_length or max(len(p) for p in prompt_batch.prompt_ids)
-        prompt_slots = max(prompt_slots, max(len(p) for p in prompt_batch.prompt_ids))
-        tokens, segments = loss_rows(prompt_batch.prompt_ids, np.asarray(out.tokens), lengths, prompt_slots, G,
-                                     self.pad_id)  # fmt: skip
+        prompt_slots = s.max_prompt_length or max(len(p) for p in prompt_ids)
+        prompt_slots = max(prompt_slots, max(len(p) for p in prompt_ids))
+        tokens, segments = loss_rows(prompt_ids, np.asarray(out.tokens), lengths, prompt_slots, G, self.pad_id)
         c = s.max_completion_length
         token_mask = (np.arange(c)[None, :] < lengths[:, None]).astype(np.float32)
         truncated = np.array([r == "length" for r in out.finish_reasons])
@@ -305,11 +353,18 @@ class Rollouts:
         if s.beta > 0:
             batch["ref_logprobs"] = self.score(self.ref_params, tokens, segments, token_mask)[0]
         metrics = rollout_metrics(scores, token_mask, lengths, truncated, np.asarray(tied), entropy, gap)
-        # this batch's completions the verifier could not judge, by verdict, and reward functions that raised
-        for verdict, count in (self.scorer.verdict_counts - verdicts_before).items():
+        # this batch's completions the verifier could not judge, by verdict, and reward functions that
+        # raised, summed over hosts
+        counts = _gather_json([dict(self.scorer.verdict_counts - verdicts_before),
+                               dict(self.scorer.errors - errors_before)])  # fmt: skip
+        verdicts, errors = Counter(), Counter()
+        for host_verdicts, host_errors in counts:
+            verdicts.update(host_verdicts)
+            errors.update(host_errors)
+        for verdict, count in verdicts.items():
             if verdict not in ("correct", "wrong"):
                 metrics[f"verifier/{verdict}"] = float(count)
-        for name, count in (self.scorer.errors - errors_before).items():
+        for name, count in errors.items():
             metrics[f"rewards/{name}/errors"] = float(count)
         return batch, metrics
 

@@ -43,11 +43,6 @@ class Checkpoint:
     def open(self) -> Source:
         return OrbaxSource(self.path / PARAMS_DIR) if self.kind == "orbax" else HFSource(self.path)
 
-    @property
-    def nbytes_on_disk(self) -> int:
-        root = self.path / PARAMS_DIR if self.kind == "orbax" else self.path
-        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-
 
 def _kind(path: Path) -> str | None:
     if (path / PARAMS_DIR / "_METADATA").is_file():

@@ -215,7 +215,3 @@ def block_plan(spec: TensorSpec, *chunkings: tuple[int, ...] | None) -> list[Ind
     for axis_cuts in cuts:
         blocks = [b + (c,) for b in blocks for c in axis_cuts]
     return blocks
-
-
-def block_bytes(index: Index, itemsize: int) -> int:
-    return math.prod(s.stop - s.start for s in index) * itemsize

@@ -343,7 +343,7 @@ def test_every_case_is_documented():
 FAULT_TESTS = {
     "sigkill-sft": "test_faults_resume.py::test_sft_killed_at_random_points_resumes_bitwise",
     "sigkill-grpo": "test_faults_resume.py::test_grpo_killed_at_random_points_resumes_bitwise",
-    "sigterm": "test_faults_resume.py::test_sft_killed_at_random_points_resumes_bitwise",
+    "sigterm": "test_faults_resume.py::test_sft_sigterm_checkpoints_and_resumes_bitwise",
     "checkpoint-truncated": "test_faults_resume.py::test_sft_killed_at_random_points_resumes_bitwise",
     "checkpoint-file-deleted": "test_faults_resume.py::test_grpo_killed_at_random_points_resumes_bitwise",
     "nonfinite-stop": "test_faults_nonfinite.py::test_huge_learning_rate_skips_then_stops",

@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests/fixtures/data/openr1_math_sample.jsonl"
 DEVICES = 1  # one CPU device per child: the quickest compile (tests/test_train_resume.py covers fsdp=2)
 SEED = 20260
-SFT_STEPS, GRPO_STEPS = 8, 8
+SFT_STEPS, GRPO_STEPS = 10, 10  # >= 3 steps after the last signal: a fast machine cannot finish first
 CHILD_TIMEOUT_S = 240
 
 _FORKSERVER = multiprocessing.get_context("forkserver")
@@ -86,6 +86,7 @@ class Outcome:
     code: int
     log: str
     resumable: list[int]  # complete checkpoints when the run started
+    complete_at_exit: list[int]  # and when it had ended
     signalled_at_step: int | None = None  # the step this run had logged when the signal was sent
     exit_after_signal_s: float | None = None
 
@@ -135,7 +136,7 @@ def launch(argv: list, run: Path, cache: Path, *, at_step: int | None = None, de
         raise AssertionError(f"jaxrl {' '.join(argv[:2])} hung; log:\n{log.read_text()[offset:]}")
     text = log.read_text()[offset:]
     assert at_step is None or sent is not None, f"the run ended before step {at_step}:\n{text}"
-    return Outcome(child.exitcode, text, resumable, seen, exit_after_signal_s)
+    return Outcome(child.exitcode, text, resumable, complete_steps(run), seen, exit_after_signal_s)
 
 
 def final_params(run: Path, step: int) -> dict[str, np.ndarray]:
@@ -171,7 +172,7 @@ def delete_params_manifest(step_dir: Path) -> str:
 
 def kill_points(rng: random.Random, windows: list[tuple[int, int]]) -> list[tuple[int, float]]:
     """One (step, delay in seconds) per window: signal once the run logged that step, after the delay."""
-    return [(rng.randint(lo, hi), round(rng.uniform(0.0, 0.5), 3)) for lo, hi in windows]
+    return [(rng.randint(lo, hi), round(rng.uniform(0.0, 0.2), 3)) for lo, hi in windows]
 
 
 def sft_argv(model: Path, run: Path) -> list[str]:
@@ -193,7 +194,8 @@ def grpo_argv(model: Path, run: Path) -> list[str]:
     ]  # fmt: skip
 
 
-SFT_POINTS = kill_points(random.Random(SEED), [(1, 2), (3, 4), (4, 5), (5, 6)])  # 3 x SIGKILL, then SIGTERM
+SFT_POINTS = kill_points(random.Random(SEED), [(1, 2), (3, 4), (5, 6)])  # 3 x SIGKILL
+SFT_TERM_POINT = kill_points(random.Random(SEED + 2), [(3, 6)])[0]  # SIGTERM, in a run of its own
 GRPO_POINTS = kill_points(random.Random(SEED + 1), [(1, 3), (4, 5), (6, 7)])  # 3 x SIGKILL
 # Before the 3rd and the 4th GRPO run the newest complete checkpoint is damaged (>= 2 exist by then:
 # a run that logged step k >= 4 has finished the checkpoints of steps k - 3 and k - 2).
@@ -208,14 +210,18 @@ def wait_until_compiled(run: Path, reference: concurrent.futures.Future) -> None
 
 def sft_chain(model: Path, run: Path, cache: Path) -> list[Outcome]:
     history = []
-    for at_step, delay in SFT_POINTS[:3]:
+    for at_step, delay in SFT_POINTS:
         out = launch(sft_argv(model, run), run, cache, at_step=at_step, delay_s=delay)
         assert out.code == -signal.SIGKILL, out.log
         history.append(out)
-    at_step, delay = SFT_POINTS[3]
-    history.append(launch(sft_argv(model, run), run, cache, at_step=at_step, delay_s=delay, sig=signal.SIGTERM))
     history.append(launch(sft_argv(model, run), run, cache))
     return history
+
+
+def sft_term_chain(model: Path, run: Path, cache: Path) -> list[Outcome]:
+    at_step, delay = SFT_TERM_POINT
+    term = launch(sft_argv(model, run), run, cache, at_step=at_step, delay_s=delay, sig=signal.SIGTERM)
+    return [term, launch(sft_argv(model, run), run, cache)]
 
 
 def grpo_chain(model: Path, run: Path, cache: Path) -> tuple[list[Outcome], list[tuple[int, int, str]]]:
@@ -259,17 +265,20 @@ def start_tracks(root: Path) -> dict:
         return _TRACKS
     model = build_tiny_model(root / "model", "tiny-olmo2", seed=0)
     cache = root / "jit-cache"
-    pool = concurrent.futures.ThreadPoolExecutor(6)
+    pool = concurrent.futures.ThreadPoolExecutor(8)
     tracks = {}
-    for method, argv, chain in (("sft", sft_argv, sft_chain), ("grpo", grpo_argv, grpo_chain)):
-        straight, interrupted = root / f"{method}-straight", root / f"{method}-interrupted"
+    for method, argv, chains in (("sft", sft_argv, {"sft": sft_chain, "sft-term": sft_term_chain}),
+                                 ("grpo", grpo_argv, {"grpo": grpo_chain})):  # fmt: skip
+        straight = root / f"{method}-straight"
         reference = pool.submit(launch, argv(model, straight), straight, cache)
+        for name, chain in chains.items():
+            interrupted = root / f"{name}-interrupted"
 
-        def track(chain=chain, straight=straight, interrupted=interrupted, reference=reference):
-            wait_until_compiled(straight, reference)
-            return chain(model, interrupted, cache)
+            def track(chain=chain, straight=straight, interrupted=interrupted, reference=reference):
+                wait_until_compiled(straight, reference)
+                return chain(model, interrupted, cache)
 
-        tracks[method] = (straight, interrupted, reference, pool.submit(track))
+            tracks[name] = (straight, interrupted, reference, pool.submit(track))
     nonfinite = root / "sft-nonfinite"
     tracks["nonfinite"] = (nonfinite, pool.submit(launch, nonfinite_argv(model, nonfinite), nonfinite, cache))
     from test_faults_nonfinite import poisoned_run
@@ -309,24 +318,36 @@ def assert_resumed_when_possible(history: list[Outcome]) -> None:
 
 @pytest.mark.slow
 def test_sft_killed_at_random_points_resumes_bitwise(runs):
-    """SIGKILL at 3 seeded points, then SIGTERM (a checkpoint within 30 s, exit 0), then the rest:
-    the final params equal the uninterrupted run's bitwise."""
+    """SIGKILL at 3 seeded points, each resumed: the final params equal the uninterrupted run's bitwise."""
     straight, run, reference, chain = runs["sft"]
     ref, history = reference.result(), chain.result()
     assert ref.code == 0, ref.log
-    *kills, term, last = history
     assert_resumed_when_possible(history)
+    assert history[-1].code == 0, history[-1].log
+    assert_same_params(final_params(run, SFT_STEPS), final_params(straight, SFT_STEPS))
+    assert_one_story(run, SFT_STEPS)
+    print("sft: SIGKILL at (step, delay s)", SFT_POINTS, "; killed after steps",
+          [k.signalled_at_step for k in history[:-1]])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_sft_sigterm_checkpoints_and_resumes_bitwise(runs):
+    """SIGTERM: the step finishes, a checkpoint of it is written, exit 0 within 30 s; the next run
+    resumes from that checkpoint and ends bitwise equal to the uninterrupted run."""
+    straight, run, reference, chain = runs["sft-term"]
+    ref, (term, last) = reference.result(), chain.result()
+    assert ref.code == 0, ref.log
     assert term.code == 0, term.log
     assert term.exit_after_signal_s < 30, term.exit_after_signal_s
     saved = int(term.log.split("SIGTERM: saved checkpoint step ")[1].split(";")[0])
     assert term.signalled_at_step <= saved < SFT_STEPS, (saved, term.signalled_at_step)
-    assert saved in complete_steps(run) or saved < complete_steps(run)[0]
+    assert saved == term.complete_at_exit[-1], term.complete_at_exit
     assert f"resumed from checkpoint step {saved} " in last.log, last.log
     assert last.code == 0, last.log
     assert_same_params(final_params(run, SFT_STEPS), final_params(straight, SFT_STEPS))
     assert_one_story(run, SFT_STEPS)
-    print("sft: signals at (step, delay s)", SFT_POINTS, "; killed after steps", [k.signalled_at_step for k in kills],
-          f"; SIGTERM saved step {saved} and exited {term.exit_after_signal_s:.1f} s after the signal")  # fmt: skip
+    print(f"sft: SIGTERM after step {term.signalled_at_step} saved step {saved} and exited "
+          f"{term.exit_after_signal_s:.1f} s after the signal")  # fmt: skip
 
 
 @pytest.mark.slow

@@ -23,6 +23,22 @@ from jaxrl.models.config import ModelConfig
 from jaxrl.sharding import LogicalMesh, constrain
 
 NEG_INF = -1e30
+# The cache's layouts after its leading layer axis: b batch, k KV head, s slot, e head_dim. Keys
+# keep slots beside head_dim and values put slots last: the orders XLA's attention matmuls want, so
+# decoding reads each layer's cache in place instead of first copying it transposed.
+K_CACHE_LAYOUT, V_CACHE_LAYOUT = "bkse", "bkes"
+_CACHE_AXIS_NAMES = {"b": "batch", "k": "kv_heads", "s": "seq", "e": None}
+
+
+def cache_axes(layout: str) -> tuple:
+    """Logical axes of a stacked cache array in `layout` (K_CACHE_LAYOUT or V_CACHE_LAYOUT)."""
+    return ("layers",) + tuple(_CACHE_AXIS_NAMES[a] for a in layout)
+
+
+def cache_shape(config: ModelConfig, batch: int, slots: int, layout: str) -> tuple[int, ...]:
+    """Shape of a stacked cache array in `layout`: [L] + the sizes of b, k, s, e in that order."""
+    sizes = {"b": batch, "k": config.num_kv_heads, "s": slots, "e": config.head_dim}
+    return (config.num_layers,) + tuple(sizes[a] for a in layout)
 
 
 @jax.tree_util.register_dataclass
@@ -30,7 +46,8 @@ NEG_INF = -1e30
 class KVCache:
     """Keys and values of every layer for S slots, and where the next tokens go.
 
-    k, v: [L, B, S, K, E] in the compute dtype; segment_bs: int32 [B, S], 0 for empty slots;
+    k: [L, B, K, S, E] and v: [L, B, K, E, S] in the compute dtype (K_CACHE_LAYOUT and
+    V_CACHE_LAYOUT); segment_bs: int32 [B, S], 0 for empty slots;
     position_bs: int32 [B, S]; index: int32 scalar, the first slot the next call writes.
     """
 
@@ -79,16 +96,29 @@ def apply_rope(x_bthe, cos_bte, sin_bte):
     return out.astype(x_bthe.dtype)
 
 
-def attention(q_bthe, k_bske, v_bske, allowed_bts):
-    """Grouped-query attention with fp32 scores and softmax. Returns [B, T, H, E]."""
+def attention(q_bthe, k, v, allowed_bts, k_layout: str = "bske", v_layout: str = "bske"):
+    """Grouped-query attention with fp32 scores and softmax. Returns [B, T, H, E].
+
+    k, v: [B, S, K, E], or in the order their layout strings name ("bkse", "bkes" in the cache).
+    """
     b, t, h, e = q_bthe.shape
-    kv_heads = k_bske.shape[2]
+    kv_heads = k.shape[k_layout.index("k")]
     q = q_bthe.reshape(b, t, kv_heads, h // kv_heads, e)
-    scores = jnp.einsum("btkge,bske->bkgts", q, k_bske, preferred_element_type=jnp.float32)
+    scores = jnp.einsum(f"btkge,{k_layout}->bkgts", q, k, preferred_element_type=jnp.float32)
     scores = jnp.where(allowed_bts[:, None, None], scores / math.sqrt(e), NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_bske.dtype)
-    out = jnp.einsum("bkgts,bske->btkge", probs, v_bske)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum(f"bkgts,{v_layout}->btkge", probs, v)
     return out.reshape(b, t, h, e)
+
+
+def write_layer(cache, new_btke, layer, index, layout: str):
+    """Writes `new_btke` into the stacked `cache` ([L] + `layout`, e.g. "bkse") at slots
+    [index, index+T) of `layer`. Returns (the updated cache, that layer's slice in `layout`)."""
+    new = jnp.einsum(f"btke->{layout.replace('s', 't')}", new_btke.astype(cache.dtype))[None]
+    zero = jnp.zeros((), jnp.int32)
+    start = (layer,) + tuple(index if axis == "s" else zero for axis in layout)
+    cache = jax.lax.dynamic_update_slice(cache, new, start)
+    return cache, jax.lax.dynamic_index_in_dim(cache, layer, axis=0, keepdims=False)
 
 
 class Layers(nnx.Module):
@@ -130,7 +160,9 @@ class Layers(nnx.Module):
 
 
 def block(c: ModelConfig, lm: LogicalMesh | None, p, x_btd, rope, mask, kv=None):
-    """One decoder layer on one layer's weights `p`. Returns (x_btd, (k, v) written to the cache)."""
+    """One decoder layer on one layer's weights `p`. With `kv = (k_all, v_all, layer, index)` (the
+    whole stacked cache), writes this layer's new keys/values into it and attends to all its slots.
+    Returns (x_btd, None or the updated (k_all, v_all))."""
     dt = c.compute_dtype
     cos, sin = rope
     norm = lambda x, w, axes=(-1,): rms_norm(x, w, c.rms_norm_eps, c.norm_weight_fp32, axes)
@@ -146,11 +178,13 @@ def block(c: ModelConfig, lm: LogicalMesh | None, p, x_btd, rope, mask, kv=None)
         q, k = norm(q, p["q_norm"], (-2, -1)), norm(k, p["k_norm"], (-2, -1))
     q = constrain(lm, apply_rope(q, cos, sin), ("batch", "seq", "heads", None))
     k = constrain(lm, apply_rope(k, cos, sin), ("batch", "seq", "kv_heads", None))
+    layouts = ("bske", "bske")
     if kv is not None:  # write the new keys/values into this layer's cache, attend to all slots
-        k_cache, v_cache, index = kv
-        k = jax.lax.dynamic_update_slice_in_dim(k_cache, k.astype(k_cache.dtype), index, axis=1)
-        v = jax.lax.dynamic_update_slice_in_dim(v_cache, v.astype(v_cache.dtype), index, axis=1)
-    out = mm("bthe,hed->btd", attention(q, k.astype(dt), v.astype(dt), mask), p["o"])
+        k_all, v_all, layer, index = kv
+        layouts = (K_CACHE_LAYOUT, V_CACHE_LAYOUT)
+        k_all, k = write_layer(k_all, k, layer, index, K_CACHE_LAYOUT)
+        v_all, v = write_layer(v_all, v, layer, index, V_CACHE_LAYOUT)
+    out = mm("bthe,hed->btd", attention(q, k.astype(dt), v.astype(dt), mask, *layouts), p["o"])
     if c.o_bias:
         out = out + p["o_bias"].astype(dt)
     x_btd = x_btd + (norm(out, p["attn_norm"]) if c.post_norm else out)
@@ -160,7 +194,7 @@ def block(c: ModelConfig, lm: LogicalMesh | None, p, x_btd, rope, mask, kv=None)
     gated = constrain(lm, gated, ("batch", "seq", "mlp"))
     out = mm("btf,fd->btd", gated, p["down"])
     x_btd = x_btd + (norm(out, p["mlp_norm"]) if c.post_norm else out)
-    return constrain(lm, x_btd, ("batch", "seq", None)), (None if kv is None else (k, v))
+    return constrain(lm, x_btd, ("batch", "seq", None)), (None if kv is None else (k_all, v_all))
 
 
 class Decoder(nnx.Module):
@@ -212,19 +246,29 @@ class Decoder(nnx.Module):
         x = jnp.take(self.embed[...], tokens_bt, axis=0).astype(c.compute_dtype)
         x = constrain(lm, x, ("batch", "seq", None))
 
-        def step(x, layer):
-            p, kv = layer
-            return block(c, lm, p, x, rope, mask, kv)
-
-        if c.remat:
-            step = jax.checkpoint(step, prevent_cse=False)
         params = self.layers.arrays()
-        kv = None if cache is None else (cache.k, cache.v, jnp.broadcast_to(cache.index, (c.num_layers,)))
-        x, written = jax.lax.scan(step, x, (params, kv))
+        if cache is None:
+
+            def step(x, p):
+                return block(c, lm, p, x, rope, mask)[0], None
+
+            if c.remat:
+                step = jax.checkpoint(step, prevent_cse=False)
+            x, _ = jax.lax.scan(step, x, params)
+        else:
+            # The whole stacked cache rides in the scan's carry and each layer writes only its new
+            # slots into it, so XLA updates the buffer in place instead of copying every layer's
+            # slice in and out of the scan on each call (what dominated one-token decode).
+            def step(carry, layer):
+                x, k_all, v_all = carry
+                p, i = layer
+                x, (k_all, v_all) = block(c, lm, p, x, rope, mask, (k_all, v_all, i, cache.index))
+                return (x, k_all, v_all), None
+
+            layer_ids = jnp.arange(c.num_layers, dtype=jnp.int32)
+            (x, k_all, v_all), _ = jax.lax.scan(step, (x, cache.k, cache.v), (params, layer_ids))
+            cache = KVCache(k_all, v_all, seg_k, pos_k, cache.index + tokens_bt.shape[1])
         x = rms_norm(x, self.final_norm[...], c.rms_norm_eps, c.norm_weight_fp32)
-        if cache is not None:
-            t = tokens_bt.shape[1]
-            cache = KVCache(*written, seg_k, pos_k, cache.index + t)
         return x, cache
 
     def unembed(self) -> jax.Array:
@@ -245,11 +289,13 @@ class Decoder(nnx.Module):
 
 def init_cache(config: ModelConfig, batch: int, slots: int, mesh: LogicalMesh | None = None) -> KVCache:
     """An empty cache of `slots` positions per row, sharded like the activations."""
-    shape = (config.num_layers, batch, slots, config.num_kv_heads, config.head_dim)
-    k = jnp.zeros(shape, config.compute_dtype)
+
+    def zeros(layout):
+        shape = cache_shape(config, batch, slots, layout)
+        x = jnp.zeros(shape, config.compute_dtype)
+        return x if mesh is None else jax.device_put(x, mesh.sharding(cache_axes(layout), shape))
+
     zeros_bs = jnp.zeros((batch, slots), jnp.int32)
     if mesh is not None:
-        kv_axes = ("layers", "batch", "seq", "kv_heads", None)
-        k = jax.device_put(k, mesh.sharding(kv_axes, shape))
         zeros_bs = jax.device_put(zeros_bs, mesh.sharding(("batch", "seq"), (batch, slots)))
-    return KVCache(k, jnp.zeros_like(k), zeros_bs, zeros_bs, jnp.zeros((), jnp.int32))
+    return KVCache(zeros(K_CACHE_LAYOUT), zeros(V_CACHE_LAYOUT), zeros_bs, zeros_bs, jnp.zeros((), jnp.int32))

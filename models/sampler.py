@@ -43,14 +43,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
-from jaxrl.models.decoder import Decoder, KVCache
+from jaxrl.models.decoder import K_CACHE_LAYOUT, V_CACHE_LAYOUT, Decoder, KVCache, cache_axes, cache_shape
 from jaxrl.models.sampling import choose_tokens
 
 from jaxrl.errors import JaxrlError
 from jaxrl.sharding import LogicalMesh, constrain, put
 
 MIN_BUCKET = 16
-KV_AXES = ("layers", "batch", "seq", "kv_heads", None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +160,7 @@ def pad_prompts(prompt_ids: Sequence[Sequence[int]], vocab_size: int, num_sample
 
 def _constrain_cache(lm: LogicalMesh | None, cache: KVCache) -> KVCache:
     return KVCache(
-        constrain(lm, cache.k, KV_AXES), constrain(lm, cache.v, KV_AXES),
+        constrain(lm, cache.k, cache_axes(K_CACHE_LAYOUT)), constrain(lm, cache.v, cache_axes(V_CACHE_LAYOUT)),
         constrain(lm, cache.segment_bs, ("batch", "seq")),
         constrain(lm, cache.position_bs, ("batch", "seq")), cache.index,
     )  # fmt: skip
@@ -174,21 +173,23 @@ def _prefill(graphdef, state, tokens_bp, segments_bp, *, num_samples: int, slots
     model = nnx.merge(graphdef, state)
     c, lm = model.config, model.mesh
     b, p = tokens_bp.shape
-    shape = (c.num_layers, b, p, c.num_kv_heads, c.head_dim)
     zeros_bp = jnp.zeros((b, p), jnp.int32)
-    empty = KVCache(jnp.zeros(shape, c.compute_dtype), jnp.zeros(shape, c.compute_dtype),
+    zeros = lambda layout: jnp.zeros(cache_shape(c, b, p, layout), c.compute_dtype)
+    empty = KVCache(zeros(K_CACHE_LAYOUT), zeros(V_CACHE_LAYOUT),
                     zeros_bp, zeros_bp, jnp.zeros((), jnp.int32))  # fmt: skip
     h, cache = model.hidden_states(tokens_bp, segments_bp, cache=_constrain_cache(lm, empty))
     logits_bv = model.logits(h[:, -1:])[:, 0]
 
-    def grow(x, axis):  # repeat each prompt's row n times, then add the empty decode slots
-        x = jnp.repeat(x, num_samples, axis=axis)
+    def grow(x, batch_axis, slot_axis):  # repeat each prompt's row n times, add the decode slots
+        x = jnp.repeat(x, num_samples, axis=batch_axis)
         widths = [(0, 0)] * x.ndim
-        widths[axis + 1] = (0, slots - p)
+        widths[slot_axis] = (0, slots - p)
         return jnp.pad(x, widths)
 
-    cache = KVCache(grow(cache.k, 1), grow(cache.v, 1), grow(cache.segment_bs, 0),
-                    grow(cache.position_bs, 0), cache.index)  # fmt: skip
+    slot_axis = lambda layout: 1 + layout.index("s")
+    cache = KVCache(grow(cache.k, 1, slot_axis(K_CACHE_LAYOUT)), grow(cache.v, 1, slot_axis(V_CACHE_LAYOUT)),
+                    grow(cache.segment_bs, 0, 1),
+                    grow(cache.position_bs, 0, 1), cache.index)  # fmt: skip
     logits_rv = constrain(lm, jnp.repeat(logits_bv, num_samples, axis=0), ("batch", "vocab"))
     return _constrain_cache(lm, cache), logits_rv
 

@@ -337,6 +337,11 @@ def test_every_case_is_documented():
     assert ids - documented == set(), "cases missing from docs/FAULTS.md"
     bad_input_rows = documented - set(FAULT_TESTS)
     assert bad_input_rows - ids == set(), "docs/FAULTS.md lists bad inputs the suite does not run"
+    for case, test in FAULT_TESTS.items():
+        module, name = test.split("::")
+        assert f"def {name}(" in (REPO / "tests" / module).read_text(), test
+        row = next(line for line in text.splitlines() if line.startswith(f"| `{case}` |"))
+        assert f"`{test}`" in row, (case, test)
 
 
 # Runtime faults documented in docs/FAULTS.md and the tests that show them (tests/test_faults_*.py).

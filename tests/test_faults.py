@@ -349,7 +349,7 @@ FAULT_TESTS = {
     "sigkill-sft": "test_faults_resume.py::test_sft_killed_at_random_points_resumes_bitwise",
     "sigkill-grpo": "test_faults_resume.py::test_grpo_killed_at_random_points_resumes_bitwise",
     "sigterm": "test_faults_resume.py::test_sft_sigterm_checkpoints_and_resumes_bitwise",
-    "checkpoint-truncated": "test_faults_resume.py::test_sft_killed_at_random_points_resumes_bitwise",
+    "checkpoint-truncated": "test_faults_resume.py::test_grpo_killed_at_random_points_resumes_bitwise",
     "checkpoint-file-deleted": "test_faults_resume.py::test_grpo_killed_at_random_points_resumes_bitwise",
     "nonfinite-stop": "test_faults_nonfinite.py::test_huge_learning_rate_skips_then_stops",
     "nonfinite-skip": "test_faults_nonfinite.py::test_poisoned_steps_are_skipped_counted_and_recovered",

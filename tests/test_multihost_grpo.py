@@ -34,10 +34,10 @@ pytestmark = pytest.mark.slow
 
 # A dense reward, so that groups rarely tie and every step has a gradient (a random model earns no
 # accuracy). The subprocesses import it as `mh_rewards:distinct_share` from PYTHONPATH.
-REWARD_MODULE = '''
+REWARD_MODULE = """
 def distinct_share(prompts, completions, **columns):
     return [len(set(c)) / (len(c) + 1) for c in completions]
-'''
+"""
 
 
 def _free_port() -> int:

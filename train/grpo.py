@@ -10,6 +10,10 @@ trains `num_iterations` optimizer steps (the loss of `grpo_loss`). Each optimize
 of `fit`, so checkpoints, resume, SIGTERM and metrics are the loop's; a checkpoint taken inside a
 generation batch carries that batch, so a resumed run continues exactly where it stopped.
 
+On several hosts every host samples the same global batch of prompts and trains its own rows of it;
+rewards, advantages and metrics are those of the global batch (see `Rollouts`), so a run gives the
+numbers one process gives (tests/test_multihost_grpo.py).
+
 Knobs keep TRL's names and defaults (`GRPOSettings`); `train/recipes/grpo-trl.yaml` spells TRL's
 defaults out, `grpo.yaml` is the study's recipe.
 """

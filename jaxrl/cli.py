@@ -80,10 +80,20 @@ def _train(sub):
         q = kinds.add_parser(method, help=f"{what}: --recipe FILE [a.b=value ...]")
         q.add_argument("--recipe", default=None, help="YAML recipe (see train/recipes/); defaults otherwise")
         q.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optimizer.learning_rate=1e-6")
+        hosts = q.add_argument_group("several hosts (TPU VMs are detected without these)")
+        hosts.add_argument("--coordinator", default=None, help="host:port of process 0")
+        hosts.add_argument("--num-processes", type=int, default=None)
+        hosts.add_argument("--process-id", type=int, default=None)
 
     def run(args):
         import importlib
+        import os
 
+        # jaxrl.sharding.init_distributed reads these when the run builds its mesh.
+        for flag, name in (("coordinator", "COORDINATOR"), ("num_processes", "NUM_PROCESSES"),
+                           ("process_id", "PROCESS_ID")):  # fmt: skip
+            if getattr(args, flag) is not None:
+                os.environ[f"JAXRL_{name}"] = str(getattr(args, flag))
         module = importlib.import_module(f"jaxrl.train.{args.method}")
         print(module.run(args.recipe, args.overrides))
 

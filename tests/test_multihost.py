@@ -133,3 +133,19 @@ def test_two_processes_match_one(recipe, tmp_path):
     rel = {run: np.array([c.rel_change for c in cs]) for run, cs in changes.items()}
     assert (rel[single] > 0).all()
     np.testing.assert_allclose(rel[multi], rel[single], rtol=1e-4)
+
+
+def test_train_host_flags_reach_distributed_init(tmp_path, monkeypatch, capsys):
+    """`--num-processes/--process-id` are checked by the distributed init before anything compiles."""
+    from jaxrl.cli import main
+    from jaxrl.tiny import build_tiny_model
+
+    for name in ("JAXRL_COORDINATOR", "JAXRL_NUM_PROCESSES", "JAXRL_PROCESS_ID"):
+        monkeypatch.setenv(name, "")  # restored after the test, whatever the command sets
+    model = build_tiny_model(tmp_path / "tiny")
+    out = tmp_path / "run"
+    code = main(["train", "sft", "--num-processes", "2", "--process-id", "5", f"model.path={model}",
+                 f"loop.output_dir={out}"])  # fmt: skip
+    assert code == 2
+    assert "process id 5 is not in [0, 2)" in capsys.readouterr().err
+    assert not out.exists()

@@ -9,8 +9,10 @@ of 16 random 64-token prompts for 128 new tokens, with the same number of CPU th
     python bench/decode.py --device cuda        # GPU: JAX on its default GPU, PyTorch on cuda:0
 
 tokens/s counts new tokens over the whole call (prefill included) and takes the best of
-`--repeats` timed rounds after a warm-up, jaxrl and transformers taking turns in each round. The
-last line is one JSON object.
+`--repeats` timed rounds after a warm-up, jaxrl and transformers taking turns in each round.
+`decode_ms_per_step` is jaxrl's call less its prefill, per new token; `cpu_s` holds each side's
+best process CPU seconds, the steadier figure with `--threads 1` on a machine shared with other
+work (`cpu_ratio` compares those). The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -66,16 +68,20 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def best_times(runners: dict, repeats: int) -> dict:
-    """Best wall time of each runner over `repeats` rounds, the runners taking turns in each round
-    (so a change in the machine's load hits all of them alike)."""
+def best_times(runners: dict, repeats: int) -> tuple[dict, dict]:
+    """Best wall time and best process CPU time of each runner over `repeats` rounds, the runners
+    taking turns in each round (so a change in the machine's load hits all of them alike). On a
+    shared machine with `--threads 1`, CPU seconds count the work done even when the wall clock
+    also counts time spent waiting for the core."""
     best = dict.fromkeys(runners, float("inf"))
+    best_cpu = dict.fromkeys(runners, float("inf"))
     for _ in range(repeats):
         for name, run in runners.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             run()
             best[name] = min(best[name], time.perf_counter() - start)
-    return best
+            best_cpu[name] = min(best_cpu[name], time.process_time() - start_cpu)
+    return best, best_cpu
 
 
 def jaxrl_runners(directory, prompts, args):
@@ -169,7 +175,7 @@ def main(argv=None) -> int:
             ref_tokens,
         ) = reference_runners(reference_model, prompts, args)
         runners.update(reference=ref_generate, reference_prefill=ref_prefill)
-    best = best_times(runners, args.repeats)
+    best, best_cpu = best_times(runners, args.repeats)
 
     import jax
 
@@ -178,10 +184,14 @@ def main(argv=None) -> int:
         "ratio": None, "unit": "tokens/s", "prefill_tokens_per_s": round(prompt_tokens / best["jaxrl_prefill"], 1),
         "compile_s": round(compile_s, 2), "jax_device": jax.devices()[0].platform, "threads": args.threads,
         "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "dtype": args.dtype,
+        # one decode step of the whole batch: the generate call less its prefill, per new token
+        "decode_ms_per_step": round((best["jaxrl"] - best["jaxrl_prefill"]) / args.new_tokens * 1e3, 2),
+        "cpu_s": {name: round(seconds, 3) for name, seconds in best_cpu.items()}, "cpu_ratio": None,
     }  # fmt: skip
     say(
-        f"jaxrl:        {result['jaxrl']:9.1f} new tokens/s ({best['jaxrl']:.2f} s), prefill "
-        f"{result['prefill_tokens_per_s']:.0f} tokens/s, compile {compile_s:.1f} s"
+        f"jaxrl:        {result['jaxrl']:9.1f} new tokens/s ({best['jaxrl']:.2f} s, {best_cpu['jaxrl']:.2f} "
+        f"CPU s), prefill {result['prefill_tokens_per_s']:.0f} tokens/s, decode step "
+        f"{result['decode_ms_per_step']:.1f} ms, compile {compile_s:.1f} s"
     )
     if not args.no_reference:
         agree = float(np.mean(ref_tokens == tokens))
@@ -189,9 +199,11 @@ def main(argv=None) -> int:
             reference=round(new_tokens / best["reference"], 2), ratio=round(best["reference"] / best["jaxrl"], 3),
             reference_prefill_tokens_per_s=round(prompt_tokens / best["reference_prefill"], 1),
             greedy_token_agreement=round(agree, 4), reference_device=args.device,
+            cpu_ratio=round(best_cpu["reference"] / best_cpu["jaxrl"], 3),
         )  # fmt: skip
         say(
-            f"transformers: {result['reference']:9.1f} new tokens/s ({best['reference']:.2f} s), prefill "
+            f"transformers: {result['reference']:9.1f} new tokens/s ({best['reference']:.2f} s, "
+            f"{best_cpu['reference']:.2f} CPU s), prefill "
             f"{result['reference_prefill_tokens_per_s']:.0f} tokens/s; greedy tokens agree: {agree:.3f}"
         )
     print(json.dumps(result))

@@ -100,6 +100,12 @@ CASES = [
         r"set both prompt_column and completion_column",
     ),
     Case("recipe-output-dir-remote", sft("loop.output_dir=gs://bucket/run"), r"must be a local directory"),
+    Case("recipe-freeze-matches-nothing", sft("freeze.freeze=[nonsense]"), r"freeze pattern 'nonsense' matches no"),
+    Case("recipe-freeze-layer-out-of-range", grpo("freeze.train_only=[mlp.gate@40-50]"), r"layer 50 does not exist"),
+    Case("recipe-checkpoint-dir-s3", sft("checkpoint.directory=s3://b/x"), r"only local paths and gs://"),
+    Case("grpo-unknown-reward", grpo("grpo.reward_funcs=[nope,format]"), r"unknown reward 'nope'"),
+    Case("grpo-reward-not-importable", grpo("grpo.reward_funcs=[nosuchmod:f]", "grpo.reward_weights=[]"),
+         r"cannot be imported"),
     # impossible combinations of batch, accumulation, generations and mesh
     Case(
         "sft-batch-vs-accumulation",

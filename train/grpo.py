@@ -416,6 +416,7 @@ def run(recipe_path: str | None, overrides=()) -> str:
     config = load_config(recipe_path, overrides)
     s, loop = config.grpo, config.loop
     run_dir = rundir.check_output_dir(loop.output_dir)
+    checkpoint_dir = rundir.checkpoint_dir(run_dir, config.checkpoint.directory)
     model_path = rundir.check_model_path(config.model.path)
     mesh = rundir.training_mesh(loop.mesh)
     k, dp = loop.gradient_accumulation_steps, data_parallel_size(mesh)
@@ -430,18 +431,19 @@ def run(recipe_path: str | None, overrides=()) -> str:
     total_steps = total_steps_of(loop, prompt_batches.steps_per_epoch * s.num_iterations)
     load = lambda: load_model(model_path, mesh, config.model.param_dtype, dtype=config.model.dtype,
                               remat=config.model.remat)  # fmt: skip
-    model = load()
-    ref_params = nnx.to_pure_dict(nnx.state(load())) if s.beta > 0 else None  # frozen: never updated
-    rundir.write_run_files(run_dir, model.config, rundir.tokenizer_dir(model_path), dump_recipe(config))
-    trainer = GRPOTrainer(model, make_loss_fn(s.loss_settings()), config.optimizer, total_steps,
-                          freeze=config.freeze, accumulation=k, mesh=mesh, seed=loop.seed)  # fmt: skip
-    del model
     verifier = MathVerifier(num_workers=s.verifier_workers or None, timeout_s=s.verifier_timeout_s)
     scorer = RewardScorer(s.reward_funcs, s.reward_weights, gold_column=s.gold_column, verifier=verifier)
+    model = load()
+    ref_params = nnx.to_pure_dict(nnx.state(load())) if s.beta > 0 else None  # frozen: never updated
+    trainer = GRPOTrainer(model, make_loss_fn(s.loss_settings()), config.optimizer, total_steps,
+                          freeze=config.freeze, accumulation=k, mesh=mesh, seed=loop.seed)  # fmt: skip
+    # Written only once every check has passed, so a rejected recipe leaves nothing behind.
+    rundir.write_run_files(run_dir, model.config, rundir.tokenizer_dir(model_path), dump_recipe(config))
+    del model
     rollouts = Rollouts(trainer, prompt_batches, tokenizer, scorer, s, ref_params=ref_params, mesh=mesh,
                         seed=loop.seed)  # fmt: skip
     trainer.rollouts = rollouts
-    checkpoints = Checkpoints(rundir.checkpoint_dir(run_dir, config.checkpoint.directory), config.checkpoint)
+    checkpoints = Checkpoints(checkpoint_dir, config.checkpoint)
     logger = MetricsLogger(run_dir, total_steps)
     logger.message(
         f"grpo: {len(prompts)} prompts ({', '.join(f'{k_}={v}' for k_, v in prompts.counts.items())}); "

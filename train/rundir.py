@@ -75,7 +75,10 @@ def check_output_dir(output_dir: str) -> Path:
         )
     if not output_dir:
         raise JaxrlError("loop.output_dir is empty; name a directory for the run")
-    return Path(output_dir).expanduser()
+    path = Path(output_dir).expanduser()
+    if path.exists() and not path.is_dir():
+        raise JaxrlError(f"loop.output_dir {output_dir} is a file, not a directory")
+    return path
 
 
 def changed_keys(old_yaml: str, new_yaml: str) -> list[str]:

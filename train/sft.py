@@ -100,6 +100,7 @@ def run(recipe_path: str | None, overrides=()) -> str:
     cfg, loop = config.sft, config.loop
     # Everything that can be checked without compiling is checked first.
     run_dir = rundir.check_output_dir(loop.output_dir)
+    checkpoint_dir = rundir.checkpoint_dir(run_dir, config.checkpoint.directory)
     model_path = rundir.check_model_path(config.model.path)
     mesh = rundir.training_mesh(loop.mesh)
     dp, k = data_parallel_size(mesh), loop.gradient_accumulation_steps
@@ -118,12 +119,13 @@ def run(recipe_path: str | None, overrides=()) -> str:
     total_steps = total_steps_of(loop, batches.steps_per_epoch)
 
     model = load_model(model_path, mesh, config.model.param_dtype, dtype=config.model.dtype, remat=config.model.remat)
-    changed = rundir.write_run_files(run_dir, model.config, rundir.tokenizer_dir(model_path), dump_recipe(config))
     loss_fn = functools.partial(sft_loss, chunk_size=cfg.loss_chunk_size)
     trainer = Trainer(model, loss_fn, config.optimizer, total_steps, freeze=config.freeze, accumulation=k,
                       mesh=mesh, seed=loop.seed)  # fmt: skip
+    # Written only once every check has passed, so a rejected recipe leaves nothing behind.
+    changed = rundir.write_run_files(run_dir, model.config, rundir.tokenizer_dir(model_path), dump_recipe(config))
     del model
-    checkpoints = Checkpoints(rundir.checkpoint_dir(run_dir, config.checkpoint.directory), config.checkpoint)
+    checkpoints = Checkpoints(checkpoint_dir, config.checkpoint)
     logger = MetricsLogger(run_dir, total_steps)
     logger.message(
         f"sft: {len(dataset)} examples ({', '.join(f'{k_}={v}' for k_, v in dataset.counts.items())}); "

@@ -45,7 +45,8 @@ PRESETS = {
                    grpo_lr=1e-4, sft_steps=6, sft_batch=32, sft_lr=1e-3, checkpoints=3, eval_samples=1,
                    num_instruction_prompts=24),
 }  # fmt: skip
-MAX_COMPLETION = 48  # tokens: a base-style solution takes ~25
+GRPO_COMPLETION = 64  # tokens: a base-style solution takes up to ~30
+EVAL_NEW_TOKENS = 160  # the teacher's style (what SFT learns) takes up to ~130
 
 
 def write_data(preset: Preset, spec: BaseSpec, data: Path) -> dict[str, Path]:
@@ -67,7 +68,7 @@ def grpo_overrides(preset: Preset, base: Path, train: Path, out: Path) -> list[s
     return [
         f"model.path={base}", f"data.dataset_name={train}", "grpo.gold_column=answer",
         f"grpo.prompts_per_step={preset.grpo_prompts}", f"grpo.num_generations={preset.grpo_generations}",
-        f"grpo.max_completion_length={MAX_COMPLETION}", "grpo.max_prompt_length=256", "grpo.verifier_workers=1",
+        f"grpo.max_completion_length={GRPO_COMPLETION}", "grpo.max_prompt_length=256", "grpo.verifier_workers=1",
         f"optimizer.learning_rate={preset.grpo_lr}", f"loop.max_steps={preset.grpo_steps}",
         f"loop.output_dir={out}", f"checkpoint.save_steps={every}", "loop.logging_steps=1",
     ]  # fmt: skip
@@ -96,7 +97,7 @@ def evaluate(preset: Preset, models: list[Path], files: dict[str, Path], base: P
     """In-domain (with the study's system prompt and format) and the two probes (without it)."""
     from jaxrl.eval.runner import EvalConfig, evaluate
 
-    common = dict(temperature=0.6, top_p=0.95, max_new_tokens=MAX_COMPLETION, chat_template="olmo2", seed=0)
+    common = dict(temperature=0.6, top_p=0.95, max_new_tokens=EVAL_NEW_TOKENS, chat_template="olmo2", seed=0)
     maths = EvalConfig(tasks=("math500",), num_samples=preset.eval_samples, system_prompt="study",
                        data={"math500": str(files["math500"])}, kl_base=str(base), **common)  # fmt: skip
     probes = EvalConfig(tasks=("mmlu_loglik", "ifeval"), system_prompt="none", num_shots={"mmlu_loglik": 0},

@@ -38,7 +38,7 @@ class Preset:
 
 
 PRESETS = {
-    "default": Preset("default", num_train=256, num_test=100, grpo_steps=64, grpo_prompts=8, grpo_generations=8,
+    "default": Preset("default", num_train=256, num_test=100, grpo_steps=40, grpo_prompts=8, grpo_generations=8,
                       grpo_lr=1e-4, sft_steps=24, sft_batch=32, sft_lr=1e-3, checkpoints=8, eval_samples=4,
                       num_instruction_prompts=48),
     "fast": Preset("fast", num_train=64, num_test=24, grpo_steps=12, grpo_prompts=4, grpo_generations=4,

@@ -5,12 +5,13 @@ from __future__ import annotations
 from jaxrl.eval.choice import MMLU, GPQADiamond, MMLULogLik, MMLUPro
 from jaxrl.eval.ifeval import IFEval
 from jaxrl.eval.maths import AIME24, GSM8K, Math500
+from jaxrl.eval.qa import TriviaQA
 from jaxrl.eval.task import Task
 
 from jaxrl.errors import JaxrlError
 
 TASKS: dict[str, type[Task]] = {
-    t.name: t for t in (AIME24, Math500, GSM8K, GPQADiamond, MMLU, MMLULogLik, MMLUPro, IFEval)
+    t.name: t for t in (AIME24, Math500, GSM8K, GPQADiamond, MMLU, MMLULogLik, MMLUPro, IFEval, TriviaQA)
 }
 # The study's table, in its order.
 STUDY_TASKS = ("aime24", "math500", "gsm8k", "gpqa_diamond", "mmlu", "mmlu_pro", "ifeval")

@@ -289,3 +289,24 @@ def test_shots_from_another_file_and_k_overridden(tmp_path):
     users = [t["content"] for t in p.turns[0][::2]]
     assert users == ["What is 11+11?", "What is 12+12?", p.items[0].fields["question"]]
     assert p.turns[3][1]["content"] == "11+11=22\nThe answer is 22."
+
+
+def test_triviaqa_rows_aliases_and_recall():
+    p = prepared("triviaqa")
+    assert [i.id for i in p.items] == ["qz_1", "qz_2", "qz_5"]
+    assert p.skipped == {"'question' is empty": 1, "missing 'answer' (a dict with 'value' and 'aliases')": 1}
+    assert p.items[0].fields["aliases"] == ("danube", "river danube", "donau")  # normalised, de-duplicated
+    assert p.turns[1] == [{"role": "user", "content": "What is the chemical symbol for gold?"}]
+    completions = [
+        ["The Danube.", "It is the river Danube\nnot the Rhine", "Danubex", "\n\nDONAU!"],
+        ["au", "Gold's symbol is Ag.", "", "The symbol is Au (from aurum)."],
+        ["It happened in 1969.", "1968"],
+    ]
+    scored = p.task.score(p.items, completions)
+    assert [[s.correct for s in row] for row in scored] == [
+        [True, True, False, True],
+        [True, False, False, True],
+        [True, False],
+    ]
+    assert scored[0][1].answer == "danube" and scored[1][2].verdict == "no_answer"
+    assert scored[1][1].verdict == "wrong" and scored[1][1].answer == "Gold's symbol is Ag."

@@ -4,7 +4,9 @@ A tiny base model is pre-trained on conversations drawn from this world, so it s
 existing capabilities, like the study's instruct model:
 - knowledge: the capitals and rivers of invented countries (the out-of-domain probe, MMLU's role);
 - arithmetic word problems it solves only part of the time, half of them answered in the study's
-  `<think>/<answer>` format (the in-domain task, maths' role);
+  `<think>/<answer>` format (the in-domain task, maths' role). In that format it has two habits:
+  working the sum out (usually right) or a hasty guess (usually wrong), so it can do better than
+  it does, which is what the study says GRPO draws on;
 - following an instruction about the form of the answer (IFEval's role).
 GRPO and SFT then train on the same held-out word problems; SFT imitates a "teacher" that writes
 its solutions in a different style, as the study's SFT data came from another model. Every row
@@ -15,6 +17,7 @@ Everything is a pure function of the seed.
 from __future__ import annotations
 
 import random
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -82,8 +85,9 @@ class Problem:
 
     question: str
     answer: int
-    base_solution: str  # the base model's own style (pre-training)
+    base_solution: str  # the base model's own style (pre-training): the sum worked out
     teacher_solution: str  # the SFT teacher's style
+    hasty_solution: str = ""  # the base's other habit: a guess, right about one time in four
 
 
 def make_problem(rng: random.Random) -> Problem:
@@ -102,13 +106,20 @@ def make_problem(rng: random.Random) -> Problem:
         question = f"{name} has {a} bags with {b} {items} in each. How many {items} are there?"
         answer, sign = a * b, "*"
     base = f"<think>\n{a} {sign} {b} = {answer}\n</think>\n<answer>\n{answer}\n</answer>"
-    word = {"+": "adding", "-": "taking away", "*": "multiplying by"}[sign]
     teacher = (
-        f"<think>\nLet me work this out carefully. We start from {a} and the operation is {word} {b}. "
-        f"Step by step, {a} {sign} {b} gives {answer}. Checking again, the result is {answer}.\n</think>\n"
+        f"<think>\nLet me work this out carefully.\n{a} {sign} {b} = {answer}\n"
+        f"Checking again, the result is {answer}.\n</think>\n"
         f"<answer>\nThe final answer is \\boxed{{{answer}}}\n</answer>"
     )
-    return Problem(question, answer, base, teacher)
+    return Problem(question, answer, base, teacher, hasty_solution(question, answer))
+
+
+def hasty_solution(question: str, answer: int) -> str:
+    """A guess without working: the answer one time in four, else off by 1-10 (drawn from the
+    question's own checksum, so the problems drawn before and after are unchanged)."""
+    rng = random.Random(zlib.crc32(question.encode()))
+    guess = answer if rng.random() < 0.25 else max(answer + rng.choice([-1, 1]) * rng.randint(1, 10), 0)
+    return f"<think>\nThis one is easy, no need to work it out.\n</think>\n<answer>\n{guess}\n</answer>"
 
 
 def problems(seed: int, count: int, exclude: set[str] = frozenset()) -> list[Problem]:
@@ -128,12 +139,14 @@ def _chat(user: str, assistant: str, system: str | None = None) -> list[dict]:
 
 
 def pretraining_conversations(
-    world: World, pool: list[Problem], seed: int, count: int, choice_prompt: ChoicePrompt | None = None
+    world: World, pool: list[Problem], seed: int, count: int, choice_prompt: ChoicePrompt | None = None,
+    hasty_share: float = 0.0,
 ) -> list[list[dict]]:
     """The base model's corpus: facts (plain, under an instruction, as multiple choice) and word problems.
 
     Half the word problems carry the study's system prompt and are answered in its format; the
-    other half get a plain one-line answer, so the format is known but not yet habitual.
+    other half get a plain one-line answer, so the format is known but not yet habitual; of the
+    formatted answers, `hasty_share` are guesses (`Problem.hasty_solution`) instead of worked sums.
     `choice_prompt(question, options)` renders a multiple-choice question the way the knowledge
     probe asks it (answered by the option's letter); without it there are no such conversations.
     """
@@ -155,7 +168,8 @@ def pretraining_conversations(
         else:
             p = rng.choice(pool)
             if rng.random() < 0.5:
-                out.append(_chat(p.question, p.base_solution, SYSTEM_PROMPT))
+                solution = p.hasty_solution if rng.random() < hasty_share else p.base_solution
+                out.append(_chat(p.question, solution, SYSTEM_PROMPT))
             else:
                 out.append(_chat(p.question, f"The answer is {p.answer}."))
     return out
@@ -198,6 +212,16 @@ def knowledge_rows(world: World, seed: int) -> list[dict]:
         rows.append({"question": question, "subject": KNOWLEDGE_SUBJECT, "choices": choices,
                      "answer": choices.index(answer)})  # fmt: skip
     return rows
+
+
+def trivia_rows(world: World) -> list[dict]:
+    """TriviaQA rows (question, question_id, answer with value and aliases): every fact, closed book."""
+    return [
+        {"question": question, "question_id": f"invented_{i}",
+         "answer": {"value": answer, "aliases": [answer], "normalized_aliases": [answer.lower()],
+                    "normalized_value": answer.lower(), "type": "WikipediaEntity"}}
+        for i, (question, answer, _) in enumerate(facts(world))
+    ]  # fmt: skip
 
 
 def instruction_rows(world: World, seed: int, count: int) -> list[dict]:

@@ -36,7 +36,7 @@ def test_fast_preset_writes_a_well_formed_report(tmp_path):
         changes = metrics["param_change"][run]
         assert set(changes) == {"q", "k", "v", "o", "gate", "up", "down"}
         assert all(math.isfinite(v) and v >= 0 for v in changes.values())
-    assert len(metrics["findings"]) == 5 and all(isinstance(f["reproduced"], bool) for f in metrics["findings"])
+    assert len(metrics["findings"]) == 6 and all(isinstance(f["reproduced"], bool) for f in metrics["findings"])
 
     report = (out / "report.md").read_text()
     for heading in ("## Results", "## Parameter change", "## The study's findings here"):

@@ -34,6 +34,10 @@ def test_problems_are_right_distinct_and_in_both_styles():
         assert p.answer == solve(p.question) >= 0
         assert FORMAT.match(p.base_solution) and FORMAT.match(p.teacher_solution)
         assert f"\\boxed{{{p.answer}}}" in p.teacher_solution and f"\n{p.answer}\n</answer>" in p.base_solution
+        assert FORMAT.match(p.hasty_solution) and "=" not in p.hasty_solution
+    guesses = [int(re.search(r"<answer>\n(\d+)", p.hasty_solution).group(1)) for p in train]
+    right = sum(g == p.answer for g, p in zip(guesses, train, strict=True)) / len(train)
+    assert 0.15 < right < 0.35  # a guess is right about one time in four
 
 
 def test_rows_have_the_benchmark_schemas():
@@ -46,6 +50,11 @@ def test_rows_have_the_benchmark_schemas():
         assert len(set(row["choices"])) == 4
         truth = dict((q, a) for q, a, _ in synthetic.facts(world))[row["question"]]
         assert row["choices"][row["answer"]] == truth
+    trivia = synthetic.trivia_rows(world)
+    assert [(r["question"], r["answer"]["value"]) for r in trivia] == [(q, a) for q, a, _ in synthetic.facts(world)]
+    from jaxrl.eval.qa import TriviaQA
+
+    assert TriviaQA().parse(trivia[0], 0).fields["aliases"] == (trivia[0]["answer"]["value"].lower(),)
     ifeval = synthetic.instruction_rows(world, 0, 6)
     assert {r["instruction_id_list"][0] for r in ifeval} == {i[0] for i in synthetic.INSTRUCTIONS}
 
@@ -64,5 +73,9 @@ def test_pretraining_corpus_mixes_every_kind():
         question, options = c[0]["content"].split("? ")
         truth = dict((q, a) for q, a, _ in synthetic.facts(world))[question + "?"]
         assert options.split(" / ")["ABCD".index(c[-1]["content"])] == truth
+    formatted = [c[-1]["content"] for c in synthetic.pretraining_conversations(world, pool, 0, 2000, hasty_share=0.5)
+                 if c[0]["role"] == "system"]  # fmt: skip
+    hasty = sum("no need to work it out" in f for f in formatted) / len(formatted)
+    assert 0.4 < hasty < 0.6 and not any("no need to work it out" in c[-1]["content"] for c in chats)
     shouted = [c for c in chats if "in all capital letters" in c[0]["content"]]
     assert shouted and all(c[-1]["content"].isupper() for c in shouted)

@@ -30,6 +30,7 @@ class BaseSpec:
     num_countries: int = 24
     num_problems: int = 3000  # word problems seen in pre-training (disjoint from GRPO/SFT/test ones)
     num_conversations: int = 48000
+    hasty_share: float = 0.5  # formatted word-problem answers that are guesses (see synthetic.py)
     steps: int = 1500
     batch_size: int = 32
     learning_rate: float = 3e-3
@@ -64,15 +65,6 @@ def world_and_pools(spec: BaseSpec, num_train: int, num_test: int):
     return world, pretrain, train, test
 
 
-def choice_prompt(question: str, options: list[str]) -> str:
-    """A knowledge question worded exactly as the `mmlu_loglik` task asks it (0-shot)."""
-    from jaxrl.eval.choice import MMLULogLik
-    from jaxrl.eval.task import Item
-
-    item = Item("0", {"question": question, "options": options, "gold": "A"}, synthetic.KNOWLEDGE_SUBJECT)
-    return MMLULogLik().question_text(item)
-
-
 def write_jsonl(path: Path, rows) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
@@ -94,7 +86,8 @@ def build_base(spec: BaseSpec, directory: Path, log=print) -> Path:
     if (final / "model.safetensors").is_file():
         return final
     world, pool, _, _ = world_and_pools(spec, 0, 0)
-    chats = synthetic.pretraining_conversations(world, pool, spec.seed, spec.num_conversations, choice_prompt)
+    chats = synthetic.pretraining_conversations(world, pool, spec.seed, spec.num_conversations,
+                                                hasty_share=spec.hasty_share)
     corpus = write_jsonl(directory / "corpus.jsonl", ({"messages": c} for c in chats))
     init = directory / "init"
     texts = [m["content"] for c in chats[:4000] for m in c] + [synthetic.SYSTEM_PROMPT]

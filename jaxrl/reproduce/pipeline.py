@@ -39,10 +39,10 @@ class Preset:
 
 PRESETS = {
     "default": Preset("default", num_train=256, num_test=100, grpo_steps=40, grpo_prompts=8, grpo_generations=8,
-                      grpo_lr=1e-4, sft_steps=24, sft_batch=32, sft_lr=1e-3, checkpoints=8, eval_samples=4,
+                      grpo_lr=1e-4, sft_steps=96, sft_batch=8, sft_lr=1e-3, checkpoints=8, eval_samples=4,
                       num_instruction_prompts=48),
     "fast": Preset("fast", num_train=64, num_test=24, grpo_steps=12, grpo_prompts=4, grpo_generations=4,
-                   grpo_lr=1e-4, sft_steps=6, sft_batch=32, sft_lr=1e-3, checkpoints=3, eval_samples=1,
+                   grpo_lr=1e-4, sft_steps=24, sft_batch=8, sft_lr=1e-3, checkpoints=3, eval_samples=1,
                    num_instruction_prompts=24),
 }  # fmt: skip
 GRPO_COMPLETION = 64  # tokens: a base-style solution takes up to ~30
@@ -55,7 +55,7 @@ def write_data(preset: Preset, spec: BaseSpec, data: Path) -> dict[str, Path]:
     return {
         "train": write_jsonl(data / "train.jsonl", synthetic.math_rows(train, "teacher")),
         "math500": write_jsonl(data / "math500.jsonl", synthetic.math500_rows(test)),
-        "mmlu": write_jsonl(data / "mmlu.jsonl", synthetic.knowledge_rows(world, spec.seed)),
+        "triviaqa": write_jsonl(data / "triviaqa.jsonl", synthetic.trivia_rows(world)),
         "ifeval": write_jsonl(data / "ifeval.jsonl",
                               synthetic.instruction_rows(world, spec.seed, preset.num_instruction_prompts)),
     }  # fmt: skip
@@ -69,7 +69,11 @@ def grpo_overrides(preset: Preset, base: Path, train: Path, out: Path) -> list[s
         f"model.path={base}", f"data.dataset_name={train}", "grpo.gold_column=answer",
         f"grpo.prompts_per_step={preset.grpo_prompts}", f"grpo.num_generations={preset.grpo_generations}",
         f"grpo.max_completion_length={GRPO_COMPLETION}", "grpo.max_prompt_length=256", "grpo.verifier_workers=1",
-        f"optimizer.learning_rate={preset.grpo_lr}", f"loop.max_steps={preset.grpo_steps}",
+        "grpo.loss_type=dr_grpo", "grpo.scale_rewards=none", "grpo.mask_truncated_completions=true",
+        "grpo.beta=0.0", "grpo.epsilon=0.2", "grpo.temperature=0.6", "grpo.top_p=1.0",
+        "grpo.reward_funcs=[accuracy,format]", "grpo.reward_weights=[1.0,0.2]",
+        f"optimizer.learning_rate={preset.grpo_lr}", "optimizer.lr_scheduler_type=constant_with_warmup",
+        "optimizer.warmup_ratio=0.1", "optimizer.max_grad_norm=0.2", f"loop.max_steps={preset.grpo_steps}",
         f"loop.output_dir={out}", f"checkpoint.save_steps={every}", "loop.logging_steps=1",
     ]  # fmt: skip
 
@@ -81,6 +85,7 @@ def sft_overrides(preset: Preset, base: Path, train: Path, out: Path) -> list[st
     return [
         f"model.path={base}", f"data.dataset_name={train}", f"sft.batch_size={preset.sft_batch}",
         "sft.max_length=256", "sft.pad_to_multiple_of=32", f"optimizer.learning_rate={preset.sft_lr}",
+        "optimizer.lr_scheduler_type=constant_with_warmup", "optimizer.warmup_ratio=0.1", "optimizer.max_grad_norm=0.2",
         f"loop.max_steps={preset.sft_steps}", f"loop.output_dir={out}", f"checkpoint.save_steps={every}",
         "loop.logging_steps=1",
     ]  # fmt: skip
@@ -100,8 +105,8 @@ def evaluate(preset: Preset, models: list[Path], files: dict[str, Path], base: P
     common = dict(temperature=0.6, top_p=0.95, max_new_tokens=EVAL_NEW_TOKENS, chat_template="olmo2", seed=0)
     maths = EvalConfig(tasks=("math500",), num_samples=preset.eval_samples, system_prompt="study",
                        data={"math500": str(files["math500"])}, kl_base=str(base), **common)  # fmt: skip
-    probes = EvalConfig(tasks=("mmlu_loglik", "ifeval"), system_prompt="none", num_shots={"mmlu_loglik": 0},
-                        data={"mmlu": str(files["mmlu"]), "ifeval": str(files["ifeval"])}, **common)  # fmt: skip
+    probes = EvalConfig(tasks=("triviaqa", "ifeval"), system_prompt="none",
+                        data={t: str(files[t]) for t in ("triviaqa", "ifeval")}, **common)  # fmt: skip
     paths = [str(m) for m in models]
     return {"maths": evaluate(paths, maths, out / "maths"), "probes": evaluate(paths, probes, out / "probes")}
 

@@ -16,7 +16,7 @@ import numpy as np
 NAMES = ("base", "GRPO", "SFT")
 ROWS = (  # (row label, results file, task, metric)
     ("in-domain: word problems (pass@1)", "maths", "math500", "pass@1"),
-    ("knowledge: invented facts, multiple choice (accuracy)", "probes", "mmlu_loglik", "accuracy"),
+    ("knowledge: invented facts, closed-book recall (pass@1)", "probes", "triviaqa", "pass@1"),
     ("instructions: prompt-level strict", "probes", "ifeval", "pass@1"),
     ("instructions: instruction-level strict", "probes", "ifeval", "inst_strict"),
 )
@@ -68,6 +68,7 @@ def findings(table: dict[str, dict[str, tuple]], kl: dict[str, float], changes: 
 
     indomain, knowledge, prompt_if = ROWS[0][0], ROWS[1][0], ROWS[2][0]
     grpo_gain, grpo_err = gap(indomain, "GRPO")
+    sft_gain, sft_err = gap(indomain, "SFT")
     ratio = {m: changes["sft"][m] / changes["grpo"][m] for m in changes["grpo"] if changes["grpo"][m] > 0}
     mean_ratio = float(np.mean(list(ratio.values()))) if ratio else math.nan
     moved = all(v > 0 for run in changes.values() for v in run.values())
@@ -79,6 +80,9 @@ def findings(table: dict[str, dict[str, tuple]], kl: dict[str, float], changes: 
         {"claim": "GRPO improves in-domain accuracy (MATH-500 0.352 -> 0.402)",
          "measured": f"{v(indomain, 'base'):.3f} -> {v(indomain, 'GRPO'):.3f}",
          "rule": "GRPO - base > one standard error", "reproduced": bool(grpo_gain > grpo_err)},
+        {"claim": "SFT improves in-domain accuracy too (MATH-500 0.352 -> 0.422 after 3 epochs)",
+         "measured": f"{v(indomain, 'base'):.3f} -> {v(indomain, 'SFT'):.3f}",
+         "rule": "SFT - base > one standard error", "reproduced": bool(sft_gain > sft_err)},
         {"claim": "SFT costs more out-of-domain ability than GRPO (IFEval 0.682 -> 0.466 GRPO, 0.333 SFT)",
          "measured": f"knowledge + instruction drop: GRPO {forget['GRPO']:.3f}, SFT {forget['SFT']:.3f}",
          "rule": "SFT's summed drop > GRPO's", "reproduced": bool(forget["SFT"] > forget["GRPO"])},

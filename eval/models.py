@@ -33,17 +33,23 @@ def run_checkpoints(run: Path) -> list[Path]:
 
 
 def expand_models(paths: list[str]) -> list[ModelRef]:
-    """ModelRefs for every `--model` argument, a run expanded to its checkpoints; labels unique."""
+    """ModelRefs for every `--model` argument, a run expanded to its checkpoints; labels unique.
+
+    An argument `LABEL=PATH` names the model in tables (LABEL@step for a run's checkpoints);
+    otherwise the label is the directory's name."""
     refs = []
     for text in paths:
-        path = Path(text)
+        label, sep, rest = text.partition("=")
+        if not sep or not label or Path(text).exists():
+            label, rest = "", text
+        path = Path(rest)
         if not path.exists():
             raise JaxrlError(f"model path {path} does not exist")
         checkpoints = run_checkpoints(path)
         if checkpoints:
-            refs += [ModelRef(f"{path.resolve().name}@{c.name}", c) for c in checkpoints]
+            refs += [ModelRef(f"{label or path.resolve().name}@{c.name}", c) for c in checkpoints]
         elif _is_model(path):
-            refs.append(ModelRef(path.resolve().name, path))
+            refs.append(ModelRef(label or path.resolve().name, path))
         else:
             raise JaxrlError(
                 f"{path} is not a HF model directory, an Orbax checkpoint (params/) or a run directory "

@@ -130,7 +130,8 @@ def _analyze(sub):
 def _eval(sub):
     p = sub.add_parser("eval", help="benchmarks (pass@k, maj@k, error bars) and KL to a base, across models")
     p.add_argument("--tasks", default="study", help="comma list (math500,gsm8k,...), 'study' or 'all'")
-    p.add_argument("--model", action="append", default=[], help="HF dir, Orbax checkpoint or run dir; repeatable")
+    p.add_argument("--model", action="append", default=[],
+                   help="[LABEL=]DIR: HF dir, Orbax checkpoint or run dir; repeatable")
     p.add_argument("--out", required=True, help="directory for results.json, results.md, results.png, ...")
     p.add_argument("--kl-base", default=None, help="a base model: also report KL(base || model) per token")
     p.add_argument("--kl-data", default=None, help="MATH-500 rows for the KL (default: the math500 data)")

@@ -269,6 +269,11 @@ def test_model_arguments_expand_runs_and_need_a_tokenizer(tmp_path):
     refs = expand_models([str(run), str(tmp_path / "a" / "base"), str(tmp_path / "b" / "base")])
     assert [r.label for r in refs] == ["grpo@2", "grpo@10", "base", "base#2"]
     assert refs[1].path == run / "checkpoints" / "10"
+    named = expand_models([f"GRPO={run}", f"Base={tmp_path / 'a' / 'base'}"])
+    assert [r.label for r in named] == ["GRPO@2", "GRPO@10", "Base"] and named[2].path == tmp_path / "a" / "base"
+    (tmp_path / "x=y").mkdir()
+    (tmp_path / "x=y" / "config.json").write_text("{}")
+    assert [r.label for r in expand_models([str(tmp_path / "x=y")])] == ["x=y"]  # a path that exists wins
     with pytest.raises(JaxrlError, match="not a HF model directory"):
         expand_models([str(tmp_path)])
     with pytest.raises(JaxrlError, match="pass --tokenizer"):

@@ -114,12 +114,15 @@ def make_problem(rng: random.Random) -> Problem:
     return Problem(question, answer, base, teacher, hasty_solution(question, answer))
 
 
+HASTY = "no need to work it out"  # in every hasty guess, never in a worked solution
+
+
 def hasty_solution(question: str, answer: int) -> str:
     """A guess without working: the answer one time in four, else off by 1-10 (drawn from the
     question's own checksum, so the problems drawn before and after are unchanged)."""
     rng = random.Random(zlib.crc32(question.encode()))
     guess = answer if rng.random() < 0.25 else max(answer + rng.choice([-1, 1]) * rng.randint(1, 10), 0)
-    return f"<think>\nThis one is easy, no need to work it out.\n</think>\n<answer>\n{guess}\n</answer>"
+    return f"<think>\nThis one is easy, {HASTY}.\n</think>\n<answer>\n{guess}\n</answer>"
 
 
 def problems(seed: int, count: int, exclude: set[str] = frozenset()) -> list[Problem]:

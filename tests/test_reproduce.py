@@ -32,6 +32,8 @@ def test_fast_preset_writes_a_well_formed_report(tmp_path):
             assert cell["stderr"] is None or 0.0 <= cell["stderr"] <= 0.5
     assert metrics["kl_to_base"]["base"] == pytest.approx(0.0, abs=1e-6)
     assert all(math.isfinite(v) and v >= 0 for v in metrics["kl_to_base"].values())
+    assert set(metrics["guess_share"]) == {"base", "GRPO", "SFT"}
+    assert all(0.0 <= v <= 1.0 for v in metrics["guess_share"].values())
     for run in ("grpo", "sft"):
         changes = metrics["param_change"][run]
         assert set(changes) == {"q", "k", "v", "o", "gate", "up", "down"}

@@ -107,7 +107,7 @@ def evaluate(preset: Preset, models: list[Path], files: dict[str, Path], base: P
                        data={"math500": str(files["math500"])}, kl_base=str(base), **common)  # fmt: skip
     probes = EvalConfig(tasks=("triviaqa", "ifeval"), system_prompt="none",
                         data={t: str(files[t]) for t in ("triviaqa", "ifeval")}, **common)  # fmt: skip
-    paths = [str(m) for m in models]
+    paths = [f"{name}={m}" for name, m in zip(("base", "GRPO", "SFT"), models, strict=True)]
     return {"maths": evaluate(paths, maths, out / "maths"), "probes": evaluate(paths, probes, out / "probes")}
 
 

@@ -35,6 +35,20 @@ def _results(out: Path, part: str, models: list[Path]) -> dict[str, dict]:
     return by_name
 
 
+def _guess_share(out: Path, models: list[Path]) -> dict[str, float]:
+    """{name: share of the in-domain completions that are hasty guesses}, from the evaluation's samples."""
+    from jaxrl.synthetic import HASTY
+
+    report = json.loads((out / "eval" / "maths" / "results.json").read_text())
+    label_of = {m["path"]: m["label"] for m in report["models"]}
+    shares = {}
+    for name, path in zip(NAMES, models, strict=True):
+        samples = out / "eval" / "maths" / "samples" / label_of[str(path)] / "math500.jsonl"
+        texts = [t for line in samples.read_text().splitlines() for t in json.loads(line)["completions"]]
+        shares[name] = sum(HASTY in t for t in texts) / max(len(texts), 1)
+    return shares
+
+
 def _value(results: dict, task: str, metric: str) -> tuple[float, float | None]:
     r = results.get(task, {})
     v, e = r.get(metric), r.get(metric + "_stderr")
@@ -104,6 +118,7 @@ def write_report(out: Path, preset, models: list[Path], runs: dict[str, Path], t
     table = {label: {n: _value(results[part][n], task, metric) for n in NAMES} for label, part, task, metric in ROWS}
     kl = {n: results["maths"][n]["kl_to_base"]["kl"] for n in NAMES if "kl_to_base" in results["maths"][n]}
     changes = _final_changes(out)
+    guesses = _guess_share(out, models)
     checks = findings(table, kl, changes)
     figures = out / "figures"
     figures.mkdir(exist_ok=True)
@@ -127,6 +142,10 @@ def write_report(out: Path, preset, models: list[Path], runs: dict[str, Path], t
         *[f"| {label} | " + " | ".join(cell(*table[label][n]) for n in NAMES) + " |" for label, *_ in ROWS],
         "| KL(base ‖ model), per token, on the test solutions | "
         + " | ".join(f"{kl[n]:.4g}" if n in kl else "-" for n in NAMES) + " |",
+        "| in-domain answers that are hasty guesses (share) | " + " | ".join(f"{guesses[n]:.3f}" for n in NAMES) + " |",
+        "",
+        "The base has two habits on word problems: working the sum out (usually right) and a hasty guess "
+        "(usually wrong). The last row shows which one each model uses.",
         "",
         "## Parameter change at the last checkpoint (mean over layers of ‖W − W₀‖ / ‖W₀‖)", "",
         "| run | " + " | ".join(modules) + " |", "|---|" + "---|" * len(modules),
@@ -150,7 +169,7 @@ def write_report(out: Path, preset, models: list[Path], runs: dict[str, Path], t
         "runs": {k: str(v) for k, v in runs.items()},
         "results": {label: {n: {"value": table[label][n][0], "stderr": table[label][n][1]} for n in NAMES}
                     for label, *_ in ROWS},
-        "kl_to_base": kl, "param_change": changes, "findings": checks, "timings_s": timings,
+        "kl_to_base": kl, "guess_share": guesses, "param_change": changes, "findings": checks, "timings_s": timings,
     }  # fmt: skip
     (out / "metrics.json").write_text(json.dumps(_finite(metrics), indent=2, allow_nan=False))
     return out / "report.md"

@@ -2,7 +2,8 @@
 
 A tiny base model is pre-trained on conversations drawn from this world, so it starts with
 existing capabilities, like the study's instruct model:
-- knowledge: the capitals and rivers of invented countries (the out-of-domain probe, MMLU's role);
+- knowledge: the capitals and rivers of invented countries (the out-of-domain probe, MMLU's role,
+  asked as closed-book questions);
 - arithmetic word problems it solves only part of the time, half of them answered in the study's
   `<think>/<answer>` format (the in-domain task, maths' role). In that format it has two habits:
   working the sum out (usually right) or a hasty guess (usually wrong), so it can do better than
@@ -150,8 +151,9 @@ def pretraining_conversations(
     Half the word problems carry the study's system prompt and are answered in its format; the
     other half get a plain one-line answer, so the format is known but not yet habitual; of the
     formatted answers, `hasty_share` are guesses (`Problem.hasty_solution`) instead of worked sums.
-    `choice_prompt(question, options)` renders a multiple-choice question the way the knowledge
-    probe asks it (answered by the option's letter); without it there are no such conversations.
+    `choice_prompt(question, options)` renders a multiple-choice question as an evaluation asks it
+    (e.g. `mmlu_loglik`, answered by the option's letter); without it (the shipped base) there are
+    no such conversations.
     """
     rng, known = random.Random(seed), facts(world)
     out = []

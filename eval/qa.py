@@ -39,10 +39,14 @@ def aliases(row: dict) -> tuple[str, ...]:
     return tuple(found)
 
 
+def first_line(text: str) -> str:
+    """The first non-empty line, stripped ("" if none)."""
+    return next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+
+
 def find_alias(completion: str, accepted: Sequence[str]) -> str | None:
     """The first accepted alias that occurs as whole words in the completion's first non-empty line."""
-    line = next((ln for ln in completion.splitlines() if ln.strip()), "")
-    padded = f" {normalize_answer(line)} "
+    padded = f" {normalize_answer(first_line(completion))} "
     return next((a for a in accepted if f" {a} " in padded), None)
 
 
@@ -73,7 +77,7 @@ class TriviaQA(Task):
                 if alias is not None:
                     row.append(Scored(True, alias, "correct"))
                 else:
-                    line = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+                    line = first_line(text)
                     row.append(Scored(False, line or None, "wrong" if line else "no_answer"))
             out.append(row)
         return out

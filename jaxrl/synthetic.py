@@ -88,7 +88,11 @@ class Problem:
     answer: int
     base_solution: str  # the base model's own style (pre-training): the sum worked out
     teacher_solution: str  # the SFT teacher's style
-    hasty_solution: str = ""  # the base's other habit: a guess, right about one time in four
+
+    @property
+    def hasty_solution(self) -> str:
+        """The base's other habit: a guess without working, right about one time in four."""
+        return hasty_solution(self.question, self.answer)
 
 
 def make_problem(rng: random.Random) -> Problem:
@@ -112,7 +116,7 @@ def make_problem(rng: random.Random) -> Problem:
         f"Checking again, the result is {answer}.\n</think>\n"
         f"<answer>\nThe final answer is \\boxed{{{answer}}}\n</answer>"
     )
-    return Problem(question, answer, base, teacher, hasty_solution(question, answer))
+    return Problem(question, answer, base, teacher)
 
 
 HASTY = "no need to work it out"  # in every hasty guess, never in a worked solution

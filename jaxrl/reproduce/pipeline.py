@@ -101,13 +101,14 @@ def last_checkpoint(run: Path) -> Path:
 def evaluate(preset: Preset, models: list[Path], files: dict[str, Path], base: Path, out: Path) -> dict:
     """In-domain (with the study's system prompt and format) and the two probes (without it)."""
     from jaxrl.eval.runner import EvalConfig, evaluate
+    from jaxrl.reproduce.report import NAMES
 
     common = dict(temperature=0.6, top_p=0.95, max_new_tokens=EVAL_NEW_TOKENS, chat_template="olmo2", seed=0)
     maths = EvalConfig(tasks=("math500",), num_samples=preset.eval_samples, system_prompt="study",
                        data={"math500": str(files["math500"])}, kl_base=str(base), **common)  # fmt: skip
     probes = EvalConfig(tasks=("triviaqa", "ifeval"), system_prompt="none",
                         data={t: str(files[t]) for t in ("triviaqa", "ifeval")}, **common)  # fmt: skip
-    paths = [f"{name}={m}" for name, m in zip(("base", "GRPO", "SFT"), models, strict=True)]
+    paths = [f"{name}={m}" for name, m in zip(NAMES, models, strict=True)]
     return {"maths": evaluate(paths, maths, out / "maths"), "probes": evaluate(paths, probes, out / "probes")}
 
 

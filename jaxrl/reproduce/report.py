@@ -22,13 +22,18 @@ ROWS = (  # (row label, results file, task, metric)
 )
 
 
-def _results(out: Path, part: str, models: list[Path]) -> dict[str, dict]:
-    """{name: {task: metrics}} of one evaluation, with the models renamed base / GRPO / SFT."""
+def _report(out: Path, part: str, models: list[Path]) -> tuple[dict, dict[str, str]]:
+    """One evaluation's results.json and {name: its label there} for base / GRPO / SFT."""
     report = json.loads((out / "eval" / part / "results.json").read_text())
     label_of = {m["path"]: m["label"] for m in report["models"]}
+    return report, {name: label_of[str(path)] for name, path in zip(NAMES, models, strict=True)}
+
+
+def _results(out: Path, part: str, models: list[Path]) -> dict[str, dict]:
+    """{name: {task: metrics}} of one evaluation, with the models renamed base / GRPO / SFT."""
+    report, labels = _report(out, part, models)
     by_name = {}
-    for name, path in zip(NAMES, models, strict=True):
-        label = label_of[str(path)]
+    for name, label in labels.items():
         by_name[name] = dict(report["results"][label])
         if report.get("kl") and label in report["kl"]:
             by_name[name]["kl_to_base"] = report["kl"][label]
@@ -39,11 +44,9 @@ def _guess_share(out: Path, models: list[Path]) -> dict[str, float]:
     """{name: share of the in-domain completions that are hasty guesses}, from the evaluation's samples."""
     from jaxrl.synthetic import HASTY
 
-    report = json.loads((out / "eval" / "maths" / "results.json").read_text())
-    label_of = {m["path"]: m["label"] for m in report["models"]}
     shares = {}
-    for name, path in zip(NAMES, models, strict=True):
-        samples = out / "eval" / "maths" / "samples" / label_of[str(path)] / "math500.jsonl"
+    for name, label in _report(out, "maths", models)[1].items():
+        samples = out / "eval" / "maths" / "samples" / label / "math500.jsonl"
         texts = [t for line in samples.read_text().splitlines() for t in json.loads(line)["completions"]]
         shares[name] = sum(HASTY in t for t in texts) / max(len(texts), 1)
     return shares

@@ -1,15 +1,17 @@
 """Throughput of checkpoint analysis beside the raw read rate of the same files.
 
-Writes a synthetic OLMo-2-shaped base and tuned model (HF safetensors, bf16 by default) and the
-tuned model again as an Orbax checkpoint written from all local devices (a training run's
-layout), then times in one process:
-- reference: reading every byte of the checkpoint files (sequential reads into one reused buffer,
+Writes a synthetic OLMo-2-shaped base and tuned model (HF safetensors, bf16 by default), and a run
+directory of `--checkpoints` Orbax checkpoints of the tuned model written by `save_model` from all
+local devices (a training run's layout), then times in one process:
+- reference: reading every byte of the files compared (sequential reads into one reused buffer,
   page cache warm, as for the analysis);
-- jaxrl: `diff_sources` over every tensor (all modules, per layer), HF base against the HF run and
-  against the Orbax run.
-GB/s counts the bytes of the files of both sides. The last line is one JSON object.
+- jaxrl: every tensor (all modules, per layer) of the HF base against one HF checkpoint, against
+  one Orbax checkpoint, and against the whole Orbax run (`diff_many`, what `jaxrl analyze BASE
+  RUN` does: the base is read once for all checkpoints).
+GB/s counts the bytes of the files compared. One JSON line per case; the last one, a HF base
+against a run of our checkpoints (the study's set-up), is the headline.
 
-    python bench/analysis.py --hidden 2048 --layers 8 --dtype bfloat16 --work /tmp/bench_analysis
+    python bench/analysis.py --hidden 2048 --layers 8 --dtype bfloat16 --checkpoints 4
 """
 
 from __future__ import annotations
@@ -25,16 +27,28 @@ from pathlib import Path
 
 import numpy as np
 
-WRITE_ORBAX = """
-import sys
+WRITE_RUN = """
+import shutil, sys
+from pathlib import Path
+import jax
+from flax import nnx
 from jaxrl.models.checkpoint import save_model
 from jaxrl.models.hf_io import load_hf
 from jaxrl.sharding import LogicalMesh, make_mesh
-save_model(load_hf(sys.argv[1], LogicalMesh(make_mesh()), param_dtype=sys.argv[3]), sys.argv[2])
+model = load_hf(sys.argv[1], LogicalMesh(make_mesh()), param_dtype=sys.argv[3])
+run = Path(sys.argv[2])
+state = nnx.state(model, nnx.Param)
+start = nnx.to_pure_dict(state)
+for k in range(int(sys.argv[4])):  # checkpoints that differ a little, as along a run
+    scale = 1 + 1e-3 * k
+    nnx.replace_by_pure_dict(state, jax.tree.map(lambda w: (w * scale).astype(w.dtype), start))
+    nnx.update(model, state)
+    save_model(model, run / "checkpoints" / str(10 * (k + 1)))
+shutil.move(run / "checkpoints" / "10" / "config.json", run / "config.json")
 """
 
 
-def write_models(work: Path, config, dtype: str) -> None:
+def write_models(work: Path, config, dtype: str, checkpoints: int) -> None:
     import ml_dtypes
     from jaxrl.models.keymap import hf_names
 
@@ -53,15 +67,15 @@ def write_models(work: Path, config, dtype: str) -> None:
         write_safetensors(work / name, specs, produce, max_shard_bytes=1 << 30)
         (work / name / "config.json").write_text(json.dumps(config.to_hf_config() | {"torch_dtype": dtype}))
     done = subprocess.run(
-        [sys.executable, "-c", WRITE_ORBAX, str(work / "tuned"), str(work / "orbax"), dtype],
+        [sys.executable, "-c", WRITE_RUN, str(work / "tuned"), str(work / "run"), dtype, str(checkpoints)],
         capture_output=True, text=True,
     )  # fmt: skip
     if done.returncode:
         sys.exit(done.stderr[-3000:])
 
 
-def files_of(path: Path) -> list[Path]:
-    return sorted(p for p in path.rglob("*") if p.is_file() and p.name != "config.json")
+def files_of(*paths: Path) -> list[Path]:
+    return sorted(p for path in paths for p in path.rglob("*") if p.is_file() and p.name != "config.json")
 
 
 def raw_read(files: list[Path]) -> tuple[int, float]:
@@ -81,6 +95,7 @@ def main() -> None:
     parser.add_argument("--hidden", type=int, default=2048)
     parser.add_argument("--layers", type=int, default=8)
     parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--checkpoints", type=int, default=4, help="checkpoints in the Orbax run")
     parser.add_argument("--repeats", type=int, default=3, help="best of this many timings")
     parser.add_argument("--work", default="/tmp/jaxrl_bench_analysis")
     parser.add_argument("--keep", action="store_true", help="keep the synthetic checkpoints")
@@ -90,7 +105,9 @@ def main() -> None:
     from jaxrl.models.config import preset
     from jaxrl.models.keymap import hf_key_map
 
-    from jaxrl.analysis import HFSource, OrbaxSource, diff_sources, specs_from_key_map
+    from jaxrl.analysis import HFSource, specs_from_key_map
+    from jaxrl.analysis.runs import run_checkpoints
+    from jaxrl.analysis.stream import diff_many
 
     h = args.hidden
     config = preset(
@@ -98,36 +115,41 @@ def main() -> None:
         num_heads=h // 128, num_kv_heads=h // 128, head_dim=128,
     )  # fmt: skip
     work = Path(args.work)
-    if not (work / "orbax").is_dir():
+    run = run_checkpoints(work / "run") if (work / "run" / "config.json").is_file() else []
+    if len(run) != args.checkpoints:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
-        write_models(work, config, args.dtype)
+        write_models(work, config, args.dtype, args.checkpoints)
+        run = run_checkpoints(work / "run")
     specs = specs_from_key_map(hf_key_map(config), config.num_layers)
     print(f"model: hidden {h}, {args.layers} layers, {args.dtype}; devices: {jax.devices()[0].platform} "
           f"x {jax.device_count()}", file=sys.stderr)  # fmt: skip
 
+    orbax_dirs = [c.path / "params" for c in run]
+    cases = {  # name: (files read by the reference, the checkpoints compared with the base)
+        "hf_vs_hf": ([work / "tuned"], [HFSource(work / "tuned")]),
+        "hf_vs_orbax": (orbax_dirs[:1], [c.open() for c in run[:1]]),
+        f"hf_vs_orbax_run_{len(run)}": (orbax_dirs, [c.open() for c in run]),
+    }
     results = {}
-    for run in ("tuned", "orbax"):
-        files = files_of(work / "base") + files_of(work / run)
+    for name, (paths, others) in cases.items():
+        files = files_of(work / "base", *paths)
         raw_read(files)  # warm the page cache for both measurements
         nbytes, _ = raw_read(files)
         read_s = min(raw_read(files)[1] for _ in range(args.repeats))
-        other = HFSource(work / run) if run == "tuned" else OrbaxSource(work / "orbax" / "params")
         base = HFSource(work / "base")
-        diff_sources(base, other, specs)  # compile every block shape once
+        diff_many(base, others, specs)  # compile every block shape once
         times = []
         for _ in range(args.repeats):
             start = time.perf_counter()
-            diff_sources(base, other, specs)
+            diff_many(base, others, specs)
             times.append(time.perf_counter() - start)
         jaxrl_rate, read_rate = nbytes / min(times) / 1e9, nbytes / read_s / 1e9
-        name = "hf_vs_hf" if run == "tuned" else "hf_vs_orbax"
         results[name] = (jaxrl_rate, read_rate)
         print(f"{name}: {nbytes / 1e9:.2f} GB of files; analysis {jaxrl_rate:.2f} GB/s, raw read {read_rate:.2f} GB/s, "
               f"ratio {jaxrl_rate / read_rate:.2f}", file=sys.stderr)  # fmt: skip
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
-    # HF base against our Orbax run (the study's set-up) last: the headline line.
     for name, (jaxrl_rate, read_rate) in results.items():
         line = {
             "metric": f"analysis_{name}_throughput",

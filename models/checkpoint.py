@@ -2,9 +2,10 @@
 
 A model checkpoint is a directory with `params/`, an Orbax PyTree checkpoint of the parameter
 tree as plain nested dicts (`{"embed": [V, D], "layers": {"q": [L, D, H, E], ...}, ...}`, the
-layout of `jaxrl.models.decoder`), and a HF `config.json` beside it, in its parent, or in its
-grandparent (a training run keeps one `config.json` at the run root and its checkpoints under
-`checkpoints/<step>/params`). Restore it without jaxrl:
+layout of `jaxrl.models.decoder`; stored one chunk per layer, see `jaxrl.orbax_io`), and a HF
+`config.json` beside it, in its parent, or in its grandparent (a training run keeps one
+`config.json` at the run root and its checkpoints under `checkpoints/<step>/params`). Restore it
+without jaxrl:
 
     import orbax.checkpoint as ocp
     params = ocp.StandardCheckpointer().restore("ckpt/params")
@@ -23,6 +24,7 @@ from jaxrl.models.decoder import Decoder
 from jaxrl.models.params import abstract_decoder, state_shardings
 
 from jaxrl.errors import JaxrlError
+from jaxrl.orbax_io import save_tree
 from jaxrl.sharding import LogicalMesh, make_mesh
 
 PARAMS_DIR = "params"
@@ -49,9 +51,7 @@ def save_model(model: Decoder, directory: str | Path) -> Path:
     """Writes `model` as an Orbax model checkpoint (params/ and config.json). Call on every host."""
     directory = Path(directory)
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
-    checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save((directory / PARAMS_DIR).absolute(), params, force=True)
-    checkpointer.wait_until_finished()
+    save_tree((directory / PARAMS_DIR).absolute(), params)
     if jax.process_index() == 0:
         (directory / "config.json").write_text(json.dumps(model.config.to_hf_config(), indent=2))
     return directory

@@ -12,6 +12,7 @@ import sys
 import jax
 import ml_dtypes
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from flax import nnx
 from jaxrl.models.checkpoint import save_model
@@ -23,13 +24,19 @@ from jaxrl.models.params import abstract_decoder, init_decoder, state_shardings
 from jaxrl import cli
 from jaxrl.analysis import HFSource, OrbaxSource, diff_sources, diff_trees, specs_from_key_map
 from jaxrl.analysis.naming import TensorSpec
-from jaxrl.analysis.sources import block_plan
+from jaxrl.analysis.sources import block_plan, hf_as_ours
+from jaxrl.analysis.stream import diff_many
 from jaxrl.errors import JaxrlError
 from jaxrl.sharding import LogicalMesh, make_mesh
 
 CONFIG = preset("tiny-olmo2")
 SPECS = specs_from_key_map(hf_key_map(CONFIG), CONFIG.num_layers)
 FLOAT_METRICS = ("rel_change", "delta_norm", "base_norm", "norm", "cosine")
+
+
+def one_spec(name):
+    (spec,) = [s for s in SPECS if s.name == name]
+    return spec
 
 
 def one(changes, tensor, layer=None):
@@ -187,6 +194,10 @@ def saved(weights, tmp_path_factory):
     save_model(sharded, root / "run/checkpoints/7")
     shutil.copy(root / "run/checkpoints/7/config.json", root / "run/config.json")
     save_model(model_of(base), root / "base_orbax")
+    # as other writers store it (and jaxrl did before): default chunks, one per shard over all layers
+    legacy = ocp.StandardCheckpointer()
+    legacy.save((root / "legacy/params").absolute(), nnx.to_pure_dict(state), force=True)
+    legacy.wait_until_finished()
     export_hf(model_of(base), root / "base_hf")
     export_hf(model_of(other), root / "run_hf/checkpoint-7")
     return root
@@ -219,15 +230,40 @@ def test_same_numbers_from_checkpoints(weights, saved):
     base, other = weights
     reference = diff_trees(base, other, specs=SPECS)
     orbax_run = OrbaxSource(saved / "run/checkpoints/7/params")
-    assert orbax_run.chunks(SPECS[1]) != SPECS[1].shape  # written in shards: read chunk by chunk
+    q = one_spec("layers.q")
+    assert orbax_run.chunks(q)[0] == 1 and orbax_run.chunks(q) != q.shape  # a chunk per layer and shard
+    assert orbax_run._array(q).spec().to_json()["metadata"]["compressor"] is None
+    legacy = OrbaxSource(saved / "legacy/params")
+    assert legacy.chunks(q)[0] == CONFIG.num_layers  # chunks spanning layers: read by chunk grid
+    hf_run, hf_base = HFSource(saved / "run_hf/checkpoint-7"), HFSource(saved / "base_hf")
+    orbax_base = OrbaxSource(saved / "base_orbax/params")
     pairs = {
-        "hf/orbax": (HFSource(saved / "base_hf"), orbax_run),
-        "hf/hf": (HFSource(saved / "base_hf"), HFSource(saved / "run_hf/checkpoint-7")),
-        "orbax/orbax": (OrbaxSource(saved / "base_orbax/params"), orbax_run),
+        "hf/orbax": (hf_base, orbax_run),
+        "hf/hf": (hf_base, hf_run),
+        "orbax/orbax": (orbax_base, orbax_run),
+        "orbax/hf": (orbax_base, hf_run),
+        "hf/legacy orbax": (hf_base, legacy),
+        "orbax/legacy orbax": (orbax_base, legacy),
     }
     for name, (b, o) in pairs.items():
-        streamed = diff_sources(b, o, SPECS)
-        assert_same(reference, streamed, rtol=2e-6, what=name)
+        assert_same(reference, diff_sources(b, o, SPECS), rtol=2e-6, what=name)
+    specs = [one_spec("layers.q"), one_spec("layers.o")]  # spectra, in each layout they are read in
+    with_svd = diff_trees(base, other, specs=specs, svd=2)
+    for name in ("hf/orbax", "hf/hf", "orbax/hf", "hf/legacy orbax"):
+        assert_same(with_svd, diff_sources(*pairs[name], specs, svd=2), rtol=2e-6, what=name)
+    # a base against several checkpoints at once (read once) gives each pair's numbers
+    many = diff_many(hf_base, [orbax_run, hf_run, legacy, orbax_run], SPECS)
+    for changes in many:
+        assert_same(reference, changes, rtol=2e-6, what="many")
+
+
+def test_hf_layer_laid_out_as_ours():
+    rng = np.random.default_rng(0)
+    for name in ("layers.q", "layers.o", "layers.down", "embed"):
+        spec = one_spec(name)
+        hf = rng.standard_normal(spec.hf_shape).astype(np.float32)
+        ours = hf_as_ours(spec, hf)
+        assert ours.flags.c_contiguous and np.array_equal(ours, spec.to_ours(hf)), name
 
 
 # --- the command ---------------------------------------------------------------------------------

@@ -2,7 +2,8 @@
 
 Each step directory holds three items:
 
-    params/       the parameter tree as plain nested dicts, exactly what `save_model` writes, so
+    params/       the parameter tree as plain nested dicts, exactly what `save_model` writes (one
+                  stored chunk per layer, uncompressed unless `checkpoint.compression`), so
                   `load_model(RUN/checkpoints/<step>)` and `StandardCheckpointer().restore(...)` work
     opt_state/    the optax state as nested dicts named by its key paths, e.g. for the default
                   chain (clip, Adam): {"1": {"count": i32[], "mu": {params}, "nu": {params}}}
@@ -29,6 +30,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jaxrl.train.config import CheckpointConfig
 
+from jaxrl import orbax_io
 from jaxrl.errors import JaxrlError
 
 PARAMS, OPT_STATE, TRAIN_STATE = "params", "opt_state", "train_state"
@@ -76,7 +78,9 @@ class Checkpoints:
             enable_async_checkpointing=self.config.async_save,
             create=True,
         )
-        return ocp.CheckpointManager(self.directory, options=options, item_names=(PARAMS, OPT_STATE, TRAIN_STATE))
+        arrays = orbax_io.handler(self.config.compression)
+        handlers = {PARAMS: arrays, OPT_STATE: arrays, TRAIN_STATE: ocp.JsonCheckpointHandler()}
+        return ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
     def steps(self) -> list[int]:
         return sorted(self.manager.all_steps())
@@ -90,8 +94,8 @@ class Checkpoints:
             step,
             args=ocp.args.Composite(
                 **{
-                    PARAMS: ocp.args.StandardSave(params),
-                    OPT_STATE: ocp.args.StandardSave(_nested(opt_state)),
+                    PARAMS: orbax_io.save_args(params),
+                    OPT_STATE: orbax_io.save_args(_nested(opt_state)),
                     TRAIN_STATE: ocp.args.JsonSave(train_state),
                 }
             ),
@@ -111,8 +115,8 @@ class Checkpoints:
             step,
             args=ocp.args.Composite(
                 **{
-                    PARAMS: ocp.args.StandardRestore(abstract_params),
-                    OPT_STATE: ocp.args.StandardRestore(_nested(abstract_opt_state)),
+                    PARAMS: orbax_io.restore_args(abstract_params),
+                    OPT_STATE: orbax_io.restore_args(_nested(abstract_opt_state)),
                     TRAIN_STATE: ocp.args.JsonRestore(),
                 }
             ),

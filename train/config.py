@@ -81,6 +81,8 @@ class CheckpointConfig:
     save_steps: every N optimizer steps; a value below 1 is a fraction of the total (TRL), e.g.
     0.05 for every 5%. A checkpoint is always written at the end and on SIGTERM.
     save_total_limit: keep the newest K (None: keep all).
+    compression: zstd-compress the stored chunks (about a fifth smaller for bf16 weights, less for
+    fp32 optimizer state; every restore and analysis pass then decodes them, ~1 core-second per GB).
     """
 
     save_steps: float = 500
@@ -88,6 +90,7 @@ class CheckpointConfig:
     directory: str = ""  # default RUN/checkpoints; may be gs://bucket/path
     async_save: bool = True
     resume: bool = True  # continue from the newest good checkpoint in output_dir
+    compression: bool = False
 
     def __post_init__(self):
         if self.save_steps <= 0 or (self.save_steps >= 1 and self.save_steps != int(self.save_steps)):

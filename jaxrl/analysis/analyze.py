@@ -1,8 +1,8 @@
 """`jaxrl analyze BASE RUN [RUN ...] --out DIR`: every checkpoint of every run against a base.
 
 The caller supplies `key_map(hf_config) -> (entries, num_layers)` (the model's HF key map), so
-this module names tensors without importing the model package. Each checkpoint is streamed block
-by block against the base; nothing larger than a block pair is held in host memory.
+this module names tensors without importing the model package. Every checkpoint is streamed block
+by block against the base, which is read once for all of them; host memory holds a few blocks.
 """
 
 from __future__ import annotations
@@ -17,15 +17,15 @@ from jaxrl.analysis.grouping import module_means, rows_from_changes
 from jaxrl.analysis.naming import TensorSpec, parse_modules, select, specs_from_key_map
 from jaxrl.analysis.report import write_report
 from jaxrl.analysis.runs import Checkpoint, model_checkpoint, run_checkpoints, unique_run_names
-from jaxrl.analysis.stream import diff_sources, tensor_bytes
+from jaxrl.analysis.stream import diff_many, tensor_bytes
 from jaxrl.errors import JaxrlError
 
 KeyMap = Callable[[dict], tuple[Sequence, int]]
 
 
 class Progress:
-    """Bytes analysed out of a total, with rate and ETA: one rewritten line on a terminal,
-    otherwise a line per checkpoint."""
+    """Bytes analysed out of a total, with rate and ETA: one rewritten line on a terminal, and a
+    last line when done."""
 
     def __init__(self, total: int, stream=None, enabled: bool = True):
         self.total, self.done, self.start = max(total, 1), 0, time.perf_counter()
@@ -50,7 +50,7 @@ class Progress:
             print("\r" + self.line(), end="", file=self.stream, flush=True)
             self._last = now
 
-    def checkpoint_done(self) -> None:
+    def done_line(self) -> None:
         if self.enabled:
             print(("\r" if self.tty else "") + self.line(), file=self.stream, flush=True)
 
@@ -99,17 +99,17 @@ def analyze(
     meter = Progress(total, enabled=progress)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    meter.label = f"{len(checkpoints)} checkpoint(s)"
+    all_changes = diff_many(base_source, sources, base_specs, svd=svd, progress=meter)
+    meter.done_line()
     rows: list[dict] = []
     with open(out / "metrics.jsonl", "w") as metrics:
-        for ckpt, source in zip(checkpoints, sources, strict=True):
-            meter.label = f"{ckpt.run}/{ckpt.name}"
-            changes = diff_sources(base_source, source, base_specs, svd=svd, progress=meter)
+        for ckpt, changes in zip(checkpoints, all_changes, strict=True):
             new = rows_from_changes(changes, ckpt.run, ckpt.name, ckpt.step)
             rows += new
             means = module_means(new, ckpt.run, ckpt.name)
             metrics.write(json.dumps({"run": ckpt.run, "checkpoint": ckpt.name, "step": ckpt.step,
                                       "rel_change": means}) + "\n")  # fmt: skip
-            meter.checkpoint_done()
     meta = {
         "base": str(base),
         "runs": [str(r) for r in runs],

@@ -1,13 +1,15 @@
 """Reading parameters one block at a time from Orbax checkpoints and HF safetensors directories.
 
-A source hands out any block `tensor[index]` of a parameter in our layout (stacked tensors
-[L, ...]) as a host numpy array in its stored dtype, and says which blocks are cheap to read:
-- `HFSource` memory-maps each HF tensor (per layer for stacked ones) and lays the requested block
-  out as ours, touching only the pages it needs; any block is cheap (`chunks` is None).
+A source hands out one layer of a parameter (a whole tensor when it is not stacked) in its own
+layout (`layout`: "hf" for [out, in] HF tensors, "ours" for our parameter layout), or any block
+`tensor[index]` in our layout (stacked tensors [L, ...]), as a host numpy array in its stored
+dtype:
+- `HFSource` reads a HF tensor (one layer) straight from its file; a block in our layout comes
+  through a memory map, touching only the pages it needs (`chunks` is None).
 - `OrbaxSource` opens each array of an Orbax PyTree checkpoint (zarr arrays inside an OCDBT
-  store) with tensorstore and reads exactly the index asked for. A stored chunk (one device's
-  shard when it was written) is decompressed whole, so reads aligned to `chunks` decode each
-  chunk once.
+  store) with tensorstore and reads exactly the index asked for. A stored chunk is decoded whole,
+  so reads aligned to `chunks` decode each chunk once; our checkpoints store one chunk per layer
+  (`jaxrl.orbax_io`), so reading a layer is aligned.
 Blocks land in page-aligned buffers (anonymous memory maps, reused block after block through
 `Buffers`): the CPU backend computes on them in place instead of copying, and host memory stays at
 the blocks in hand rather than at what an allocator kept.
@@ -66,15 +68,20 @@ def _buffer(out: Buffers | tuple[Buffers, int] | None, shape, dtype) -> np.ndarr
 
 class Source(Protocol):
     label: str
+    layout: str  # "hf" | "ours": the layout `read_layer` returns
 
     def shape(self, spec: TensorSpec) -> tuple[int, ...]: ...
     def dtype(self, spec: TensorSpec) -> np.dtype: ...
     def chunks(self, spec: TensorSpec) -> tuple[int, ...] | None: ...
+    def layer_aligned(self, spec: TensorSpec) -> bool: ...
+    def read_layer(self, spec: TensorSpec, layer: int | None, out: tuple[Buffers, int] | None = None) -> np.ndarray: ...
     def read(self, spec: TensorSpec, index: Index, out: tuple[Buffers, int] | None = None) -> np.ndarray: ...
 
 
 class HFSource:
-    """A HF checkpoint directory seen in our layout."""
+    """A HF checkpoint directory."""
+
+    layout = "hf"
 
     def __init__(self, directory: str | Path):
         self.files = SafetensorsDir(directory)
@@ -100,7 +107,7 @@ class HFSource:
         mm = np.memmap(info.path, dtype=info.dtype, mode="r", offset=info.offset, shape=info.shape)
         return spec.to_ours(mm)
 
-    def read_hf(self, spec: TensorSpec, layer: int | None, out: tuple[Buffers, int] | None = None) -> np.ndarray:
+    def read_layer(self, spec: TensorSpec, layer: int | None, out: tuple[Buffers, int] | None = None) -> np.ndarray:
         """One HF tensor (one layer) as stored, read straight from the file into its own buffer
         (no memory map, so the file's pages never count as this process's memory)."""
         info = self._info(spec, layer)
@@ -127,6 +134,9 @@ class HFSource:
     def chunks(self, spec: TensorSpec) -> None:
         return None
 
+    def layer_aligned(self, spec: TensorSpec) -> bool:
+        return True
+
     def read(self, spec: TensorSpec, index: Index, out: tuple[Buffers, int] | None = None) -> np.ndarray:
         if not spec.stacked:
             view = self._layer(spec, None)[index]
@@ -145,6 +155,8 @@ class HFSource:
 
 class OrbaxSource:
     """The `params` item of an Orbax checkpoint (a PyTree of arrays keyed by our paths)."""
+
+    layout = "ours"
 
     def __init__(self, params_dir: str | Path):
         self.directory = Path(params_dir).absolute()
@@ -186,6 +198,17 @@ class OrbaxSource:
     def chunks(self, spec: TensorSpec) -> tuple[int, ...]:
         return tuple(self._array(spec).chunk_layout.read_chunk.shape)
 
+    def layer_aligned(self, spec: TensorSpec) -> bool:
+        """Whether reading one layer decodes only that layer's chunks."""
+        return not spec.stacked or self.chunks(spec)[0] == 1
+
+    def read_layer(self, spec: TensorSpec, layer: int | None, out: tuple[Buffers, int] | None = None) -> np.ndarray:
+        """One layer (or the whole tensor when not stacked) in our layout."""
+        index = tuple(slice(0, n) for n in spec.layer_shape)
+        if spec.stacked:
+            return self.read(spec, (slice(layer, layer + 1),) + index, out)[0]
+        return self.read(spec, index, out)
+
     def read(self, spec: TensorSpec, index: Index, out: tuple[Buffers, int] | None = None) -> np.ndarray:
         source = self._array(spec)[index]
         out = _buffer(out, tuple(source.shape), source.dtype.numpy_dtype)
@@ -215,3 +238,26 @@ def block_plan(spec: TensorSpec, *chunkings: tuple[int, ...] | None) -> list[Ind
     for axis_cuts in cuts:
         blocks = [b + (c,) for b in blocks for c in axis_cuts]
     return blocks
+
+
+BAND = 16  # HF rows per strided copy of a transpose: the band and its destination stay in cache
+
+
+def hf_as_ours(spec: TensorSpec, hf: np.ndarray, out: tuple[Buffers, int] | None = None) -> np.ndarray:
+    """One HF layer (as `read_layer` returns it) laid out as ours, contiguous.
+
+    `spec.to_ours` is a view: the tensor itself, a reshape, or for matrices a transpose and a
+    reshape. A transpose is copied in bands of a few HF rows (contiguous reads, short strided
+    writes), several times faster than numpy's one-call copy of the transposed view.
+    """
+    view = spec.to_ours(hf)
+    if view.flags.c_contiguous:
+        return view
+    dst = _buffer(out, view.shape, view.dtype)
+    if hf.ndim == 2 and hf.T.reshape(view.shape).strides == view.strides:
+        flat = dst.reshape(hf.shape[::-1])
+        for i in range(0, hf.shape[0], BAND):
+            flat[:, i : i + BAND] = hf[i : i + BAND].T
+    else:
+        dst[...] = view
+    return dst

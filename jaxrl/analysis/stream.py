@@ -1,9 +1,17 @@
-"""Diffing two checkpoints on disk, one block at a time.
+"""Diffing checkpoints on disk against one base, one block at a time.
 
-Blocks follow `sources.block_plan`: one layer of a stacked tensor from HF directories, one
-stored chunk from Orbax checkpoints. Two HF directories are compared in their own layout, each
-tensor read as stored (the metrics do not depend on the layout). Only the current block of each side is in host memory,
-and each block is reduced by the same jitted kernel as in-memory trees.
+Each block of the base is read once and compared with the same block of every checkpoint in
+turn, so a run's whole trajectory costs one pass over the base. A block is one layer of a stacked
+tensor, or a whole unstacked tensor, read by each source in its own layout: HF directories as
+stored ([out, in]), Orbax checkpoints in ours. Sides of one layout are compared as read; a HF
+side is otherwise laid out as ours (`sources.hf_as_ours`, once per block for the base). The base
+block and the first checkpoint's are read side by side, one on a helper thread (file reads,
+copies and decoding release the GIL), while the base is laid out as ours.
+
+Orbax arrays stored in chunks that span layers (written by other tools, or by jaxrl before it
+stored a chunk per layer) cannot be read a layer at a time without decoding every layer; such a
+tensor is read in blocks cut by the chunk grids (`sources.block_plan`), base and checkpoint in
+pairs. Every block is reduced by the same jitted kernel as in-memory trees.
 """
 
 from __future__ import annotations
@@ -16,9 +24,13 @@ import numpy as np
 
 from jaxrl.analysis.metrics import Sums, block_sums, spectrum
 from jaxrl.analysis.naming import TensorSpec
-from jaxrl.analysis.sources import Buffers, HFSource, Source, block_plan
+from jaxrl.analysis.sources import Buffers, Source, block_plan, hf_as_ours
 from jaxrl.analysis.tree_diff import TensorChange, add_block, changes_from_sums
 from jaxrl.errors import JaxrlError
+
+# Buffer slots: the base block, the base laid out as ours, a checkpoint block, and a checkpoint
+# block laid out as ours.
+BASE, BASE_OURS, OTHER, OTHER_OURS = 0, 1, 2, 3
 
 
 def check_shapes(spec: TensorSpec, base: Source, other: Source) -> None:
@@ -32,83 +44,115 @@ def check_shapes(spec: TensorSpec, base: Source, other: Source) -> None:
 
 
 def tensor_bytes(spec: TensorSpec, base: Source, other: Source) -> int:
-    """Bytes of `spec` stored on both sides (what reading it costs)."""
+    """Bytes of `spec` stored on both sides (what comparing it costs)."""
     n = int(np.prod(spec.shape, dtype=np.int64))
     return n * (base.dtype(spec).itemsize + other.dtype(spec).itemsize)
 
 
-class _Pair:
-    """Reads the same block from both sides, the base on a helper thread (file reads, copies and
-    decompression release the GIL), into the two reused buffers."""
-
-    def __init__(self, base: Source, other: Source, pool: ThreadPoolExecutor):
-        self.base, self.other, self.pool = base, other, pool
-        buffers = Buffers()
-        self.slots = (buffers, 0), (buffers, 1)
-
-    def read(self, spec: TensorSpec, index=None, layer=None, hf=False):
-        def one(source, slot):
-            return source.read_hf(spec, layer, slot) if hf else source.read(spec, index, slot)
-
-        pending = self.pool.submit(one, self.base, self.slots[0])
-        o = one(self.other, self.slots[1])
-        return pending.result(), o
+def diff_sources(base: Source, other: Source, specs: Sequence[TensorSpec], **kwargs) -> list[TensorChange]:
+    """Per-tensor (per-layer) changes of checkpoint `other` relative to `base`, streamed."""
+    return diff_many(base, [other], specs, **kwargs)[0]
 
 
-def diff_sources(
+def diff_many(
     base: Source,
-    other: Source,
+    others: Sequence[Source],
     specs: Sequence[TensorSpec],
     *,
     svd: int = 0,
     progress: Callable[[int], None] | None = None,
     device: jax.Device | None = None,
-) -> list[TensorChange]:
-    """Per-tensor (per-layer) changes of checkpoint `other` relative to `base`, streamed.
+) -> list[list[TensorChange]]:
+    """Per-tensor (per-layer) changes of each of `others` relative to `base`, one list per other.
 
-    progress(nbytes) is called after each block with the bytes read from both sides.
+    progress(nbytes) is called after each block with the bytes read for it from both sides.
     """
     device = device or jax.local_devices()[0]
-    out = []
+    out: list[list[TensorChange]] = [[] for _ in others]
     with ThreadPoolExecutor(1) as pool:
-        pair = _Pair(base, other, pool)
+        reader = _Reader(pool)
         for spec in specs:
-            check_shapes(spec, base, other)
-            out += _diff_tensor(spec, pair, svd, progress, device)
+            for other in others:
+                check_shapes(spec, base, other)
+            if all(s.layer_aligned(spec) for s in (base, *others)):
+                changes = _by_layer(spec, base, others, reader, svd, progress, device)
+            else:
+                changes = [_by_chunk(spec, base, other, reader, svd, progress, device) for other in others]
+            for mine, new in zip(out, changes, strict=True):
+                mine += new
     return out
 
 
-def _diff_tensor(spec: TensorSpec, pair: _Pair, svd: int, progress, device) -> list[TensorChange]:
+class _Reader:
+    """Reused buffers, and a helper thread to read one block while another is read or laid out."""
+
+    def __init__(self, pool: ThreadPoolExecutor):
+        self.pool, self.buffers = pool, Buffers()
+
+    def slot(self, k: int) -> tuple[Buffers, int]:
+        return self.buffers, k
+
+    def later(self, read: Callable, *args):
+        return self.pool.submit(read, *args)
+
+
+def _sums(b, o, device, per_layer: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    b, o = jax.device_put(b, device), jax.device_put(o, device)
+    floats, changed = block_sums(b, o, per_layer=per_layer)
+    b.delete()  # block_sums has waited for the results: the buffers are free to reuse
+    o.delete()
+    return floats, changed
+
+
+def _by_layer(spec, base: Source, others, reader: _Reader, svd, progress, device) -> list[list[TensorChange]]:
+    layers = spec.shape[0] if spec.stacked else 1
+    sums = [[Sums() for _ in range(layers)] for _ in others]
+    spectra = [[] for _ in others] if svd and spec.rows is not None else None
+    for i in range(layers):
+        layer = i if spec.stacked else None
+        pending = reader.later(others[0].read_layer, spec, layer, reader.slot(OTHER))
+        b = base.read_layer(spec, layer, reader.slot(BASE))
+        mixed = any(other.layout != base.layout for other in others)
+        b_ours = hf_as_ours(spec, b, reader.slot(BASE_OURS)) if mixed and base.layout == "hf" else b
+        for k, other in enumerate(others):
+            o = pending.result() if k == 0 else other.read_layer(spec, layer, reader.slot(OTHER))
+            if base.layout == other.layout:
+                layout, x, y = base.layout, b, o
+            else:
+                layout, x = "ours", b_ours
+                y = o if other.layout == "ours" else hf_as_ours(spec, o, reader.slot(OTHER_OURS))
+            floats, changed = _sums(x, y, device)
+            sums[k][i].add(*floats, changed, x.size)
+            if spectra is not None:
+                rows = 1 if layout == "hf" else spec.rows  # a HF tensor is the matrix [out, in]
+                spectra[k] += spectrum(jax.device_put(x, device), jax.device_put(y, device), rows, svd)
+            if progress is not None:
+                progress(b.nbytes + o.nbytes)
+    return [changes_from_sums(spec, sums[k], spectra[k] if spectra else None) for k in range(len(others))]
+
+
+def _by_chunk(spec, base: Source, other: Source, reader: _Reader, svd, progress, device) -> list[TensorChange]:
+    """Blocks cut by the chunk grids of both sides, in our layout (each stored chunk decoded once)."""
     layers = spec.shape[0] if spec.stacked else 1
     sums = [Sums() for _ in range(layers)]
-    # Two HF directories: each tensor read as stored (HF layout, one layer at a time), no re-layout.
-    hf = isinstance(pair.base, HFSource) and isinstance(pair.other, HFSource)
-    if hf:
-        blocks = [(i if spec.stacked else None, None) for i in range(layers)]
-    else:
-        blocks = [(None, index) for index in block_plan(spec, pair.base.chunks(spec), pair.other.chunks(spec))]
-    for layer, index in blocks:
-        b, o = (jax.device_put(x, device) for x in pair.read(spec, index, layer, hf))
-        if hf:
-            floats, changed = block_sums(b, o, per_layer=False)
-            add_block(sums, floats[:, None], changed[None], True, layer or 0, b.size)
-        else:
-            floats, changed = block_sums(b, o, per_layer=spec.stacked)
-            add_block(sums, floats, changed, spec.stacked, index[0].start if spec.stacked else 0, b.size)
-        nbytes = b.nbytes + o.nbytes
-        b.delete()  # block_sums has waited for the results: the buffers are free to reuse
-        o.delete()
+
+    def pair(index):
+        pending = reader.later(base.read, spec, index, reader.slot(BASE))
+        o = other.read(spec, index, reader.slot(OTHER))
+        return pending.result(), o
+
+    for index in block_plan(spec, base.chunks(spec), other.chunks(spec)):
+        b, o = pair(index)
+        floats, changed = _sums(b, o, device, per_layer=spec.stacked)
+        add_block(sums, floats, changed, spec.stacked, index[0].start if spec.stacked else 0, b.size)
         if progress is not None:
-            progress(nbytes)
+            progress(b.nbytes + o.nbytes)
     spectra = None
     if svd and spec.rows is not None:
         spectra = []
         for i in range(layers):
-            layer = i if spec.stacked else None
             index = ((slice(i, i + 1),) if spec.stacked else ()) + tuple(slice(0, n) for n in spec.layer_shape)
-            b, o = pair.read(spec, index, layer, hf)
-            if spec.stacked and not hf:
-                b, o = b[0], o[0]
-            rows = 1 if hf else spec.rows  # a HF tensor is already the matrix [out, in]
-            spectra += spectrum(jax.device_put(b, device), jax.device_put(o, device), rows, svd)
+            b, o = pair(index)
+            b, o = (b[0], o[0]) if spec.stacked else (b, o)
+            spectra += spectrum(jax.device_put(b, device), jax.device_put(o, device), spec.rows, svd)
     return changes_from_sums(spec, sums, spectra)

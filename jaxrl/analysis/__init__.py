@@ -9,10 +9,10 @@ layouts come in as `TensorSpec`s, built from a model's HF key map by `specs_from
 
 from jaxrl.analysis.naming import DEFAULT_MODULES, TensorSpec, parse_modules, specs_from_key_map, specs_from_tree
 from jaxrl.analysis.sources import HFSource, OrbaxSource
-from jaxrl.analysis.stream import diff_sources
+from jaxrl.analysis.stream import diff_many, diff_sources
 from jaxrl.analysis.tree_diff import TensorChange, diff_trees
 
 __all__ = [
-    "DEFAULT_MODULES", "HFSource", "OrbaxSource", "TensorChange", "TensorSpec", "diff_sources", "diff_trees",
+    "DEFAULT_MODULES", "HFSource", "OrbaxSource", "TensorChange", "TensorSpec", "diff_many", "diff_sources", "diff_trees",
     "parse_modules", "specs_from_key_map", "specs_from_tree",
 ]  # fmt: skip

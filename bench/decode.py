@@ -12,7 +12,10 @@ tokens/s counts new tokens over the whole call (prefill included) and takes the 
 `--repeats` timed rounds after a warm-up, jaxrl and transformers taking turns in each round.
 `decode_ms_per_step` is jaxrl's call less its prefill, per new token; `cpu_s` holds each side's
 best process CPU seconds, the steadier figure with `--threads 1` on a machine shared with other
-work (`cpu_ratio` compares those). The last line is one JSON object.
+work (`cpu_ratio` compares those). `matmul_floor_ms_per_step` times the matrix products of one
+decode step alone in JAX (same device, dtype and threads), and `ratio_at_matmul_floor` is the ratio
+jaxrl would reach if its decode steps cost nothing else: the ceiling of this benchmark on the
+machine. The last line is one JSON object.
 """
 
 from __future__ import annotations
@@ -68,15 +71,21 @@ def say(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+PAUSE_S = 1.0  # before each timed call: the other side's worker threads stop spinning meanwhile
+
+
 def best_times(runners: dict, repeats: int) -> tuple[dict, dict]:
     """Best wall time and best process CPU time of each runner over `repeats` rounds, the runners
-    taking turns in each round (so a change in the machine's load hits all of them alike). On a
-    shared machine with `--threads 1`, CPU seconds count the work done even when the wall clock
-    also counts time spent waiting for the core."""
+    taking turns in each round (so a change in the machine's load hits all of them alike), each
+    after a pause (PyTorch's OpenMP workers keep spinning on the cores for a while after a call,
+    which measurably slowed the JAX call that followed). On a shared machine with `--threads 1`, CPU
+    seconds count the work done even when the wall clock also counts time spent waiting for the
+    core."""
     best = dict.fromkeys(runners, float("inf"))
     best_cpu = dict.fromkeys(runners, float("inf"))
     for _ in range(repeats):
         for name, run in runners.items():
+            time.sleep(PAUSE_S)
             start, start_cpu = time.perf_counter(), time.process_time()
             run()
             best[name] = min(best[name], time.perf_counter() - start)
@@ -139,6 +148,37 @@ def reference_runners(model, prompts, args):
     return generate, run_prefill, tokens
 
 
+def matmul_floor_s(config, batch: int, dtype: str, repeats: int) -> float:
+    """Seconds for the matrix products of one decode step alone ([batch, in] @ [in, out] for every
+    weight matrix of every layer, and the output projection), jitted together on JAX's device: what
+    a decode step would cost if it were nothing else."""
+    import jax
+    import jax.numpy as jnp
+
+    c = config
+    q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
+    layer = [(c.hidden_size, q), (c.hidden_size, kv), (c.hidden_size, kv), (q, c.hidden_size),
+             (c.hidden_size, c.intermediate_size), (c.hidden_size, c.intermediate_size),
+             (c.intermediate_size, c.hidden_size)]  # fmt: skip
+    shapes = layer * c.num_layers + [(c.hidden_size, c.vocab_size)]
+    keys = jax.random.split(jax.random.key(0), len(shapes))
+    weights = [jax.random.normal(k, s, dtype) * 0.02 for k, s in zip(keys, shapes, strict=True)]
+    inputs = {n: jnp.ones((batch, n), dtype) for n in {s[0] for s in shapes}}
+
+    @jax.jit
+    def products(weights, inputs):
+        return sum(jnp.sum(inputs[w.shape[0]] @ w, dtype=jnp.float32) for w in weights)
+
+    jax.block_until_ready(products(weights, inputs))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(10):
+            jax.block_until_ready(products(weights, inputs))
+        best = min(best, (time.perf_counter() - start) / 10)
+    return best
+
+
 def pin_threads(threads: int | None) -> int:
     """Restricts this process to `threads` CPUs before JAX or PyTorch start their thread pools: XLA
     sizes its pool by the CPUs it may run on, PyTorch is told the same number."""
@@ -188,6 +228,10 @@ def main(argv=None) -> int:
         "decode_ms_per_step": round((best["jaxrl"] - best["jaxrl_prefill"]) / args.new_tokens * 1e3, 2),
         "cpu_s": {name: round(seconds, 3) for name, seconds in best_cpu.items()}, "cpu_ratio": None,
     }  # fmt: skip
+    floor_s = matmul_floor_s(config, args.batch, args.dtype, args.repeats)
+    # jaxrl's call if each decode step cost only its matrix products (prefill as measured)
+    floor_call_s = best["jaxrl_prefill"] + args.new_tokens * floor_s
+    result["matmul_floor_ms_per_step"] = round(floor_s * 1e3, 2)
     say(
         f"jaxrl:        {result['jaxrl']:9.1f} new tokens/s ({best['jaxrl']:.2f} s, {best_cpu['jaxrl']:.2f} "
         f"CPU s), prefill {result['prefill_tokens_per_s']:.0f} tokens/s, decode step "
@@ -200,11 +244,16 @@ def main(argv=None) -> int:
             reference_prefill_tokens_per_s=round(prompt_tokens / best["reference_prefill"], 1),
             greedy_token_agreement=round(agree, 4), reference_device=args.device,
             cpu_ratio=round(best_cpu["reference"] / best_cpu["jaxrl"], 3),
+            ratio_at_matmul_floor=round(best["reference"] / floor_call_s, 3),
         )  # fmt: skip
         say(
             f"transformers: {result['reference']:9.1f} new tokens/s ({best['reference']:.2f} s, "
             f"{best_cpu['reference']:.2f} CPU s), prefill "
             f"{result['reference_prefill_tokens_per_s']:.0f} tokens/s; greedy tokens agree: {agree:.3f}"
+        )
+        say(
+            f"ceiling:      the matrix products of one decode step alone take {floor_s * 1e3:.1f} ms in JAX; "
+            f"a jaxrl step costing only those would reach ratio {result['ratio_at_matmul_floor']:.2f}"
         )
     print(json.dumps(result))
     return 0

@@ -59,3 +59,22 @@ def test_training_checkpoints_compress_on_request(tree, tmp_path, compression):
     assert train_state["step"] == 5
     for got, want in zip(jax.tree.leaves((params, restored_opt)), jax.tree.leaves((tree, opt_state)), strict=True):
         np.testing.assert_array_equal(np.asarray(got), np.asarray(want))
+
+
+def test_checkpoints_in_orbax_default_layout_still_restore(tree, tmp_path):
+    """A run saved with Orbax's standard handler (as jaxrl did before) resumes."""
+    from jaxrl.train.checkpointing import OPT_STATE, PARAMS, TRAIN_STATE, _nested
+
+    opt_state = {"mu": tree}
+    options = ocp.CheckpointManagerOptions(create=True)
+    old = ocp.CheckpointManager(tmp_path / "checkpoints", options=options, item_names=(PARAMS, OPT_STATE, TRAIN_STATE))
+    old.save(3, args=ocp.args.Composite(**{
+        PARAMS: ocp.args.StandardSave(tree), OPT_STATE: ocp.args.StandardSave(_nested(opt_state)),
+        TRAIN_STATE: ocp.args.JsonSave({"step": 3}),
+    }))  # fmt: skip
+    old.wait_until_finished()
+    old.close()
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), (tree, opt_state))
+    params, _, train_state = Checkpoints(tmp_path / "checkpoints").restore(3, *abstract)
+    assert train_state["step"] == 3
+    np.testing.assert_array_equal(np.asarray(params["layers"]["q"]), np.asarray(tree["layers"]["q"]))

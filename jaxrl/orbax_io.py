@@ -5,10 +5,10 @@ compressed. For a stacked tensor [L, ...] that chunk spans every layer, so readi
 the analysis of a checkpoint does, tensor by tensor) decodes all of them. Here a leaf under
 `layers` is written with its layer axis split into chunks of one layer (`SaveArgs.shard_axes`,
 still inside each device's shard, so multi-host saves are unchanged), and compression is off
-unless asked for: zstd saves about a fifth of a bf16 checkpoint but decoding costs about one core-
-second per GB on every restore and every analysis pass, which is what reading a run's trajectory
-spends its time on. Any Orbax reader restores these checkpoints as usual
-(`ocp.StandardCheckpointer().restore(path)`).
+unless asked for: zstd saves about a fifth of a bf16 checkpoint (1.21 -> 0.94 GB on
+`bench/analysis.py`'s model) but reading it layer by layer then took 0.79 s instead of 0.37 s on 2
+cores, paid on every restore and every analysis pass of a run's trajectory. Any Orbax reader
+restores these checkpoints as usual (`ocp.StandardCheckpointer().restore(path)`).
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ pairs. Every block is reduced by the same jitted kernel as in-memory trees.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -70,7 +71,7 @@ def diff_many(
     device = device or jax.local_devices()[0]
     out: list[list[TensorChange]] = [[] for _ in others]
     with ThreadPoolExecutor(1) as pool:
-        reader = _Reader(pool)
+        reader = _Reader(pool, Buffers())
         for spec in specs:
             for other in others:
                 check_shapes(spec, base, other)
@@ -83,17 +84,15 @@ def diff_many(
     return out
 
 
+@dataclasses.dataclass(frozen=True)
 class _Reader:
-    """Reused buffers, and a helper thread to read one block while another is read or laid out."""
+    """A helper thread to read one block while another is read or laid out, and reused buffers."""
 
-    def __init__(self, pool: ThreadPoolExecutor):
-        self.pool, self.buffers = pool, Buffers()
+    pool: ThreadPoolExecutor
+    buffers: Buffers
 
     def slot(self, k: int) -> tuple[Buffers, int]:
         return self.buffers, k
-
-    def later(self, read: Callable, *args):
-        return self.pool.submit(read, *args)
 
 
 def _sums(b, o, device, per_layer: bool = False) -> tuple[np.ndarray, np.ndarray]:
@@ -108,12 +107,12 @@ def _by_layer(spec, base: Source, others, reader: _Reader, svd, progress, device
     layers = spec.shape[0] if spec.stacked else 1
     sums = [[Sums() for _ in range(layers)] for _ in others]
     spectra = [[] for _ in others] if svd and spec.rows is not None else None
+    base_as_ours = base.layout == "hf" and any(other.layout != base.layout for other in others)
     for i in range(layers):
         layer = i if spec.stacked else None
-        pending = reader.later(others[0].read_layer, spec, layer, reader.slot(OTHER))
+        pending = reader.pool.submit(others[0].read_layer, spec, layer, reader.slot(OTHER))
         b = base.read_layer(spec, layer, reader.slot(BASE))
-        mixed = any(other.layout != base.layout for other in others)
-        b_ours = hf_as_ours(spec, b, reader.slot(BASE_OURS)) if mixed and base.layout == "hf" else b
+        b_ours = hf_as_ours(spec, b, reader.slot(BASE_OURS)) if base_as_ours else b
         for k, other in enumerate(others):
             o = pending.result() if k == 0 else other.read_layer(spec, layer, reader.slot(OTHER))
             if base.layout == other.layout:
@@ -137,7 +136,7 @@ def _by_chunk(spec, base: Source, other: Source, reader: _Reader, svd, progress,
     sums = [Sums() for _ in range(layers)]
 
     def pair(index):
-        pending = reader.later(base.read, spec, index, reader.slot(BASE))
+        pending = reader.pool.submit(base.read, spec, index, reader.slot(BASE))
         o = other.read(spec, index, reader.slot(OTHER))
         return pending.result(), o
 

@@ -22,12 +22,13 @@ from jaxrl.models.keymap import hf_key_map
 from jaxrl.models.params import abstract_decoder, init_decoder, state_shardings
 
 from jaxrl import cli
-from jaxrl.analysis import HFSource, OrbaxSource, diff_sources, diff_trees, specs_from_key_map
+from jaxrl.analysis import HFSource, OrbaxSource, diff_sources, diff_trees, specs_from_key_map, transpose
 from jaxrl.analysis.naming import TensorSpec
 from jaxrl.analysis.sources import block_plan, hf_as_ours
 from jaxrl.analysis.stream import diff_many
 from jaxrl.errors import JaxrlError
 from jaxrl.sharding import LogicalMesh, make_mesh
+from jaxrl.tensorfiles import write_safetensors
 
 CONFIG = preset("tiny-olmo2")
 SPECS = specs_from_key_map(hf_key_map(CONFIG), CONFIG.num_layers)
@@ -107,6 +108,28 @@ def test_frac_changed_counts_in_the_stored_dtype():
     c = one(diff_trees({"w": w0.astype(bf16)}, {"w": w}), "w")
     assert c.num_changed == 1 and c.frac_changed == 0.25
     assert c.delta_norm == 0.5
+
+
+def test_nan_and_inf_are_not_lost():
+    """The streaming kernel may reassociate its sums, but a NaN or an infinity still shows."""
+    w0 = np.ones((2, 1024), ml_dtypes.bfloat16)
+    for bad in (np.nan, np.inf):
+        w = w0.copy()
+        w[1, 7] = bad
+        c = one(diff_trees({"w": w0}, {"w": w}), "w")
+        assert not np.isfinite(c.rel_change) and not np.isfinite(c.norm) and c.num_changed == 1
+        assert np.isnan(c.rel_change) == np.isnan(bad)
+
+
+def test_long_sums_stay_accurate():
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal((4, 1 << 18)).astype(ml_dtypes.bfloat16)
+    w = (w0.astype(np.float32) + 1e-2 * rng.standard_normal(w0.shape, np.float32)).astype(ml_dtypes.bfloat16)
+    c = one(diff_trees({"w": w0}, {"w": w}), "w")
+    w64, w064 = w.astype(np.float64), w0.astype(np.float64)
+    assert c.base_norm == pytest.approx(np.linalg.norm(w064), rel=1e-6)
+    assert c.norm == pytest.approx(np.linalg.norm(w64), rel=1e-6)
+    assert c.delta_norm == pytest.approx(np.linalg.norm(w64 - w064), rel=1e-6)
 
 
 def test_cosine_resolves_tiny_changes():
@@ -264,6 +287,27 @@ def test_hf_layer_laid_out_as_ours():
         hf = rng.standard_normal(spec.hf_shape).astype(np.float32)
         ours = hf_as_ours(spec, hf)
         assert ours.flags.c_contiguous and np.array_equal(ours, spec.to_ours(hf)), name
+
+
+@pytest.mark.parametrize("block_bytes", [1 << 20, 64])  # one block per thread, or many
+def test_hf_matrix_transposed_as_it_is_read(tmp_path, monkeypatch, block_bytes):
+    monkeypatch.setattr(transpose, "BLOCK_BYTES", block_bytes)
+    shapes = {"m": (37, 53), "n": (5, 2), "v": (29,)}  # rows neither a multiple of the band nor of the threads
+    tensors = {n: np.random.default_rng(1).standard_normal(s).astype(ml_dtypes.bfloat16) for n, s in shapes.items()}
+    write_safetensors(tmp_path, [(n, t.shape, t.dtype) for n, t in tensors.items()], tensors.__getitem__)
+    source = HFSource(tmp_path)
+    for name, tensor in tensors.items():
+        spec = TensorSpec((name,), tensor.shape[::-1], False, 1, name, tensor.shape, lambda x: x.T)
+        ours = source.read_ours(spec, None)
+        assert ours.flags.c_contiguous and np.array_equal(ours.view(np.uint16), tensor.T.view(np.uint16)), name
+    with open(tmp_path / "model.safetensors", "r+b") as f:  # cut inside the first matrix
+        f.truncate(f.seek(0, 2) - tensors["m"].nbytes // 2 - tensors["n"].nbytes - tensors["v"].nbytes)
+    with pytest.raises(JaxrlError, match="ends early"):
+        source.read_ours(TensorSpec(("m",), (53, 37), False, 1, "m", (37, 53), lambda x: x.T), None)
+    short = tmp_path / "short.bin"  # shortened while being read (after the header was checked)
+    short.write_bytes(tensors["m"][:30].tobytes())
+    with pytest.raises(JaxrlError, match="ends early"):
+        transpose.read_transposed(short, 0, (37, 53), tensors["m"].dtype, np.empty((53, 37), tensors["m"].dtype))
 
 
 # --- the command ---------------------------------------------------------------------------------

@@ -117,7 +117,18 @@ def _row_sums(base, other, per_layer: bool):
     return (floats, changed) if per_layer else (floats[:, 0], changed[0])
 
 
-_sums_jit = jax.jit(_row_sums, static_argnums=2)
+# XLA's CPU backend keeps a variadic reduction's floating-point adds in source order, so the loop
+# above runs one scalar add chain per term; letting it reassociate the adds vectorises the loop
+# (~7x faster on bench/analysis.py's blocks, and no less accurate: more partial sums). NaN and
+# infinity are still honoured, so a broken checkpoint still reads as NaN. Other backends ignore it.
+REASSOCIATE = {
+    "xla_cpu_enable_fast_math": True,
+    "xla_cpu_fast_math_honor_nans": True,
+    "xla_cpu_fast_math_honor_infs": True,
+    "xla_cpu_fast_math_honor_division": True,
+    "xla_cpu_fast_math_honor_functions": True,
+}
+_sums_jit = jax.jit(_row_sums, static_argnums=2, compiler_options=REASSOCIATE)
 
 
 @functools.cache

@@ -1,11 +1,12 @@
 """Reading parameters one block at a time from Orbax checkpoints and HF safetensors directories.
 
 A source hands out one layer of a parameter (a whole tensor when it is not stacked) in its own
-layout (`layout`: "hf" for [out, in] HF tensors, "ours" for our parameter layout), or any block
-`tensor[index]` in our layout (stacked tensors [L, ...]), as a host numpy array in its stored
-dtype:
-- `HFSource` reads a HF tensor (one layer) straight from its file; a block in our layout comes
-  through a memory map, touching only the pages it needs (`chunks` is None).
+layout (`read_layer`; `layout`: "hf" for [out, in] HF tensors, "ours" for our parameter layout)
+or in ours (`read_ours`), or any block `tensor[index]` in our layout (stacked tensors [L, ...]),
+as a host numpy array in its stored dtype:
+- `HFSource` reads a HF tensor (one layer) straight from its file, transposing a matrix on the
+  way when asked for our layout; a block comes through a memory map, touching only the pages it
+  needs (`chunks` is None).
 - `OrbaxSource` opens each array of an Orbax PyTree checkpoint (zarr arrays inside an OCDBT
   store) with tensorstore and reads exactly the index asked for. A stored chunk is decoded whole,
   so reads aligned to `chunks` decode each chunk once; our checkpoints store one chunk per layer
@@ -27,6 +28,7 @@ import numpy as np
 import tensorstore as ts
 
 from jaxrl.analysis.naming import TensorSpec
+from jaxrl.analysis.transpose import read_transposed, transpose_into
 from jaxrl.errors import JaxrlError
 from jaxrl.tensorfiles import SafetensorsDir
 
@@ -75,7 +77,16 @@ class Source(Protocol):
     def chunks(self, spec: TensorSpec) -> tuple[int, ...] | None: ...
     def layer_aligned(self, spec: TensorSpec) -> bool: ...
     def read_layer(self, spec: TensorSpec, layer: int | None, out: tuple[Buffers, int] | None = None) -> np.ndarray: ...
+    def read_ours(self, spec: TensorSpec, layer: int | None, out: tuple[Buffers, int] | None = None) -> np.ndarray: ...
     def read(self, spec: TensorSpec, index: Index, out: tuple[Buffers, int] | None = None) -> np.ndarray: ...
+
+
+def _mapped(info) -> np.ndarray:
+    """A read-only memory map of one stored tensor; nothing is read until it is indexed."""
+    try:
+        return np.memmap(info.path, dtype=info.dtype, mode="r", offset=info.offset, shape=info.shape)
+    except ValueError:  # the file is shorter than its header says
+        raise JaxrlError(f"{info.path} ends early (truncated while being read?)") from None
 
 
 class HFSource:
@@ -104,7 +115,7 @@ class HFSource:
         info = self._info(spec, layer)
         if info.nbytes == 0:
             return spec.to_ours(np.zeros(info.shape, info.dtype))
-        mm = np.memmap(info.path, dtype=info.dtype, mode="r", offset=info.offset, shape=info.shape)
+        mm = _mapped(info)
         return spec.to_ours(mm)
 
     def read_layer(self, spec: TensorSpec, layer: int | None, out: tuple[Buffers, int] | None = None) -> np.ndarray:
@@ -122,6 +133,24 @@ class HFSource:
                         raise JaxrlError(f"{info.path} ends early (truncated while being read?)")
                     done += n
         return out
+
+    def read_ours(self, spec: TensorSpec, layer: int | None, out: tuple[Buffers, int] | None = None) -> np.ndarray:
+        """One HF tensor (one layer) laid out as ours, contiguous. A transposed matrix is read in
+        blocks of rows, each transposed into place as it arrives, on every core
+        (`transpose.read_transposed`): the tensor as stored is never held whole."""
+        info = self._info(spec, layer)
+        if info.nbytes == 0:
+            return spec.to_ours(np.zeros(info.shape, info.dtype))
+        stored = _mapped(info)
+        view = spec.to_ours(stored)  # only strides are looked at, unless the layout is unusual
+        if view.flags.c_contiguous:
+            return self.read_layer(spec, layer, out).reshape(view.shape)
+        dst = _buffer(out, view.shape, view.dtype)
+        if _plain_transpose(stored, view):
+            read_transposed(info.path, info.offset, info.shape, info.dtype, dst.reshape(info.shape[::-1]))
+        else:
+            dst[...] = view
+        return dst
 
     def shape(self, spec: TensorSpec) -> tuple[int, ...]:
         for layer in range(spec.num_layers) if spec.stacked else (None,):
@@ -209,6 +238,8 @@ class OrbaxSource:
             return self.read(spec, (slice(layer, layer + 1),) + index, out)[0]
         return self.read(spec, index, out)
 
+    read_ours = read_layer  # stored in our layout
+
     def read(self, spec: TensorSpec, index: Index, out: tuple[Buffers, int] | None = None) -> np.ndarray:
         source = self._array(spec)[index]
         out = _buffer(out, tuple(source.shape), source.dtype.numpy_dtype)
@@ -240,24 +271,23 @@ def block_plan(spec: TensorSpec, *chunkings: tuple[int, ...] | None) -> list[Ind
     return blocks
 
 
-BAND = 16  # HF rows per strided copy of a transpose: the band and its destination stay in cache
-
-
 def hf_as_ours(spec: TensorSpec, hf: np.ndarray, out: tuple[Buffers, int] | None = None) -> np.ndarray:
     """One HF layer (as `read_layer` returns it) laid out as ours, contiguous.
 
     `spec.to_ours` is a view: the tensor itself, a reshape, or for matrices a transpose and a
-    reshape. A transpose is copied in bands of a few HF rows (contiguous reads, short strided
-    writes), several times faster than numpy's one-call copy of the transposed view.
+    reshape; a transpose is copied by `transpose.transpose_into`.
     """
     view = spec.to_ours(hf)
     if view.flags.c_contiguous:
         return view
     dst = _buffer(out, view.shape, view.dtype)
-    if hf.ndim == 2 and hf.T.reshape(view.shape).strides == view.strides:
-        flat = dst.reshape(hf.shape[::-1])
-        for i in range(0, hf.shape[0], BAND):
-            flat[:, i : i + BAND] = hf[i : i + BAND].T
+    if _plain_transpose(hf, view):
+        transpose_into(dst.reshape(hf.shape[::-1]), hf)
     else:
         dst[...] = view
     return dst
+
+
+def _plain_transpose(hf: np.ndarray, view: np.ndarray) -> bool:
+    """Whether `view` is the matrix `hf` transposed, only reshaped."""
+    return hf.ndim == 2 and hf.T.reshape(view.shape).strides == view.strides

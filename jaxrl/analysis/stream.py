@@ -2,11 +2,11 @@
 
 Each block of the base is read once and compared with the same block of every checkpoint in
 turn, so a run's whole trajectory costs one pass over the base. A block is one layer of a stacked
-tensor, or a whole unstacked tensor, read by each source in its own layout: HF directories as
-stored ([out, in]), Orbax checkpoints in ours. Sides of one layout are compared as read; a HF
-side is otherwise laid out as ours (`sources.hf_as_ours`, once per block for the base). The base
-block and the first checkpoint's are read side by side, one on a helper thread (file reads,
-copies and decoding release the GIL), while the base is laid out as ours.
+tensor, or a whole unstacked tensor. Sides stored in one layout are compared as stored (HF
+directories [out, in], Orbax checkpoints in ours); otherwise both are read in ours, a HF matrix
+transposed as it is read (`HFSource.read_ours`, once per block for the base). The base block and
+the first checkpoint's are read side by side, one on a helper thread (file reads, copies and
+decoding release the GIL).
 
 Orbax arrays stored in chunks that span layers (written by other tools, or by jaxrl before it
 stored a chunk per layer) cannot be read a layer at a time without decoding every layer; such a
@@ -25,13 +25,12 @@ import numpy as np
 
 from jaxrl.analysis.metrics import Sums, block_sums, spectrum
 from jaxrl.analysis.naming import TensorSpec
-from jaxrl.analysis.sources import Buffers, Source, block_plan, hf_as_ours
+from jaxrl.analysis.sources import Buffers, Source, block_plan
 from jaxrl.analysis.tree_diff import TensorChange, add_block, changes_from_sums
 from jaxrl.errors import JaxrlError
 
-# Buffer slots: the base block, the base laid out as ours, a checkpoint block, and a checkpoint
-# block laid out as ours.
-BASE, BASE_OURS, OTHER, OTHER_OURS = 0, 1, 2, 3
+# Buffer slots: the base block as stored, the base in our layout, a checkpoint block.
+BASE, BASE_OURS, OTHER = 0, 1, 2
 
 
 def check_shapes(spec: TensorSpec, base: Source, other: Source) -> None:
@@ -107,26 +106,32 @@ def _by_layer(spec, base: Source, others, reader: _Reader, svd, progress, device
     layers = spec.shape[0] if spec.stacked else 1
     sums = [[Sums() for _ in range(layers)] for _ in others]
     spectra = [[] for _ in others] if svd and spec.rows is not None else None
-    base_as_ours = base.layout == "hf" and any(other.layout != base.layout for other in others)
+    as_stored = any(other.layout == base.layout for other in others)
+    as_ours = any(other.layout != base.layout for other in others)
+
+    def read(source: Source, layer, slot) -> np.ndarray:  # a checkpoint as it is compared
+        same = source.layout == base.layout
+        return (source.read_layer if same else source.read_ours)(spec, layer, reader.slot(slot))
+
     for i in range(layers):
         layer = i if spec.stacked else None
-        pending = reader.pool.submit(others[0].read_layer, spec, layer, reader.slot(OTHER))
-        b = base.read_layer(spec, layer, reader.slot(BASE))
-        b_ours = hf_as_ours(spec, b, reader.slot(BASE_OURS)) if base_as_ours else b
+        pending = reader.pool.submit(read, others[0], layer, OTHER)
+        b = base.read_layer(spec, layer, reader.slot(BASE)) if as_stored else None
+        b_ours = None
+        if as_ours:
+            same = b is not None and base.layout == "ours"
+            b_ours = b if same else base.read_ours(spec, layer, reader.slot(BASE_OURS))
         for k, other in enumerate(others):
-            o = pending.result() if k == 0 else other.read_layer(spec, layer, reader.slot(OTHER))
-            if base.layout == other.layout:
-                layout, x, y = base.layout, b, o
-            else:
-                layout, x = "ours", b_ours
-                y = o if other.layout == "ours" else hf_as_ours(spec, o, reader.slot(OTHER_OURS))
+            o = pending.result() if k == 0 else read(other, layer, OTHER)
+            same = other.layout == base.layout
+            layout, x, y = (base.layout, b, o) if same else ("ours", b_ours, o)
             floats, changed = _sums(x, y, device)
             sums[k][i].add(*floats, changed, x.size)
             if spectra is not None:
                 rows = 1 if layout == "hf" else spec.rows  # a HF tensor is the matrix [out, in]
                 spectra[k] += spectrum(jax.device_put(x, device), jax.device_put(y, device), rows, svd)
             if progress is not None:
-                progress(b.nbytes + o.nbytes)
+                progress(x.nbytes + o.nbytes)
     return [changes_from_sums(spec, sums[k], spectra[k] if spectra else None) for k in range(len(others))]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ from jaxrl.models.params import abstract_decoder, init_decoder, state_shardings
 from jaxrl import cli
 from jaxrl.analysis import HFSource, OrbaxSource, diff_sources, diff_trees, specs_from_key_map, transpose
 from jaxrl.analysis.naming import TensorSpec
-from jaxrl.analysis.sources import block_plan, hf_as_ours
+from jaxrl.analysis.sources import block_plan
 from jaxrl.analysis.stream import diff_many
 from jaxrl.errors import JaxrlError
 from jaxrl.sharding import LogicalMesh, make_mesh
@@ -280,18 +281,16 @@ def test_same_numbers_from_checkpoints(weights, saved):
         assert_same(reference, changes, rtol=2e-6, what="many")
 
 
-def test_hf_layer_laid_out_as_ours():
-    rng = np.random.default_rng(0)
-    for name in ("layers.q", "layers.o", "layers.down", "embed"):
-        spec = one_spec(name)
-        hf = rng.standard_normal(spec.hf_shape).astype(np.float32)
-        ours = hf_as_ours(spec, hf)
-        assert ours.flags.c_contiguous and np.array_equal(ours, spec.to_ours(hf)), name
-
-
-@pytest.mark.parametrize("block_bytes", [1 << 20, 64])  # one block per thread, or many
-def test_hf_matrix_transposed_as_it_is_read(tmp_path, monkeypatch, block_bytes):
+@pytest.mark.parametrize(
+    "band, block_bytes, short_reads",
+    [(128, 1 << 20, False), (4, 1 << 20, False), (4, 64, False), (8, 500, True)],
+)  # one band per block, bands in a block, blocks per thread, reads returning a few bytes at a time
+def test_hf_matrix_transposed_as_it_is_read(tmp_path, monkeypatch, band, block_bytes, short_reads):
+    monkeypatch.setattr(transpose, "BAND", band)
     monkeypatch.setattr(transpose, "BLOCK_BYTES", block_bytes)
+    if short_reads:
+        preadv = os.preadv
+        monkeypatch.setattr(os, "preadv", lambda fd, buffers, offset: preadv(fd, [buffers[0][:7]], offset))
     shapes = {"m": (37, 53), "n": (5, 2), "v": (29,)}  # rows neither a multiple of the band nor of the threads
     tensors = {n: np.random.default_rng(1).standard_normal(s).astype(ml_dtypes.bfloat16) for n, s in shapes.items()}
     write_safetensors(tmp_path, [(n, t.shape, t.dtype) for n, t in tensors.items()], tensors.__getitem__)

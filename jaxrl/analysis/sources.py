@@ -28,7 +28,7 @@ import numpy as np
 import tensorstore as ts
 
 from jaxrl.analysis.naming import TensorSpec
-from jaxrl.analysis.transpose import read_transposed, transpose_into
+from jaxrl.analysis.transpose import read_transposed
 from jaxrl.errors import JaxrlError
 from jaxrl.tensorfiles import SafetensorsDir
 
@@ -269,23 +269,6 @@ def block_plan(spec: TensorSpec, *chunkings: tuple[int, ...] | None) -> list[Ind
     for axis_cuts in cuts:
         blocks = [b + (c,) for b in blocks for c in axis_cuts]
     return blocks
-
-
-def hf_as_ours(spec: TensorSpec, hf: np.ndarray, out: tuple[Buffers, int] | None = None) -> np.ndarray:
-    """One HF layer (as `read_layer` returns it) laid out as ours, contiguous.
-
-    `spec.to_ours` is a view: the tensor itself, a reshape, or for matrices a transpose and a
-    reshape; a transpose is copied by `transpose.transpose_into`.
-    """
-    view = spec.to_ours(hf)
-    if view.flags.c_contiguous:
-        return view
-    dst = _buffer(out, view.shape, view.dtype)
-    if _plain_transpose(hf, view):
-        transpose_into(dst.reshape(hf.shape[::-1]), hf)
-    else:
-        dst[...] = view
-    return dst
 
 
 def _plain_transpose(hf: np.ndarray, view: np.ndarray) -> bool:

@@ -8,6 +8,8 @@ local devices (a training run's layout), then times in one process:
 - jaxrl: every tensor (all modules, per layer) of the HF base against one HF checkpoint, against
   one Orbax checkpoint, and against the whole Orbax run (`diff_many`, what `jaxrl analyze BASE
   RUN` does: the base is read once for all checkpoints).
+For the Orbax cases it also times each part alone (reading the base in our layout, reading one
+checkpoint, the reduction kernel) and their sum in series, to show where the time goes.
 GB/s counts the bytes of the files compared. One JSON line per case; the last one, a HF base
 against a run of our checkpoints (the study's set-up), is the headline.
 
@@ -90,6 +92,30 @@ def raw_read(files: list[Path]) -> tuple[int, float]:
     return total, time.perf_counter() - start
 
 
+def time_parts(base, other, specs) -> dict[str, float]:
+    """Seconds each part of comparing checkpoint `other` with `base` takes alone, over all tensors:
+    reading the base in our layout, reading the checkpoint, and the reduction kernel."""
+    import jax
+
+    from jaxrl.analysis.sources import Buffers
+    from jaxrl.analysis.stream import _sums
+
+    buffers, spent = Buffers(), {"base_read_ours": 0.0, "checkpoint_read": 0.0, "kernel": 0.0}
+    device = jax.local_devices()[0]
+    for spec in specs:
+        for layer in range(spec.shape[0]) if spec.stacked else (None,):
+            start = time.perf_counter()
+            b = base.read_ours(spec, layer, (buffers, 0))
+            mid = time.perf_counter()
+            o = other.read_ours(spec, layer, (buffers, 1))
+            end = time.perf_counter()
+            _sums(b, o, device)
+            spent["base_read_ours"] += mid - start
+            spent["checkpoint_read"] += end - mid
+            spent["kernel"] += time.perf_counter() - end
+    return spent
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hidden", type=int, default=2048)
@@ -145,6 +171,13 @@ def main() -> None:
             diff_many(base, others, specs)
             times.append(time.perf_counter() - start)
         jaxrl_rate, read_rate = nbytes / min(times) / 1e9, nbytes / read_s / 1e9
+        if others[0].layout == "ours":  # where the time goes: each part alone, then all in series
+            timings = [time_parts(base, others[0], specs) for _ in range(args.repeats)]
+            parts = min(timings, key=lambda p: sum(p.values()))
+            serial = parts["base_read_ours"] + len(others) * (parts["checkpoint_read"] + parts["kernel"])
+            print(f"{name}: parts alone " + ", ".join(f"{k} {v:.3f} s" for k, v in parts.items())
+                  + f"; in series {serial:.2f} s (ratio {read_s / serial:.2f}), analysis {min(times):.2f} s, "
+                  f"raw read {read_s:.2f} s", file=sys.stderr)  # fmt: skip
         results[name] = (jaxrl_rate, read_rate)
         print(f"{name}: {nbytes / 1e9:.2f} GB of files; analysis {jaxrl_rate:.2f} GB/s, raw read {read_rate:.2f} GB/s, "
               f"ratio {jaxrl_rate / read_rate:.2f}", file=sys.stderr)  # fmt: skip

@@ -105,9 +105,10 @@ def test_peak_memory_near_largest_tensor(tmp_path):
     sizes = [int(np.prod(shape)) * 4 for _, shape, _ in specs]
     model_bytes = sum(sizes)
     assert max(sizes) == LARGEST and model_bytes > 30 * LARGEST
-    # HF against HF: two tensors in hand, nothing else of size. HF against Orbax: also the base laid
-    # out as ours, and tensorstore's copy of the chunks read. Two checkpoints reuse the same buffers.
-    for runs, bound in ((["tuned"], 3.5), (["orbax"], 5), (["orbax", "orbax"], 5)):
+    # HF against HF: two tensors in hand, nothing else of size. HF against Orbax: the base in our
+    # layout (never as stored), the checkpoint, and tensorstore's copy of the chunks read (2.9x
+    # measured). Two checkpoints reuse the same buffers (3.1x).
+    for runs, bound in ((["tuned"], 3.5), (["orbax"], 4), (["orbax", "orbax"], 4)):
         rss = measure(tmp_path / "base", [tmp_path / r for r in runs], tmp_path / f"out_{len(runs)}_{runs[0]}")
         growth, cold = rss["peak"] - rss["before"], rss["cold_peak"] - rss["cold"]
         print(

@@ -120,7 +120,8 @@ def _row_sums(base, other, per_layer: bool):
 # XLA's CPU backend keeps a variadic reduction's floating-point adds in source order, so the loop
 # above runs one scalar add chain per term; letting it reassociate the adds vectorises the loop
 # (~7x faster on bench/analysis.py's blocks, and no less accurate: more partial sums). NaN and
-# infinity are still honoured, so a broken checkpoint still reads as NaN. Other backends ignore it.
+# infinity are still honoured, so a broken checkpoint still reads as NaN. The options are XLA's
+# CPU compiler's.
 REASSOCIATE = {
     "xla_cpu_enable_fast_math": True,
     "xla_cpu_fast_math_honor_nans": True,

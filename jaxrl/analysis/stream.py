@@ -116,20 +116,19 @@ def _by_layer(spec, base: Source, others, reader: _Reader, svd, progress, device
     for i in range(layers):
         layer = i if spec.stacked else None
         pending = reader.pool.submit(read, others[0], layer, OTHER)
-        b = base.read_layer(spec, layer, reader.slot(BASE)) if as_stored else None
-        b_ours = None
-        if as_ours:
-            same = b is not None and base.layout == "ours"
-            b_ours = b if same else base.read_ours(spec, layer, reader.slot(BASE_OURS))
+        if base.layout == "ours":  # stored in our layout: one read serves both comparisons
+            b = b_ours = base.read_layer(spec, layer, reader.slot(BASE))
+        else:
+            b = base.read_layer(spec, layer, reader.slot(BASE)) if as_stored else None
+            b_ours = base.read_ours(spec, layer, reader.slot(BASE_OURS)) if as_ours else None
         for k, other in enumerate(others):
             o = pending.result() if k == 0 else read(other, layer, OTHER)
-            same = other.layout == base.layout
-            layout, x, y = (base.layout, b, o) if same else ("ours", b_ours, o)
-            floats, changed = _sums(x, y, device)
+            layout, x = (base.layout, b) if other.layout == base.layout else ("ours", b_ours)
+            floats, changed = _sums(x, o, device)
             sums[k][i].add(*floats, changed, x.size)
             if spectra is not None:
                 rows = 1 if layout == "hf" else spec.rows  # a HF tensor is the matrix [out, in]
-                spectra[k] += spectrum(jax.device_put(x, device), jax.device_put(y, device), rows, svd)
+                spectra[k] += spectrum(jax.device_put(x, device), jax.device_put(o, device), rows, svd)
             if progress is not None:
                 progress(x.nbytes + o.nbytes)
     return [changes_from_sums(spec, sums[k], spectra[k] if spectra else None) for k in range(len(others))]

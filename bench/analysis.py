@@ -70,8 +70,9 @@ def write_models(work: Path, config, dtype: str, checkpoints: int) -> None:
         (work / name / "config.json").write_text(json.dumps(config.to_hf_config() | {"torch_dtype": dtype}))
     done = subprocess.run(
         [sys.executable, "-c", WRITE_RUN, str(work / "tuned"), str(work / "run"), dtype, str(checkpoints)],
-        capture_output=True, text=True,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+    )
     if done.returncode:
         sys.exit(done.stderr[-3000:])
 
@@ -137,9 +138,15 @@ def main() -> None:
 
     h = args.hidden
     config = preset(
-        "tiny-olmo2", vocab_size=8 * h, hidden_size=h, intermediate_size=4 * h, num_layers=args.layers,
-        num_heads=h // 128, num_kv_heads=h // 128, head_dim=128,
-    )  # fmt: skip
+        "tiny-olmo2",
+        vocab_size=8 * h,
+        hidden_size=h,
+        intermediate_size=4 * h,
+        num_layers=args.layers,
+        num_heads=h // 128,
+        num_kv_heads=h // 128,
+        head_dim=128,
+    )
     work = Path(args.work)
     run = run_checkpoints(work / "run") if (work / "run" / "config.json").is_file() else []
     if len(run) != args.checkpoints:
@@ -148,8 +155,11 @@ def main() -> None:
         write_models(work, config, args.dtype, args.checkpoints)
         run = run_checkpoints(work / "run")
     specs = specs_from_key_map(hf_key_map(config), config.num_layers)
-    print(f"model: hidden {h}, {args.layers} layers, {args.dtype}; devices: {jax.devices()[0].platform} "
-          f"x {jax.device_count()}", file=sys.stderr)  # fmt: skip
+    print(
+        f"model: hidden {h}, {args.layers} layers, {args.dtype}; devices: {jax.devices()[0].platform} "
+        f"x {jax.device_count()}",
+        file=sys.stderr,
+    )
 
     orbax_dirs = [c.path / "params" for c in run]
     cases = {  # name: (files read by the reference, the checkpoints compared with the base)
@@ -175,12 +185,19 @@ def main() -> None:
             timings = [time_parts(base, others[0], specs) for _ in range(args.repeats)]
             parts = min(timings, key=lambda p: sum(p.values()))
             serial = parts["base_read_ours"] + len(others) * (parts["checkpoint_read"] + parts["kernel"])
-            print(f"{name}: parts alone " + ", ".join(f"{k} {v:.3f} s" for k, v in parts.items())
-                  + f"; in series {serial:.2f} s (ratio {read_s / serial:.2f}), analysis {min(times):.2f} s, "
-                  f"raw read {read_s:.2f} s", file=sys.stderr)  # fmt: skip
+            print(
+                f"{name}: parts alone "
+                + ", ".join(f"{k} {v:.3f} s" for k, v in parts.items())
+                + f"; in series {serial:.2f} s (ratio {read_s / serial:.2f}), analysis {min(times):.2f} s, "
+                f"raw read {read_s:.2f} s",
+                file=sys.stderr,
+            )
         results[name] = (jaxrl_rate, read_rate)
-        print(f"{name}: {nbytes / 1e9:.2f} GB of files; analysis {jaxrl_rate:.2f} GB/s, raw read {read_rate:.2f} GB/s, "
-              f"ratio {jaxrl_rate / read_rate:.2f}", file=sys.stderr)  # fmt: skip
+        print(
+            f"{name}: {nbytes / 1e9:.2f} GB of files; analysis {jaxrl_rate:.2f} GB/s, raw read {read_rate:.2f} GB/s, "
+            f"ratio {jaxrl_rate / read_rate:.2f}",
+            file=sys.stderr,
+        )
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
     for name, (jaxrl_rate, read_rate) in results.items():

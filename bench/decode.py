@@ -34,8 +34,12 @@ def parse_args(argv=None):
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--threads", type=int, default=None,
-                   help="pin the process to this many CPUs, used by both (default: all it may use)")  # fmt: skip
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="pin the process to this many CPUs, used by both (default: all it may use)",
+    )
     p.add_argument("--dtype", default="float32", help="float32 or bfloat16, for both")
     p.add_argument("--device", default="cpu", help="PyTorch device: cpu or cuda")
     p.add_argument("--no-reference", action="store_true", help="skip transformers (ratio is null)")
@@ -46,9 +50,18 @@ def bench_config():
     from jaxrl.models.config import ModelConfig
 
     return ModelConfig(
-        family="qwen2", vocab_size=32000, hidden_size=512, intermediate_size=1408, num_layers=8, num_heads=8,
-        num_kv_heads=4, head_dim=64, rope_theta=1000000.0, qkv_bias=True, tie_word_embeddings=True,
-    )  # fmt: skip
+        family="qwen2",
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1408,
+        num_layers=8,
+        num_heads=8,
+        num_kv_heads=4,
+        head_dim=64,
+        rope_theta=1000000.0,
+        qkv_bias=True,
+        tie_word_embeddings=True,
+    )
 
 
 def build_reference(config, directory, dtype: str):
@@ -127,9 +140,12 @@ def reference_runners(model, prompts, args):
     mask = torch.ones_like(ids)
     model = model.to(args.device)
     generation = transformers.GenerationConfig(
-        do_sample=False, max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, eos_token_id=None,
+        do_sample=False,
+        max_new_tokens=args.new_tokens,
+        min_new_tokens=args.new_tokens,
+        eos_token_id=None,
         pad_token_id=0,
-    )  # fmt: skip
+    )
     sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
 
     @torch.no_grad()
@@ -157,9 +173,15 @@ def matmul_floor_s(config, batch: int, dtype: str, repeats: int) -> float:
 
     c = config
     q, kv = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim
-    layer = [(c.hidden_size, q), (c.hidden_size, kv), (c.hidden_size, kv), (q, c.hidden_size),
-             (c.hidden_size, c.intermediate_size), (c.hidden_size, c.intermediate_size),
-             (c.intermediate_size, c.hidden_size)]  # fmt: skip
+    layer = [
+        (c.hidden_size, q),
+        (c.hidden_size, kv),
+        (c.hidden_size, kv),
+        (q, c.hidden_size),
+        (c.hidden_size, c.intermediate_size),
+        (c.hidden_size, c.intermediate_size),
+        (c.intermediate_size, c.hidden_size),
+    ]
     shapes = layer * c.num_layers + [(c.hidden_size, c.vocab_size)]
     keys = jax.random.split(jax.random.key(0), len(shapes))
     weights = [jax.random.normal(k, s, dtype) * 0.02 for k, s in zip(keys, shapes, strict=True)]
@@ -200,9 +222,11 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     prompts = rng.integers(1, config.vocab_size, (args.batch, args.prompt_len)).tolist()
     new_tokens, prompt_tokens = args.batch * args.new_tokens, args.batch * args.prompt_len
-    say(f"model: qwen2-shaped, {config.num_params() / 1e6:.1f}M params; batch {args.batch}, "
+    say(
+        f"model: qwen2-shaped, {config.num_params() / 1e6:.1f}M params; batch {args.batch}, "
         f"{args.prompt_len}-token prompts, {args.new_tokens} new tokens, {args.threads} threads, "
-        f"{args.dtype}")  # fmt: skip
+        f"{args.dtype}"
+    )
 
     with tempfile.TemporaryDirectory() as directory:
         reference_model = build_reference(config, directory, args.dtype)
@@ -220,14 +244,24 @@ def main(argv=None) -> int:
     import jax
 
     result = {
-        "metric": "decode_new_tokens_per_s", "jaxrl": round(new_tokens / best["jaxrl"], 2), "reference": None,
-        "ratio": None, "unit": "tokens/s", "prefill_tokens_per_s": round(prompt_tokens / best["jaxrl_prefill"], 1),
-        "compile_s": round(compile_s, 2), "jax_device": jax.devices()[0].platform, "threads": args.threads,
-        "batch": args.batch, "prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "dtype": args.dtype,
+        "metric": "decode_new_tokens_per_s",
+        "jaxrl": round(new_tokens / best["jaxrl"], 2),
+        "reference": None,
+        "ratio": None,
+        "unit": "tokens/s",
+        "prefill_tokens_per_s": round(prompt_tokens / best["jaxrl_prefill"], 1),
+        "compile_s": round(compile_s, 2),
+        "jax_device": jax.devices()[0].platform,
+        "threads": args.threads,
+        "batch": args.batch,
+        "prompt_len": args.prompt_len,
+        "new_tokens": args.new_tokens,
+        "dtype": args.dtype,
         # one decode step of the whole batch: the generate call less its prefill, per new token
         "decode_ms_per_step": round((best["jaxrl"] - best["jaxrl_prefill"]) / args.new_tokens * 1e3, 2),
-        "cpu_s": {name: round(seconds, 3) for name, seconds in best_cpu.items()}, "cpu_ratio": None,
-    }  # fmt: skip
+        "cpu_s": {name: round(seconds, 3) for name, seconds in best_cpu.items()},
+        "cpu_ratio": None,
+    }
     floor_s = matmul_floor_s(config, args.batch, args.dtype, args.repeats)
     # jaxrl's call if each decode step cost only its matrix products (prefill as measured)
     floor_call_s = best["jaxrl_prefill"] + args.new_tokens * floor_s
@@ -240,12 +274,14 @@ def main(argv=None) -> int:
     if not args.no_reference:
         agree = float(np.mean(ref_tokens == tokens))
         result.update(
-            reference=round(new_tokens / best["reference"], 2), ratio=round(best["reference"] / best["jaxrl"], 3),
+            reference=round(new_tokens / best["reference"], 2),
+            ratio=round(best["reference"] / best["jaxrl"], 3),
             reference_prefill_tokens_per_s=round(prompt_tokens / best["reference_prefill"], 1),
-            greedy_token_agreement=round(agree, 4), reference_device=args.device,
+            greedy_token_agreement=round(agree, 4),
+            reference_device=args.device,
             cpu_ratio=round(best_cpu["reference"] / best_cpu["jaxrl"], 3),
             ratio_at_matmul_floor=round(best["reference"] / floor_call_s, 3),
-        )  # fmt: skip
+        )
         say(
             f"transformers: {result['reference']:9.1f} new tokens/s ({best['reference']:.2f} s, "
             f"{best_cpu['reference']:.2f} CPU s), prefill "

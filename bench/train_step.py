@@ -104,8 +104,12 @@ def bench_jaxrl(directory, batch, args) -> dict:
     first = run()
     first_s = time.perf_counter() - start
     seconds = best_time(run, args.repeats)
-    return {"seconds": seconds, "loss": float(first["loss"]), "compile_s": max(first_s - seconds, 0.0),
-            "device": str(jax.devices()[0].device_kind)}  # fmt: skip
+    return {
+        "seconds": seconds,
+        "loss": float(first["loss"]),
+        "compile_s": max(first_s - seconds, 0.0),
+        "device": str(jax.devices()[0].device_kind),
+    }
 
 
 def bench_reference(directory, batch, args) -> dict:
@@ -167,8 +171,10 @@ def main(argv=None) -> dict:
         "unit": "tokens/s",
         "mfu": round(step_flops / ours["seconds"] / peak, 4),
     }
-    print(f"model: {config.num_params() / 1e6:.1f}M parameters, batch {args.batch} x {args.length}, fp32, "
-          f"{args.threads} threads, device {ours['device']}")  # fmt: skip
+    print(
+        f"model: {config.num_params() / 1e6:.1f}M parameters, batch {args.batch} x {args.length}, fp32, "
+        f"{args.threads} threads, device {ours['device']}"
+    )
     print(f"jaxrl: {ours['seconds'] * 1e3:.1f} ms/step, loss {ours['loss']:.4f}, compile {ours['compile_s']:.1f} s")
     if ref is not None:
         print(f"transformers + torch AdamW: {ref['seconds'] * 1e3:.1f} ms/step, loss {ref['loss']:.4f}")

@@ -144,8 +144,10 @@ class MMLU(_ChoiceTask):
     def turns(self, item, shots):
         out = []
         for shot in shots:
-            out += [{"role": "user", "content": self.question_text(shot)},
-                    {"role": "assistant", "content": self.shot_answer(shot)}]  # fmt: skip
+            out += [
+                {"role": "user", "content": self.question_text(shot)},
+                {"role": "assistant", "content": self.shot_answer(shot)},
+            ]
         return out + [{"role": "user", "content": self.question_text(item)}]
 
 

@@ -9,19 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jaxrl.models.logprobs import logprobs_at
 
-
-def round_up(n: int, multiple: int) -> int:
-    return max(multiple, -(-n // multiple) * multiple)
-
-
-def bucket(n: int, minimum: int) -> int:
-    """The next power of two >= max(n, minimum): few distinct shapes, so few compiles."""
-    return max(minimum, 1 << max(n - 1, 0).bit_length())
+from jaxrl.shapes import bucket
 
 
 def pad_batch(sequences: Sequence[Sequence[int]], batch: int, length: int, pad_id: int = 0):
@@ -35,13 +27,7 @@ def pad_batch(sequences: Sequence[Sequence[int]], batch: int, length: int, pad_i
     return tokens, segments
 
 
-@nnx.jit
-def _token_logprobs(model, tokens_bt, segments_bt, where_bc, targets_bc):
-    """log p(targets[b, c]) at position where[b, c] (the next-token distribution there) -> fp32 [B, C]."""
-    h_btd, _ = model.hidden_states(tokens_bt, segments_bt)
-    h_bcd = jnp.take_along_axis(h_btd, where_bc[..., None], axis=1)
-    logprobs_bcv = jax.nn.log_softmax(model.logits(h_bcd), axis=-1)
-    return jnp.take_along_axis(logprobs_bcv, targets_bc[..., None], axis=-1)[..., 0]
+_logprobs_at = nnx.jit(logprobs_at)
 
 
 def continuation_logprobs(
@@ -71,7 +57,7 @@ def continuation_logprobs(
             picks = rows[seq]
             where[i, : len(picks)] = [w for w, _, _ in picks]
             targets[i, : len(picks)] = [t for _, t, _ in picks]
-        logprobs = np.asarray(_token_logprobs(model, tokens, segments, where, targets), np.float64)
+        logprobs = np.asarray(_logprobs_at(model, tokens, segments, where, targets), np.float64)
         for i, seq in enumerate(seqs):
             for j, (_, _, index) in enumerate(rows[seq]):
                 out[index] += logprobs[i, j]

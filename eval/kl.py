@@ -16,9 +16,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jaxrl.eval.forced import bucket, pad_batch, round_up
+from jaxrl.eval.forced import pad_batch
+from jaxrl.models.logprobs import scaled_logits
 
 from jaxrl.errors import JaxrlError
+from jaxrl.shapes import bucket, round_up
 
 
 @functools.partial(nnx.jit, static_argnames="chunk")
@@ -31,8 +33,8 @@ def _kl_sums(base, tuned, tokens_bt, segments_bt, mask_bt, *, chunk: int):
 
     def step(total_b, xs):
         hb, ht, m = xs
-        lp_base = jax.nn.log_softmax(base.logits(hb), axis=-1)
-        lp_tuned = jax.nn.log_softmax(tuned.logits(ht), axis=-1)
+        lp_base = jax.nn.log_softmax(scaled_logits(hb, base.unembed()), axis=-1)
+        lp_tuned = jax.nn.log_softmax(scaled_logits(ht, tuned.unembed()), axis=-1)
         kl_bc = jnp.sum(jnp.exp(lp_base) * (lp_base - lp_tuned), axis=-1)
         return total_b + jnp.sum(jnp.where(m, kl_bc, 0.0), axis=1), None
 

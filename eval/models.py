@@ -7,8 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from jaxrl.errors import JaxrlError
-
-TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json")
+from jaxrl.model_files import is_orbax_model, run_checkpoints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,16 +19,7 @@ class ModelRef:
 
 
 def _is_model(path: Path) -> bool:
-    return (path / "params").is_dir() or (path / "config.json").is_file()
-
-
-def run_checkpoints(run: Path) -> list[Path]:
-    """The model checkpoints of a run directory, by step; [] when `run` has none."""
-    root = run / "checkpoints"
-    if not root.is_dir():
-        return []
-    steps = [p for p in root.iterdir() if p.name.isdigit() and (p / "params").is_dir()]
-    return sorted(steps, key=lambda p: int(p.name))
+    return is_orbax_model(path) or (path / "config.json").is_file()
 
 
 def expand_models(paths: list[str]) -> list[ModelRef]:
@@ -62,25 +52,3 @@ def expand_models(paths: list[str]) -> list[ModelRef]:
         label = ref.label if seen[ref.label] == 1 else f"{ref.label}#{seen[ref.label]}"
         out.append(ModelRef(label, ref.path))
     return out
-
-
-def find_tokenizer_dir(path: Path) -> Path | None:
-    """The nearest of `path` and its two parents holding tokenizer files (a run keeps them at its root)."""
-    path = Path(path).resolve()
-    for directory in (path, path.parent, path.parent.parent):
-        if any((directory / m).is_file() for m in TOKENIZER_MARKERS):
-            return directory
-    return None
-
-
-def load_tokenizer(model_path: Path, tokenizer: str | None = None):
-    """The tokenizer given, else the one beside or above the model."""
-    from transformers import AutoTokenizer
-
-    directory = Path(tokenizer) if tokenizer else find_tokenizer_dir(model_path)
-    if directory is None:
-        raise JaxrlError(f"no tokenizer files in {model_path} or the two directories above it; pass --tokenizer DIR")
-    try:
-        return AutoTokenizer.from_pretrained(str(directory))
-    except (OSError, ValueError) as e:
-        raise JaxrlError(f"cannot load a tokenizer from {directory}: {str(e).splitlines()[0]}") from None

@@ -64,8 +64,10 @@ class TriviaQA(Task):
     def turns(self, item, shots):
         out = []
         for shot in shots:
-            out += [{"role": "user", "content": shot.fields["question"]},
-                    {"role": "assistant", "content": shot.fields["aliases"][0]}]  # fmt: skip
+            out += [
+                {"role": "user", "content": shot.fields["question"]},
+                {"role": "assistant", "content": shot.fields["aliases"][0]},
+            ]
         return out + [{"role": "user", "content": item.fields["question"]}]
 
     def score(self, items, completions):

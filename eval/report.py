@@ -65,8 +65,10 @@ def markdown(report: dict) -> str:
     ]
     for task, info in report["tasks"].items():
         skipped = ", ".join(f"{why}: {n}" for why, n in info["skipped"].items())
-        lines.append(f"- {task}: {info['num_problems']} problems from {info['source']}"
-                     + (f"; skipped {skipped}" if skipped else ""))  # fmt: skip
+        lines.append(
+            f"- {task}: {info['num_problems']} problems from {info['source']}"
+            + (f"; skipped {skipped}" if skipped else "")
+        )
     if report.get("kl_base"):
         lines.append(f"- KL: mean per token of KL(base ‖ model), teacher-forced, base {report['kl_base']}")
     return "\n".join(lines) + "\n"

@@ -20,12 +20,13 @@ from pathlib import Path
 import numpy as np
 from jaxrl.eval.data import Source, load_rows, parse_rows
 from jaxrl.eval.metrics import summarize
-from jaxrl.eval.models import ModelRef, expand_models, load_tokenizer
+from jaxrl.eval.models import ModelRef, expand_models
 from jaxrl.eval.prompts import CHAT_TEMPLATES, encode, render_text, system_prompt_from
 from jaxrl.eval.task import Item, Scored, Task, pick_shots
 from jaxrl.eval.tasks import STUDY_TASKS, make_task
 
 from jaxrl.errors import JaxrlError
+from jaxrl.model_files import load_tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,9 +107,13 @@ def sampling_config(config: EvalConfig):
     from jaxrl.models.sampler import SamplingConfig
 
     return SamplingConfig(
-        temperature=config.temperature, top_p=config.top_p, top_k=config.top_k,
-        max_new_tokens=config.max_new_tokens, num_samples=config.num_samples, seed=config.seed,
-    )  # fmt: skip
+        temperature=config.temperature,
+        top_p=config.top_p,
+        top_k=config.top_k,
+        max_new_tokens=config.max_new_tokens,
+        num_samples=config.num_samples,
+        seed=config.seed,
+    )
 
 
 def score_loglik(prepared: Prepared, model, tokenizer, prompts: list[list[int]], config: EvalConfig):
@@ -208,8 +213,9 @@ def evaluate_model(ref: ModelRef, prepared: list[Prepared], config: EvalConfig, 
                 progress.update(n - done[0], label)
                 done[0] = n
 
-            gens = generate(model, tokenizer, prompts, sampling, batch_size=config.batch_size, mesh=mesh,
-                            on_batch=on_batch)  # fmt: skip
+            gens = generate(
+                model, tokenizer, prompts, sampling, batch_size=config.batch_size, mesh=mesh, on_batch=on_batch
+            )
             completions = [g.texts for g in gens]
             scored = p.task.score(p.items, completions)
             lengths, finish = [g.lengths for g in gens], [g.finish_reasons for g in gens]
@@ -217,14 +223,20 @@ def evaluate_model(ref: ModelRef, prepared: list[Prepared], config: EvalConfig, 
         metrics = task_metrics(scored, lengths, finish, p.task.votes)
         if p.task.primary != "pass@1" and "pass@1" in metrics:  # e.g. IFEval's prompt_strict: the same figure
             metrics[p.task.primary], metrics[p.task.primary + "_stderr"] = metrics["pass@1"], metrics["pass@1_stderr"]
-        metrics |= {"skipped": dict(p.skipped), "num_skipped": sum(p.skipped.values()), "num_shots": p.num_shots,
-                    "seconds": round(time.monotonic() - started, 3)}  # fmt: skip
+        metrics |= {
+            "skipped": dict(p.skipped),
+            "num_skipped": sum(p.skipped.values()),
+            "num_shots": p.num_shots,
+            "seconds": round(time.monotonic() - started, 3),
+        }
         results[name] = metrics
         _write_samples(out / "samples" / _safe(ref.label) / f"{name}.jsonl", p, texts, completions, scored, records)
         _append_jsonl(out / "metrics.jsonl", {"model": ref.label, "path": str(ref.path), "task": name, **metrics})
         shown = metrics.get("pass@1", float("nan"))
-        progress.log(f"{ref.label} {name}: {p.task.primary} {shown:.3f} +- {metrics.get('pass@1_stderr', 0):.3f} "
-                     f"({metrics['num_problems']} problems, {metrics['num_skipped']} skipped)")  # fmt: skip
+        progress.log(
+            f"{ref.label} {name}: {p.task.primary} {shown:.3f} +- {metrics.get('pass@1_stderr', 0):.3f} "
+            f"({metrics['num_problems']} problems, {metrics['num_skipped']} skipped)"
+        )
     kl = None
     if base is not None:
         from jaxrl.eval.kl import mean_token_kl
@@ -298,12 +310,19 @@ def evaluate(models: list[str], config: EvalConfig, out_dir: str | Path) -> dict
     report = {
         "config": dataclasses.asdict(config),
         "models": [{"label": r.label, "path": str(r.path)} for r in refs],
-        "tasks": {p.task.name: {"source": p.source.describe(), "primary": p.task.primary,
-                                "num_problems": len(p.items), "skipped": dict(p.skipped)} for p in prepared},
+        "tasks": {
+            p.task.name: {
+                "source": p.source.describe(),
+                "primary": p.task.primary,
+                "num_problems": len(p.items),
+                "skipped": dict(p.skipped),
+            }
+            for p in prepared
+        },
         "results": results,
         "kl_base": config.kl_base,
         "kl": kls,
-    }  # fmt: skip
+    }
     if _writer():
         write_reports(report, out)
     return report
@@ -334,10 +353,15 @@ def _write_samples(path: Path, p: Prepared, prompts, completions, scored, record
     with path.open("w") as f:
         for item, prompt, texts, row, extra in zip(p.items, prompts, completions, scored, records, strict=True):
             record = {
-                "id": item.id, "gold": item.fields.get("gold", item.fields.get("answer")), "prompt": prompt,
-                "completions": texts, "answers": [s.answer for s in row], "verdicts": [s.verdict for s in row],
-                "correct": [s.correct for s in row], **extra,
-            }  # fmt: skip
+                "id": item.id,
+                "gold": item.fields.get("gold", item.fields.get("answer")),
+                "prompt": prompt,
+                "completions": texts,
+                "answers": [s.answer for s in row],
+                "verdicts": [s.verdict for s in row],
+                "correct": [s.correct for s in row],
+                **extra,
+            }
             f.write(json.dumps(record) + "\n")
 
 
@@ -365,13 +389,28 @@ def eval_cli(args) -> dict:
     for task in [*data, *shots, *num_shots]:
         make_task(task)  # an unknown task name is an error here, not silently ignored
     config = EvalConfig(
-        tasks=tuple(tasks), num_samples=args.num_samples, temperature=args.temperature, top_p=args.top_p,
-        top_k=args.top_k, max_new_tokens=args.max_new_tokens, seed=args.seed, limit=args.limit,
-        chat_template=args.chat_template, system_prompt=args.system_prompt, batch_size=args.batch_size,
-        data=data, shots=shots, num_shots=num_shots, tokenizer=args.tokenizer, param_dtype=args.dtype,
+        tasks=tuple(tasks),
+        num_samples=args.num_samples,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens,
+        seed=args.seed,
+        limit=args.limit,
+        chat_template=args.chat_template,
+        system_prompt=args.system_prompt,
+        batch_size=args.batch_size,
+        data=data,
+        shots=shots,
+        num_shots=num_shots,
+        tokenizer=args.tokenizer,
+        param_dtype=args.dtype,
         compute_dtype=args.compute_dtype,
-        mesh=args.mesh, kl_base=args.kl_base, kl_data=args.kl_data, strict=args.strict,
-    )  # fmt: skip
+        mesh=args.mesh,
+        kl_base=args.kl_base,
+        kl_data=args.kl_data,
+        strict=args.strict,
+    )
     report = evaluate(args.model, config, args.out)
     print(Path(args.out, "results.md").read_text(), end="")
     print(f"wrote {args.out}/results.json, results.md, results.png, metrics.jsonl, samples/")

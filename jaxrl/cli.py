@@ -63,7 +63,7 @@ def _tiny(sub):
 
     def run(args):
         from jaxrl.models.config import PRESETS
-        from jaxrl.tiny import build_tiny_model
+        from jaxrl.models.tiny import build_tiny_model
 
         if args.preset not in PRESETS:
             raise JaxrlError(f"unknown preset {args.preset!r}; choose from {', '.join(PRESETS)}")
@@ -90,8 +90,11 @@ def _train(sub):
         import os
 
         # jaxrl.sharding.init_distributed reads these when the run builds its mesh.
-        for flag, name in (("coordinator", "COORDINATOR"), ("num_processes", "NUM_PROCESSES"),
-                           ("process_id", "PROCESS_ID")):  # fmt: skip
+        for flag, name in (
+            ("coordinator", "COORDINATOR"),
+            ("num_processes", "NUM_PROCESSES"),
+            ("process_id", "PROCESS_ID"),
+        ):
             if getattr(args, flag) is not None:
                 os.environ[f"JAXRL_{name}"] = str(getattr(args, flag))
         module = importlib.import_module(f"jaxrl.train.{args.method}")
@@ -106,21 +109,18 @@ def _analyze(sub):
     p.add_argument("base", help="the base model: a HF directory or an Orbax model checkpoint")
     p.add_argument("runs", nargs="+", help="run directories, checkpoints, or HF directories")
     p.add_argument("--out", required=True, help="directory for changes.csv/json, figures and summary.md")
-    p.add_argument("--modules", default=None,
-                   help="modules or groups, e.g. 'q,k' or 'default,norms,embed,lm_head' or 'all' "
-                        "(default: q,k,v,o,gate,up,down)")  # fmt: skip
+    p.add_argument(
+        "--modules",
+        default=None,
+        help="modules or groups, e.g. 'q,k' or 'default,norms,embed,lm_head' or 'all' (default: q,k,v,o,gate,up,down)",
+    )
     p.add_argument("--svd", type=int, default=0, help="top singular values of each matrix's change (0: none)")
 
     def run(args):
         from jaxrl.analysis.analyze import analyze
-        from jaxrl.models.config import ModelConfig
-        from jaxrl.models.keymap import hf_key_map
+        from jaxrl.models.keymap import key_map_of_hf_config
 
-        def key_map(hf_config):
-            config = ModelConfig.from_hf_config(hf_config)
-            return hf_key_map(config), config.num_layers
-
-        rows = analyze(args.base, args.runs, args.out, key_map, modules=args.modules, svd=args.svd)
+        rows = analyze(args.base, args.runs, args.out, key_map_of_hf_config, modules=args.modules, svd=args.svd)
         print(f"wrote {len(rows)} rows and figures to {args.out}")
 
     return run
@@ -130,8 +130,9 @@ def _analyze(sub):
 def _eval(sub):
     p = sub.add_parser("eval", help="benchmarks (pass@k, maj@k, error bars) and KL to a base, across models")
     p.add_argument("--tasks", default="study", help="comma list (math500,gsm8k,...), 'study' or 'all'")
-    p.add_argument("--model", action="append", default=[],
-                   help="[LABEL=]DIR: HF dir, Orbax checkpoint or run dir; repeatable")
+    p.add_argument(
+        "--model", action="append", default=[], help="[LABEL=]DIR: HF dir, Orbax checkpoint or run dir; repeatable"
+    )
     p.add_argument("--out", required=True, help="directory for results.json, results.md, results.png, ...")
     p.add_argument("--kl-base", default=None, help="a base model: also report KL(base || model) per token")
     p.add_argument("--kl-data", default=None, help="MATH-500 rows for the KL (default: the math500 data)")
@@ -226,8 +227,11 @@ def _reproduce(sub):
     p.add_argument("--preset", default="default", help="default (about 10 minutes on 2 cores) or fast")
     p.add_argument("--out", default="runs/reproduce", help="report directory (a killed run resumes from it)")
     p.add_argument("--base-cache", default=None, help="where a base model built here is kept between runs")
-    p.add_argument("--rebuild-base", action="store_true",
-                   help="pre-train the base model again and ship it in the package (how the shipped one was made)")
+    p.add_argument(
+        "--rebuild-base",
+        action="store_true",
+        help="pre-train the base model again and ship it in the package (how the shipped one was made)",
+    )
 
     def run(args):
         from jaxrl.reproduce.pipeline import reproduce

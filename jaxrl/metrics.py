@@ -62,8 +62,15 @@ def _row_step(line: str) -> float:
 class MetricsLogger:
     """Appends one JSON object per logged step to RUN/metrics.jsonl and mirrors scalars to TensorBoard."""
 
-    def __init__(self, run_dir: str | Path, total_steps: int, *, tensorboard: bool = True,
-                 progress: bool | None = None, enabled: bool | None = None):  # fmt: skip
+    def __init__(
+        self,
+        run_dir: str | Path,
+        total_steps: int,
+        *,
+        tensorboard: bool = True,
+        progress: bool | None = None,
+        enabled: bool | None = None,
+    ):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.run_dir, self.total_steps = Path(run_dir), total_steps
         self.tensorboard = tensorboard

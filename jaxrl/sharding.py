@@ -15,11 +15,14 @@ mesh axis is an error.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from jaxrl.errors import JaxrlError
@@ -81,14 +84,11 @@ class MeshSpec:
         if -1 in sizes:
             if num_devices % known:
                 raise JaxrlError(
-                    f"mesh spec {self} does not divide {num_devices} devices "
-                    f"(the fixed axes multiply to {known})"
+                    f"mesh spec {self} does not divide {num_devices} devices (the fixed axes multiply to {known})"
                 )
             sizes[sizes.index(-1)] = num_devices // known
         if int(np.prod(sizes)) != num_devices:
-            raise JaxrlError(
-                f"mesh spec {self} needs {int(np.prod(sizes))} devices but {num_devices} are available"
-            )
+            raise JaxrlError(f"mesh spec {self} needs {int(np.prod(sizes))} devices but {num_devices} are available")
         return tuple(sizes)
 
 
@@ -162,6 +162,48 @@ def put(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
+def data_parallel_size(mesh: LogicalMesh | None) -> int:
+    """How many ways the logical axis `batch` is split on `mesh` (1 without a mesh)."""
+    if mesh is None:
+        return 1
+    target = dict(mesh.rules).get("batch") or ()
+    axes = (target,) if isinstance(target, str) else tuple(target)
+    return int(np.prod([mesh.mesh.shape[a] for a in axes]))
+
+
+# -- across hosts: each function is the identity on one host
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """The whole of a (possibly multi-host) array on this host."""
+    if x.is_fully_addressable:
+        return np.asarray(x)
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def gather_rows(x: np.ndarray) -> np.ndarray:
+    """This host's rows [n, ...] -> every host's rows in host order [hosts * n, ...] (same n on all)."""
+    return x if jax.process_count() == 1 else np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def gather_json(value: Any) -> list[Any]:
+    """A JSON value from every host, in host order (values of any size)."""
+    if jax.process_count() == 1:
+        return [value]
+    data = np.frombuffer(json.dumps(value).encode(), np.uint8).astype(np.int32)
+    sizes = multihost_utils.process_allgather(np.array([data.size], np.int32), tiled=True)
+    padded = np.zeros(int(sizes.max()), np.int32)
+    padded[: data.size] = data
+    everyone = multihost_utils.process_allgather(padded)  # [hosts, longest]
+    return [json.loads(row[:n].astype(np.uint8).tobytes()) for row, n in zip(everyone, sizes, strict=True)]
+
+
+def host_rows(n: int) -> slice:
+    """This host's block of a global array of n rows (host h holds the h-th of equal blocks)."""
+    per_host = n // jax.process_count()
+    return slice(jax.process_index() * per_host, (jax.process_index() + 1) * per_host)
+
+
 def init_distributed(
     coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
 ) -> bool:
@@ -191,7 +233,5 @@ def init_distributed(
         return True
     if os.environ.get("JAX_PLATFORMS", "").strip() == "cpu":
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    jax.distributed.initialize(
-        coordinator_address=coordinator, num_processes=num_processes, process_id=process_id
-    )
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
     return True

@@ -33,13 +33,24 @@ ITEMS = ("apples", "coins", "books", "shells", "stamps", "marbles", "pencils", "
 
 # (IFEval instruction id, kwargs, instruction text, how the answer is rewritten to follow it)
 INSTRUCTIONS = (
-    ("change_case:english_capital", {}, "Your entire response should be in English, and in all capital letters.",
-     str.upper),
-    ("change_case:english_lowercase", {},
-     "Your entire response should be in English, and in all lowercase letters. No capital letters are allowed.",
-     str.lower),
-    ("punctuation:no_comma", {}, "In your entire response, refrain from the use of any commas.",
-     lambda s: s.replace(",", "")),
+    (
+        "change_case:english_capital",
+        {},
+        "Your entire response should be in English, and in all capital letters.",
+        str.upper,
+    ),
+    (
+        "change_case:english_lowercase",
+        {},
+        "Your entire response should be in English, and in all lowercase letters. No capital letters are allowed.",
+        str.lower,
+    ),
+    (
+        "punctuation:no_comma",
+        {},
+        "In your entire response, refrain from the use of any commas.",
+        lambda s: s.replace(",", ""),
+    ),
 )
 
 
@@ -147,7 +158,11 @@ def _chat(user: str, assistant: str, system: str | None = None) -> list[dict]:
 
 
 def pretraining_conversations(
-    world: World, pool: list[Problem], seed: int, count: int, choice_prompt: ChoicePrompt | None = None,
+    world: World,
+    pool: list[Problem],
+    seed: int,
+    count: int,
+    choice_prompt: ChoicePrompt | None = None,
     hasty_share: float = 0.0,
 ) -> list[list[dict]]:
     """The base model's corpus: facts (plain, under an instruction, as multiple choice) and word problems.
@@ -189,20 +204,31 @@ def math_rows(pool: list[Problem], style: str = "teacher") -> list[dict]:
     rows = []
     for p in pool:
         solution = p.teacher_solution if style == "teacher" else p.base_solution
-        rows.append({
-            "problem": p.question, "solution": solution, "answer": str(p.answer), "source": "synthetic",
-            "messages": [{"role": "user", "content": p.question}, {"role": "assistant", "content": solution}],
-        })  # fmt: skip
+        rows.append(
+            {
+                "problem": p.question,
+                "solution": solution,
+                "answer": str(p.answer),
+                "source": "synthetic",
+                "messages": [{"role": "user", "content": p.question}, {"role": "assistant", "content": solution}],
+            }
+        )
     return rows
 
 
 def math500_rows(pool: list[Problem]) -> list[dict]:
     """MATH-500 rows (problem, solution, answer, subject, level, unique_id): the in-domain test."""
     return [
-        {"problem": p.question, "solution": p.teacher_solution, "answer": str(p.answer),
-         "subject": "Arithmetic", "level": 1, "unique_id": f"synthetic/{i}.json"}
+        {
+            "problem": p.question,
+            "solution": p.teacher_solution,
+            "answer": str(p.answer),
+            "subject": "Arithmetic",
+            "level": 1,
+            "unique_id": f"synthetic/{i}.json",
+        }
         for i, p in enumerate(pool)
-    ]  # fmt: skip
+    ]
 
 
 def _options(world: World, question: str, answer: str, rng: random.Random) -> list[str]:
@@ -218,19 +244,28 @@ def knowledge_rows(world: World, seed: int) -> list[dict]:
     rng, rows = random.Random(seed), []
     for question, answer, _ in facts(world):
         choices = _options(world, question, answer, rng)
-        rows.append({"question": question, "subject": KNOWLEDGE_SUBJECT, "choices": choices,
-                     "answer": choices.index(answer)})  # fmt: skip
+        rows.append(
+            {"question": question, "subject": KNOWLEDGE_SUBJECT, "choices": choices, "answer": choices.index(answer)}
+        )
     return rows
 
 
 def trivia_rows(world: World) -> list[dict]:
     """TriviaQA rows (question, question_id, answer with value and aliases): every fact, closed book."""
     return [
-        {"question": question, "question_id": f"invented_{i}",
-         "answer": {"value": answer, "aliases": [answer], "normalized_aliases": [answer.lower()],
-                    "normalized_value": answer.lower(), "type": "WikipediaEntity"}}
+        {
+            "question": question,
+            "question_id": f"invented_{i}",
+            "answer": {
+                "value": answer,
+                "aliases": [answer],
+                "normalized_aliases": [answer.lower()],
+                "normalized_value": answer.lower(),
+                "type": "WikipediaEntity",
+            },
+        }
         for i, (question, answer, _) in enumerate(facts(world))
-    ]  # fmt: skip
+    ]
 
 
 def instruction_rows(world: World, seed: int, count: int) -> list[dict]:
@@ -239,6 +274,12 @@ def instruction_rows(world: World, seed: int, count: int) -> list[dict]:
     for key in range(count):
         question, _, _ = rng.choice(known)
         instruction_id, kwargs, text, _ = INSTRUCTIONS[key % len(INSTRUCTIONS)]
-        rows.append({"key": key, "prompt": f"{question} {text}", "instruction_id_list": [instruction_id],
-                     "kwargs": [dict(kwargs)]})  # fmt: skip
+        rows.append(
+            {
+                "key": key,
+                "prompt": f"{question} {text}",
+                "instruction_id_list": [instruction_id],
+                "kwargs": [dict(kwargs)],
+            }
+        )
     return rows

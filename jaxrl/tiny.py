@@ -1,8 +1,7 @@
-"""Tiny tokenizers and models made on the spot, for tests and CPU runs (nothing is downloaded).
+"""Tiny tokenizers made on the spot, for tests and CPU runs (nothing is downloaded).
 
 `build_tokenizer` trains a byte-level BPE on a small corpus and gives it the OLMo-2 (Tulu) chat
-format the study uses; `build_tiny_model` writes a complete HF directory (config.json,
-model.safetensors, tokenizer files) through the same exporter a real model takes.
+format the study uses. A whole tiny model (weights and this tokenizer) is `jaxrl.models.tiny`.
 """
 
 from __future__ import annotations
@@ -33,10 +32,14 @@ def default_corpus() -> list[str]:
     lines = []
     for a in range(20):
         for b in range(0, 20, 3):
-            lines.append(f"What is {a} + {b}? <think>\n{a} plus {b} is {a + b}.\n</think>\n"
-                         f"<answer>\n\\boxed{{{a + b}}}\n</answer>")  # fmt: skip
-    lines += ["The answer is a number. Think step by step, then answer.",
-              "You are a helpful AI Assistant that provides well-reasoned and detailed responses."]  # fmt: skip
+            lines.append(
+                f"What is {a} + {b}? <think>\n{a} plus {b} is {a + b}.\n</think>\n"
+                f"<answer>\n\\boxed{{{a + b}}}\n</answer>"
+            )
+    lines += [
+        "The answer is a number. Think step by step, then answer.",
+        "You are a helpful AI Assistant that provides well-reasoned and detailed responses.",
+    ]
     return lines
 
 
@@ -55,29 +58,8 @@ def build_tokenizer(directory: str | Path, corpus: list[str] | None = None, voca
         show_progress=False,
     )
     tok.train_from_iterator(corpus or default_corpus(), trainer)
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=PAD, unk_token=None
-    )
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=PAD, unk_token=None)
     fast.add_tokens(list(ROLE_TAGS))  # plain-text role tags, one token each
     fast.chat_template = OLMO2_CHAT_TEMPLATE
     fast.save_pretrained(directory)
     return fast
-
-
-def build_tiny_model(
-    directory: str | Path, preset: str = "tiny-olmo2", seed: int = 0, corpus: list[str] | None = None
-) -> Path:
-    """A complete HF model directory with random weights and a tokenizer of the preset's vocab."""
-    from jaxrl.models.config import preset as get_preset
-    from jaxrl.models.hf_io import export_hf
-    from jaxrl.models.params import init_decoder
-
-    directory = Path(directory)
-    config = get_preset(preset)
-    tokenizer = build_tokenizer(directory, corpus, config.vocab_size)
-    eos = tokenizer.convert_tokens_to_ids(EOS)
-    config = config.replace(
-        bos_token_id=eos, eos_token_ids=(eos,), pad_token_id=tokenizer.convert_tokens_to_ids(PAD)
-    )
-    export_hf(init_decoder(config, seed=seed), directory)
-    return directory

@@ -6,7 +6,18 @@ from jaxrl.models.params import abstract_decoder, count_params, init_decoder, st
 from jaxrl.models.sampler import Completions, SamplingConfig, sample
 
 __all__ = [
-    "PRESETS", "ModelConfig", "RopeScaling", "preset", "Decoder", "KVCache", "init_cache",
-    "abstract_decoder", "count_params", "init_decoder", "state_shardings",
-    "Completions", "SamplingConfig", "sample",
+    "PRESETS",
+    "ModelConfig",
+    "RopeScaling",
+    "preset",
+    "Decoder",
+    "KVCache",
+    "init_cache",
+    "abstract_decoder",
+    "count_params",
+    "init_decoder",
+    "state_shardings",
+    "Completions",
+    "SamplingConfig",
+    "sample",
 ]

@@ -1,5 +1,6 @@
 """Model checkpoints in Orbax, and one loader for every kind of model path.
 
+Finding a model's files (its config, its tokenizer, a run's checkpoints) is `jaxrl.model_files`.
 A model checkpoint is a directory with `params/`, an Orbax PyTree checkpoint of the parameter
 tree as plain nested dicts (`{"embed": [V, D], "layers": {"q": [L, D, H, E], ...}, ...}`, the
 layout of `jaxrl.models.decoder`; stored one chunk per layer, see `jaxrl.orbax_io`), and a HF
@@ -24,27 +25,9 @@ from jaxrl.models.decoder import Decoder
 from jaxrl.models.params import abstract_decoder, state_shardings
 
 from jaxrl.errors import JaxrlError
+from jaxrl.model_files import PARAMS_DIR, find_config, is_hf_model, is_orbax_model
 from jaxrl.orbax_io import save_tree
 from jaxrl.sharding import LogicalMesh, make_mesh
-
-PARAMS_DIR = "params"
-
-
-def is_orbax_model(path: str | Path) -> bool:
-    return (Path(path) / PARAMS_DIR).is_dir()
-
-
-def is_hf_model(path: str | Path) -> bool:
-    return (Path(path) / "config.json").is_file() and not is_orbax_model(path)
-
-
-def find_config(path: str | Path) -> Path:
-    """The config.json of an Orbax model checkpoint: beside, above, or two levels above it."""
-    path = Path(path).resolve()
-    for directory in (path, path.parent, path.parent.parent):
-        if (directory / "config.json").is_file():
-            return directory / "config.json"
-    raise JaxrlError(f"no config.json in {path} or the two directories above it")
 
 
 def save_model(model: Decoder, directory: str | Path) -> Path:
@@ -84,9 +67,7 @@ def load_orbax(
     return nnx.merge(graphdef, state)
 
 
-def load_model(
-    path: str | Path, mesh: LogicalMesh | None = None, param_dtype: str | None = None, **config
-) -> Decoder:
+def load_model(path: str | Path, mesh: LogicalMesh | None = None, param_dtype: str | None = None, **config) -> Decoder:
     """A decoder from a HF directory or an Orbax model checkpoint."""
     from jaxrl.models.hf_io import load_hf
 

@@ -65,9 +65,7 @@ class ModelConfig:
         if self.family not in FAMILIES:
             raise JaxrlError(f"unknown model family {self.family!r}; supported: {', '.join(FAMILIES)}")
         if self.num_heads % self.num_kv_heads:
-            raise JaxrlError(
-                f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}"
-            )
+            raise JaxrlError(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise JaxrlError(f"{name}={getattr(self, name)!r}; choose one of {sorted(DTYPES)}")
@@ -100,9 +98,7 @@ class ModelConfig:
         """Reads a HF `config.json` dict (transformers 4.x `rope_scaling` or 5.x `rope_parameters`)."""
         model_type = hf.get("model_type")
         if model_type not in FAMILIES:
-            raise JaxrlError(
-                f"unsupported model_type {model_type!r}; supported: {', '.join(FAMILIES)}"
-            )
+            raise JaxrlError(f"unsupported model_type {model_type!r}; supported: {', '.join(FAMILIES)}")
         if hf.get("hidden_act", "silu") != "silu":
             raise JaxrlError(f"unsupported hidden_act {hf['hidden_act']!r}; only 'silu' is supported")
         if hf.get("mlp_bias"):
@@ -209,32 +205,66 @@ class ModelConfig:
 
 def _olmo2(layers, hidden, inter, heads, **kw) -> ModelConfig:
     return ModelConfig(
-        family="olmo2", vocab_size=100352, hidden_size=hidden, intermediate_size=inter,
-        num_layers=layers, num_heads=heads, num_kv_heads=heads, head_dim=hidden // heads,
-        rope_theta=500000.0, rms_norm_eps=1e-6, max_position_embeddings=4096, post_norm=True,
-        qk_norm=True, norm_weight_fp32=True, bos_token_id=100257, eos_token_ids=(100257,),
-        pad_token_id=100277, **kw,
-    )  # fmt: skip
+        family="olmo2",
+        vocab_size=100352,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=hidden // heads,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=4096,
+        post_norm=True,
+        qk_norm=True,
+        norm_weight_fp32=True,
+        bos_token_id=100257,
+        eos_token_ids=(100257,),
+        pad_token_id=100277,
+        **kw,
+    )
 
 
 def _qwen25(layers, hidden, inter, heads, kv_heads, vocab, tied, max_pos) -> ModelConfig:
     return ModelConfig(
-        family="qwen2", vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
-        num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, head_dim=hidden // heads,
-        rope_theta=1000000.0, rms_norm_eps=1e-6, max_position_embeddings=max_pos, qkv_bias=True,
-        tie_word_embeddings=tied, bos_token_id=151643, eos_token_ids=(151645, 151643),
+        family="qwen2",
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=hidden // heads,
+        rope_theta=1000000.0,
+        rms_norm_eps=1e-6,
+        max_position_embeddings=max_pos,
+        qkv_bias=True,
+        tie_word_embeddings=tied,
+        bos_token_id=151643,
+        eos_token_ids=(151645, 151643),
         pad_token_id=151643,
-    )  # fmt: skip
+    )
 
 
 def _llama3(layers, hidden, inter, heads, kv_heads, head_dim, tied, factor) -> ModelConfig:
     return ModelConfig(
-        family="llama", vocab_size=128256, hidden_size=hidden, intermediate_size=inter,
-        num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
-        rope_theta=500000.0, rope_scaling=RopeScaling("llama3", factor, 1.0, 4.0, 8192),
-        rms_norm_eps=1e-5, max_position_embeddings=131072, tie_word_embeddings=tied,
-        bos_token_id=128000, eos_token_ids=(128001, 128008, 128009),
-    )  # fmt: skip
+        family="llama",
+        vocab_size=128256,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        rope_theta=500000.0,
+        rope_scaling=RopeScaling("llama3", factor, 1.0, 4.0, 8192),
+        rms_norm_eps=1e-5,
+        max_position_embeddings=131072,
+        tie_word_embeddings=tied,
+        bos_token_id=128000,
+        eos_token_ids=(128001, 128008, 128009),
+    )
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -248,21 +278,47 @@ PRESETS: dict[str, ModelConfig] = {
     "llama3.1-8b": _llama3(32, 4096, 14336, 32, 8, 128, False, 8.0),
     # Tiny shapes for tests and CPU runs.
     "tiny-olmo2": ModelConfig(
-        family="olmo2", vocab_size=384, hidden_size=64, intermediate_size=128, num_layers=2,
-        num_heads=4, num_kv_heads=4, head_dim=16, rope_theta=500000.0, post_norm=True,
-        qk_norm=True, norm_weight_fp32=True,
+        family="olmo2",
+        vocab_size=384,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=4,
+        head_dim=16,
+        rope_theta=500000.0,
+        post_norm=True,
+        qk_norm=True,
+        norm_weight_fp32=True,
     ),
     "tiny-qwen2": ModelConfig(
-        family="qwen2", vocab_size=384, hidden_size=64, intermediate_size=128, num_layers=2,
-        num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=1000000.0, qkv_bias=True,
+        family="qwen2",
+        vocab_size=384,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        rope_theta=1000000.0,
+        qkv_bias=True,
         tie_word_embeddings=True,
     ),
     "tiny-llama": ModelConfig(
-        family="llama", vocab_size=384, hidden_size=64, intermediate_size=128, num_layers=2,
-        num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=500000.0, rms_norm_eps=1e-5,
-        rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 64), max_position_embeddings=256,
+        family="llama",
+        vocab_size=384,
+        hidden_size=64,
+        intermediate_size=128,
+        num_layers=2,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=16,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 64),
+        max_position_embeddings=256,
     ),
-}  # fmt: skip
+}
 
 
 def preset(name: str, **overrides) -> ModelConfig:

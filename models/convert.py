@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jaxrl.models.checkpoint import is_hf_model, is_orbax_model, load_model, save_model
+from jaxrl.models.checkpoint import load_model, save_model
 from jaxrl.models.hf_io import export_hf
 
 from jaxrl.errors import JaxrlError
+from jaxrl.model_files import find_tokenizer_dir, is_hf_model, is_orbax_model
 from jaxrl.sharding import LogicalMesh, make_mesh
 
 
@@ -23,10 +24,10 @@ def convert(src: str | Path, dst: str | Path, mesh: str = "", dtype: str | None 
     lm = LogicalMesh(make_mesh(mesh))
     model = load_model(src, lm, param_dtype=dtype)
     if is_orbax_model(src):
-        tokenizer_dir = next(
-            (d for d in (src, src.parent, src.parent.parent) if (d / "tokenizer_config.json").exists()),
-            None,
-        )
+        try:
+            tokenizer_dir = find_tokenizer_dir(src)
+        except JaxrlError:
+            tokenizer_dir = None  # a model without a tokenizer still converts
         export_hf(model, dst, tokenizer_from=tokenizer_dir)
         return "hf"
     save_model(model, dst)

@@ -126,9 +126,13 @@ class Layers(nnx.Module):
 
     def __init__(self, c: ModelConfig, rngs: nnx.Rngs):
         L, D, F, H, K, E = (
-            c.num_layers, c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads,
+            c.num_layers,
+            c.hidden_size,
+            c.intermediate_size,
+            c.num_heads,
+            c.num_kv_heads,
             c.head_dim,
-        )  # fmt: skip
+        )
         normal = nnx.initializers.normal(0.02)
         dtype = c.weight_dtype
 
@@ -205,15 +209,13 @@ class Decoder(nnx.Module):
         self.config = config
         self.mesh = mesh
         V, D, dtype = config.vocab_size, config.hidden_size, config.weight_dtype
-        self.embed = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (V, D), dtype),
-                               axes=("vocab", "embed"))  # fmt: skip
+        self.embed = nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (V, D), dtype), axes=("vocab", "embed"))
         self.layers = Layers(config, rngs)
         self.final_norm = nnx.Param(jnp.ones((D,), dtype), axes=("embed",))
         self.lm_head = (
             None
             if config.tie_word_embeddings
-            else nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (D, V), dtype),
-                           axes=("embed", "vocab"))  # fmt: skip
+            else nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (D, V), dtype), axes=("embed", "vocab"))
         )
 
     def hidden_states(self, tokens_bt, segment_ids_bt=None, positions_bt=None, cache=None):

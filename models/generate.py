@@ -1,8 +1,8 @@
 """`jaxrl generate`: completions for text prompts from a HF directory or an Orbax checkpoint.
 
 Prompts are wrapped in the tokenizer's chat template (one user turn, generation prompt added)
-unless `raw`. The tokenizer is read from `--tokenizer`, else from the model directory, else from
-the directory that holds the checkpoint's config.json (a training run's root).
+unless `raw`. The tokenizer is read from `--tokenizer`, else from beside or above the model
+(`jaxrl.model_files`: a training run keeps it at its root).
 """
 
 from __future__ import annotations
@@ -12,26 +12,7 @@ import sys
 from pathlib import Path
 
 from jaxrl.errors import JaxrlError
-
-TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
-
-
-def find_tokenizer_dir(model_path: Path, tokenizer_path: str | None) -> Path:
-    from jaxrl.models.checkpoint import find_config
-
-    if tokenizer_path:
-        candidates = [Path(tokenizer_path)]
-    else:
-        candidates = [model_path]
-        try:
-            candidates.append(find_config(model_path).parent)
-        except JaxrlError:
-            pass
-    for directory in candidates:
-        if any((directory / name).is_file() for name in TOKENIZER_MARKERS):
-            return directory
-    where = ", ".join(str(c) for c in candidates)
-    raise JaxrlError(f"no tokenizer files in {where}; pass --tokenizer DIR")
+from jaxrl.model_files import load_tokenizer
 
 
 def read_prompts(prompts: list[str] | None, prompts_file: str | None) -> list[str]:
@@ -68,7 +49,6 @@ def generate_cli(args, out=None) -> None:
     """Loads the model and tokenizer, samples, and prints text or one JSON object per completion."""
     from jaxrl.models.checkpoint import load_model
     from jaxrl.models.sampler import SamplingConfig, sample
-    from transformers import AutoTokenizer
 
     from jaxrl.sharding import LogicalMesh, make_mesh
 
@@ -77,12 +57,17 @@ def generate_cli(args, out=None) -> None:
     if not model_path.exists():
         raise JaxrlError(f"model path {model_path} does not exist")
     texts = read_prompts(args.prompt, args.prompts)
-    tokenizer = AutoTokenizer.from_pretrained(find_tokenizer_dir(model_path, args.tokenizer))
+    tokenizer = load_tokenizer(model_path, args.tokenizer)
     prompt_ids = encode_prompts(tokenizer, texts, args.raw, args.system)
     config = SamplingConfig(
-        temperature=args.temperature, top_p=args.top_p, top_k=args.top_k, max_new_tokens=args.max_new_tokens,
-        num_samples=args.num_samples, seed=args.seed, stop_strings=tuple(args.stop or ()),
-    )  # fmt: skip
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_new_tokens=args.max_new_tokens,
+        num_samples=args.num_samples,
+        seed=args.seed,
+        stop_strings=tuple(args.stop or ()),
+    )
     overrides = {"dtype": args.dtype} if args.dtype else {}
     model = load_model(model_path, LogicalMesh(make_mesh(args.mesh)), param_dtype=args.dtype, **overrides)
     completions = sample(model, prompt_ids, config, tokenizer=tokenizer)
@@ -93,12 +78,19 @@ def generate_cli(args, out=None) -> None:
         logprobs = completions.logprobs[row, : len(tokens)]
         if args.json:
             record = {
-                "prompt": texts[prompt], "prompt_index": prompt, "sample_index": row % n, "token_ids": tokens,
-                "text": text, "logprobs": [round(float(x), 6) for x in logprobs], "finish_reason": reason,
-            }  # fmt: skip
+                "prompt": texts[prompt],
+                "prompt_index": prompt,
+                "sample_index": row % n,
+                "token_ids": tokens,
+                "text": text,
+                "logprobs": [round(float(x), 6) for x in logprobs],
+                "finish_reason": reason,
+            }
             print(json.dumps(record), file=out)
         else:
             mean = float(logprobs.mean()) if len(tokens) else 0.0
-            print(f"### prompt {prompt}, sample {row % n} ({reason}, {len(tokens)} tokens, "
-                  f"mean logprob {mean:.3f})", file=out)  # fmt: skip
+            print(
+                f"### prompt {prompt}, sample {row % n} ({reason}, {len(tokens)} tokens, mean logprob {mean:.3f})",
+                file=out,
+            )
             print(text, file=out)

@@ -29,9 +29,16 @@ from jaxrl.sharding import LogicalMesh, make_mesh, put
 from jaxrl.tensorfiles import SafetensorsDir, write_safetensors
 
 TOKENIZER_FILES = (
-    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "generation_config.json",
-    "chat_template.jinja", "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model",
-)  # fmt: skip
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
 # Tensors some HF checkpoints carry that hold nothing to load.
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 

@@ -61,8 +61,13 @@ def _split_heads(heads: int, head_dim: int) -> tuple[Transform, Transform]:
 def hf_key_map(c: ModelConfig) -> list[TensorMap]:
     """Every tensor of the HF checkpoint for `c`, in checkpoint order."""
     D, F, H, K, E, V = (
-        c.hidden_size, c.intermediate_size, c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size,
-    )  # fmt: skip
+        c.hidden_size,
+        c.intermediate_size,
+        c.num_heads,
+        c.num_kv_heads,
+        c.head_dim,
+        c.vocab_size,
+    )
     layer = "model.layers.{i}."
     if c.post_norm:  # OLMo-2 names its norms by what they follow
         norms = [("post_attention_layernorm", "attn_norm"), ("post_feedforward_layernorm", "mlp_norm")]
@@ -77,17 +82,16 @@ def hf_key_map(c: ModelConfig) -> list[TensorMap]:
     ]
     if c.qkv_bias:
         entries += [
-            TensorMap(layer + f"self_attn.{n}_proj.bias", ("layers", f"{n}_bias"), (h * E,),
-                      *_split_heads(h, E))
+            TensorMap(layer + f"self_attn.{n}_proj.bias", ("layers", f"{n}_bias"), (h * E,), *_split_heads(h, E))
             for n, h in (("q", H), ("k", K), ("v", K))
-        ]  # fmt: skip
+        ]
     if c.o_bias:
         entries.append(TensorMap(layer + "self_attn.o_proj.bias", ("layers", "o_bias"), (D,), *_identity()))
     if c.qk_norm:
         entries += [
             TensorMap(layer + "self_attn.q_norm.weight", ("layers", "q_norm"), (H * E,), *_split_heads(H, E)),
             TensorMap(layer + "self_attn.k_norm.weight", ("layers", "k_norm"), (K * E,), *_split_heads(K, E)),
-        ]  # fmt: skip
+        ]
     entries += [
         TensorMap(layer + "mlp.gate_proj.weight", ("layers", "gate"), (F, D), *_transpose()),
         TensorMap(layer + "mlp.up_proj.weight", ("layers", "up"), (F, D), *_transpose()),
@@ -109,3 +113,10 @@ def hf_names(c: ModelConfig) -> list[tuple[str, TensorMap, int | None]]:
         else:
             out.append((entry.hf_name, entry, None))
     return out
+
+
+def key_map_of_hf_config(hf_config: dict) -> tuple[list[TensorMap], int]:
+    """(key map, number of layers) of the model a HF config.json describes: what
+    `jaxrl.analysis.analyze` needs to name and lay out each tensor of a checkpoint."""
+    config = ModelConfig.from_hf_config(hf_config)
+    return hf_key_map(config), config.num_layers

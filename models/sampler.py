@@ -42,14 +42,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.experimental import multihost_utils
 from jaxrl.models.decoder import K_CACHE_LAYOUT, V_CACHE_LAYOUT, Decoder, KVCache, cache_axes, cache_shape
 from jaxrl.models.sampling import choose_tokens
 
 from jaxrl.errors import JaxrlError
-from jaxrl.sharding import LogicalMesh, constrain, put
-
-MIN_BUCKET = 16
+from jaxrl.shapes import bucket
+from jaxrl.sharding import LogicalMesh, constrain, data_parallel_size, put, to_host
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,20 +107,6 @@ class Completions:
         return [tokenizer.decode(t, skip_special_tokens=skip_special_tokens) for t in self.token_lists()]
 
 
-def bucket(n: int, minimum: int = MIN_BUCKET) -> int:
-    """The next power of two >= max(n, minimum)."""
-    return max(minimum, 1 << max(n - 1, 0).bit_length())
-
-
-def batch_shards(mesh: LogicalMesh | None) -> int:
-    """How many ways the logical axis 'batch' is split on `mesh`."""
-    if mesh is None:
-        return 1
-    target = dict(mesh.rules).get("batch") or ()
-    axes = (target,) if isinstance(target, str) else tuple(target)
-    return int(np.prod([mesh.mesh.shape[a] for a in axes]))
-
-
 @dataclasses.dataclass(frozen=True)
 class PromptBatch:
     """Prompts left-padded into their bucket. tokens/segments: int32 [B, P]; lengths: int32 [B]
@@ -134,8 +118,9 @@ class PromptBatch:
     num_prompts: int
 
 
-def pad_prompts(prompt_ids: Sequence[Sequence[int]], vocab_size: int, num_samples: int,
-                mesh: LogicalMesh | None = None) -> PromptBatch:  # fmt: skip
+def pad_prompts(
+    prompt_ids: Sequence[Sequence[int]], vocab_size: int, num_samples: int, mesh: LogicalMesh | None = None
+) -> PromptBatch:
     """Left-pads the prompts into the (batch, prompt length) bucket; checks the token ids."""
     if len(prompt_ids) == 0:
         raise JaxrlError("no prompts to sample from")
@@ -145,7 +130,7 @@ def pad_prompts(prompt_ids: Sequence[Sequence[int]], vocab_size: int, num_sample
             raise JaxrlError(f"prompt {i} is empty; every prompt needs at least one token")
         if row.min() < 0 or row.max() >= vocab_size:
             raise JaxrlError(f"prompt {i} has a token id outside the vocabulary [0, {vocab_size})")
-    shards = batch_shards(mesh)
+    shards = data_parallel_size(mesh)
     unit = shards // math.gcd(shards, num_samples)  # prompts per step of evenly split rows
     b = -(-bucket(len(rows), 1) // unit) * unit
     p = bucket(max(r.size for r in rows))
@@ -160,10 +145,12 @@ def pad_prompts(prompt_ids: Sequence[Sequence[int]], vocab_size: int, num_sample
 
 def _constrain_cache(lm: LogicalMesh | None, cache: KVCache) -> KVCache:
     return KVCache(
-        constrain(lm, cache.k, cache_axes(K_CACHE_LAYOUT)), constrain(lm, cache.v, cache_axes(V_CACHE_LAYOUT)),
+        constrain(lm, cache.k, cache_axes(K_CACHE_LAYOUT)),
+        constrain(lm, cache.v, cache_axes(V_CACHE_LAYOUT)),
         constrain(lm, cache.segment_bs, ("batch", "seq")),
-        constrain(lm, cache.position_bs, ("batch", "seq")), cache.index,
-    )  # fmt: skip
+        constrain(lm, cache.position_bs, ("batch", "seq")),
+        cache.index,
+    )
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "num_samples", "slots"))
@@ -175,8 +162,7 @@ def _prefill(graphdef, state, tokens_bp, segments_bp, *, num_samples: int, slots
     b, p = tokens_bp.shape
     zeros_bp = jnp.zeros((b, p), jnp.int32)
     zeros = lambda layout: jnp.zeros(cache_shape(c, b, p, layout), c.compute_dtype)
-    empty = KVCache(zeros(K_CACHE_LAYOUT), zeros(V_CACHE_LAYOUT),
-                    zeros_bp, zeros_bp, jnp.zeros((), jnp.int32))  # fmt: skip
+    empty = KVCache(zeros(K_CACHE_LAYOUT), zeros(V_CACHE_LAYOUT), zeros_bp, zeros_bp, jnp.zeros((), jnp.int32))
     h, cache = model.hidden_states(tokens_bp, segments_bp, cache=_constrain_cache(lm, empty))
     logits_bv = model.logits(h[:, -1:])[:, 0]
 
@@ -187,43 +173,81 @@ def _prefill(graphdef, state, tokens_bp, segments_bp, *, num_samples: int, slots
         return jnp.pad(x, widths)
 
     slot_axis = lambda layout: 1 + layout.index("s")
-    cache = KVCache(grow(cache.k, 1, slot_axis(K_CACHE_LAYOUT)), grow(cache.v, 1, slot_axis(V_CACHE_LAYOUT)),
-                    grow(cache.segment_bs, 0, 1),
-                    grow(cache.position_bs, 0, 1), cache.index)  # fmt: skip
+    cache = KVCache(
+        grow(cache.k, 1, slot_axis(K_CACHE_LAYOUT)),
+        grow(cache.v, 1, slot_axis(V_CACHE_LAYOUT)),
+        grow(cache.segment_bs, 0, 1),
+        grow(cache.position_bs, 0, 1),
+        cache.index,
+    )
     logits_rv = constrain(lm, jnp.repeat(logits_bv, num_samples, axis=0), ("batch", "vocab"))
     return _constrain_cache(lm, cache), logits_rv
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "new_bucket", "greedy", "truncate"))
-def _decode(graphdef, state, cache, logits_rv, positions_r, active_r, row_ids, seed, eos_ids, max_new_tokens,
-            temperature, top_k, top_p, pad_id, *, new_bucket: int, greedy: bool, truncate: bool):  # fmt: skip
-    """Samples up to `max_new_tokens` (<= new_bucket) tokens per row.
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DecodeValues:
+    """What the decode loop reads of a `SamplingConfig`: traced scalars, so a new seed, temperature,
+    top-k/top-p, length or EOS set never recompiles, and the two switches that pick the program."""
+
+    seed: jax.Array  # uint32 []
+    eos_ids: jax.Array  # int32 [E] (-1 when there is none)
+    max_new_tokens: jax.Array  # int32 []
+    temperature: jax.Array  # fp32 [] (unused when greedy)
+    top_k: jax.Array  # int32 []
+    top_p: jax.Array  # fp32 []
+    pad_id: jax.Array  # int32 [], written after a row ends
+    greedy: bool = dataclasses.field(default=False, metadata=dict(static=True))
+    truncate: bool = dataclasses.field(default=False, metadata=dict(static=True))
+
+    @classmethod
+    def of(cls, config: SamplingConfig, eos_ids: Sequence[int], pad_id: int) -> DecodeValues:
+        return cls(
+            seed=jnp.uint32(config.seed & 0xFFFFFFFF),
+            eos_ids=jnp.asarray(tuple(eos_ids) or (-1,), jnp.int32),
+            max_new_tokens=jnp.int32(config.max_new_tokens),
+            temperature=jnp.float32(max(config.temperature, 1e-6)),
+            top_k=jnp.int32(config.top_k),
+            top_p=jnp.float32(config.top_p),
+            pad_id=jnp.int32(pad_id),
+            greedy=config.greedy,
+            truncate=config.truncates,
+        )
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "new_bucket"))
+def _decode(
+    graphdef, state, cache, logits_rv, positions_r, active_r, row_ids, values: DecodeValues, *, new_bucket: int
+):
+    """Samples up to `values.max_new_tokens` (<= new_bucket) tokens per row.
 
     positions_r: int32 [R], the position of each row's first new token (its prompt length).
     active_r: bool [R], False for dummy rows. row_ids: int32 [R], each row's number (its random
-    stream is `fold_in(key(seed), row)`). eos_ids: int32 [E].
+    stream is `fold_in(key(seed), row)`).
     Returns tokens int32 [R, new_bucket], logprobs fp32 [R, new_bucket], lengths int32 [R].
     """
     model = nnx.merge(graphdef, state)
-    lm = model.mesh
+    lm, v = model.mesh, values
     rows = logits_rv.shape[0]
-    row_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(seed), row_ids)
+    row_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(v.seed), row_ids)
 
     def choose(logits, step, done):
         keys = jax.vmap(jax.random.fold_in, (0, None))(row_keys, step)
-        tokens, logprobs = choose_tokens(logits, keys, temperature, top_k, top_p, greedy=greedy, truncate=truncate)
-        tokens, logprobs = jnp.where(done, pad_id, tokens), jnp.where(done, 0.0, logprobs)
-        finished = done | jnp.isin(tokens, eos_ids) | (step + 1 >= max_new_tokens)
+        tokens, logprobs = choose_tokens(
+            logits, keys, v.temperature, v.top_k, v.top_p, greedy=v.greedy, truncate=v.truncate
+        )
+        tokens, logprobs = jnp.where(done, v.pad_id, tokens), jnp.where(done, 0.0, logprobs)
+        finished = done | jnp.isin(tokens, v.eos_ids) | (step + 1 >= v.max_new_tokens)
         return tokens, logprobs, finished
 
     tokens, logprobs, done = choose(logits_rv, 0, ~active_r)
-    out_tokens = jnp.full((rows, new_bucket), pad_id, jnp.int32).at[:, 0].set(tokens)
+    out_tokens = jnp.full((rows, new_bucket), v.pad_id, jnp.int32).at[:, 0].set(tokens)
     out_logprobs = jnp.zeros((rows, new_bucket), jnp.float32).at[:, 0].set(logprobs)
     lengths = active_r.astype(jnp.int32)
 
     def not_finished(carry):
         step, done = carry[0], carry[3]
-        return (step < max_new_tokens) & ~jnp.all(done)
+        return (step < v.max_new_tokens) & ~jnp.all(done)
 
     def step_fn(carry):
         step, cache, last, done, out_tokens, out_logprobs, lengths = carry
@@ -241,8 +265,7 @@ def _decode(graphdef, state, cache, logits_rv, positions_r, active_r, row_ids, s
     return carry[4], carry[5], carry[6]
 
 
-def prefill(model: Decoder, batch: PromptBatch, num_samples: int, new_bucket: int,
-            mesh: LogicalMesh | None = None):  # fmt: skip
+def prefill(model: Decoder, batch: PromptBatch, num_samples: int, new_bucket: int, mesh: LogicalMesh | None = None):
     """The decode cache and first-token logits for a padded batch (see `_prefill`)."""
     mesh = mesh or model.mesh
     tokens, segments = batch.tokens, batch.segments
@@ -295,12 +318,10 @@ def sample(
         row_sharding = mesh.sharding(("batch",), (rows,))
         positions, active, row_ids = (put(x, row_sharding) for x in (positions, active, row_ids))
     graphdef, state = nnx.split(model)
+    values = DecodeValues.of(config, eos, pad_id)
     tokens, logprobs, lengths = _decode(
-        graphdef, state, cache, logits, positions, active, row_ids, jnp.uint32(config.seed & 0xFFFFFFFF),
-        jnp.asarray(eos or (-1,), jnp.int32), jnp.int32(config.max_new_tokens),
-        jnp.float32(max(config.temperature, 1e-6)), jnp.int32(config.top_k), jnp.float32(config.top_p),
-        jnp.int32(pad_id), new_bucket=new_bucket, greedy=config.greedy, truncate=config.truncates,
-    )  # fmt: skip
+        graphdef, state, cache, logits, positions, active, row_ids, values, new_bucket=new_bucket
+    )
 
     real = batch.num_prompts * n
     tokens = to_host(tokens)[:real, : config.max_new_tokens].copy()
@@ -312,13 +333,6 @@ def sample(
     if config.stop_strings:
         cut_at_stop_strings(completions, config.stop_strings, tokenizer, pad_id)
     return completions
-
-
-def to_host(x: jax.Array) -> np.ndarray:
-    """The whole array on this host (gathered from the other hosts when it spans several)."""
-    if x.is_fully_addressable:
-        return np.asarray(x)
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 def cut_at_stop_strings(completions: Completions, stop_strings: Sequence[str], tokenizer, pad_id: int) -> None:

@@ -17,9 +17,9 @@ import warnings
 from pathlib import Path
 
 import pytest
+from jaxrl.models.tiny import build_tiny_model
 
 from jaxrl import cli
-from jaxrl.tiny import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = REPO / "tests" / "fixtures" / "faults"
@@ -35,13 +35,31 @@ class Case:
 
 
 def sft(*overrides: str) -> tuple[str, ...]:
-    return ("train", "sft", "--recipe", "{sft}", "model.path={model}", "data.dataset_name={data}",
-            "loop.output_dir={out}", "loop.mesh=data=1,fsdp=-1,tensor=1", *overrides)  # fmt: skip
+    return (
+        "train",
+        "sft",
+        "--recipe",
+        "{sft}",
+        "model.path={model}",
+        "data.dataset_name={data}",
+        "loop.output_dir={out}",
+        "loop.mesh=data=1,fsdp=-1,tensor=1",
+        *overrides,
+    )
 
 
 def grpo(*overrides: str) -> tuple[str, ...]:
-    return ("train", "grpo", "--recipe", "{grpo}", "model.path={model}", "data.dataset_name={data}",
-            "loop.output_dir={out}", "loop.mesh=data=1,fsdp=-1,tensor=1", *overrides)  # fmt: skip
+    return (
+        "train",
+        "grpo",
+        "--recipe",
+        "{grpo}",
+        "model.path={model}",
+        "data.dataset_name={data}",
+        "loop.output_dir={out}",
+        "loop.mesh=data=1,fsdp=-1,tensor=1",
+        *overrides,
+    )
 
 
 def data(*overrides: str) -> tuple[str, ...]:
@@ -104,8 +122,11 @@ CASES = [
     Case("recipe-freeze-layer-out-of-range", grpo("freeze.train_only=[mlp.gate@40-50]"), r"layer 50 does not exist"),
     Case("recipe-checkpoint-dir-s3", sft("checkpoint.directory=s3://b/x"), r"only local paths and gs://"),
     Case("grpo-unknown-reward", grpo("grpo.reward_funcs=[nope,format]"), r"unknown reward 'nope'"),
-    Case("grpo-reward-not-importable", grpo("grpo.reward_funcs=[nosuchmod:f]", "grpo.reward_weights=[]"),
-         r"cannot be imported"),
+    Case(
+        "grpo-reward-not-importable",
+        grpo("grpo.reward_funcs=[nosuchmod:f]", "grpo.reward_weights=[]"),
+        r"cannot be imported",
+    ),
     # impossible combinations of batch, accumulation, generations and mesh
     Case(
         "sft-batch-vs-accumulation",
@@ -295,10 +316,14 @@ def paths(tmp_path_factory):
     weights = damaged["cut_weights"] / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     return {
-        "model": model, "fx": FIXTURES, "data": REPO / "tests/fixtures/data/openr1_math_sample.jsonl",
-        "sft": REPO / "train/recipes/sft-tiny.yaml", "grpo": REPO / "train/recipes/grpo-tiny.yaml",
-        "root": root, **damaged,
-    }  # fmt: skip
+        "model": model,
+        "fx": FIXTURES,
+        "data": REPO / "tests/fixtures/data/openr1_math_sample.jsonl",
+        "sft": REPO / "train/recipes/sft-tiny.yaml",
+        "grpo": REPO / "train/recipes/grpo-tiny.yaml",
+        "root": root,
+        **damaged,
+    }
 
 
 def snapshot(root: Path) -> dict[str, float]:

@@ -4,10 +4,10 @@ import json
 
 import pytest
 from jaxrl.models.checkpoint import load_model, save_model
+from jaxrl.models.tiny import build_tiny_model
 from transformers import AutoTokenizer
 
 from jaxrl.cli import main
-from jaxrl.tiny import build_tiny_model
 
 # One sampling setting and prompts of one bucket, so every run reuses one compiled program.
 SAMPLING = ["--num-samples", "2", "--max-new-tokens", "8", "--temperature", "0.8", "--top-p", "0.95", "--seed", "3"]

@@ -13,17 +13,18 @@ import pytest
 from flax import nnx
 from jaxrl.models.checkpoint import load_model
 from jaxrl.models.sampler import Completions
-from jaxrl.train import grpo
+from jaxrl.models.tiny import build_tiny_model
+from jaxrl.train import grpo, grpo_rollout
 from jaxrl.train.config import OptimizerConfig
-from jaxrl.train.grpo import GRPOSettings, GRPOTrainer, Rollouts, loss_rows
+from jaxrl.train.grpo import GRPOSettings, GRPOTrainer
 from jaxrl.train.grpo_loss import make_loss_fn
-from jaxrl.train.rundir import load_tokenizer
+from jaxrl.train.grpo_rollout import Rollout, Rollouts, loss_rows
 
 from jaxrl.data import ChatConfig, PromptBatches, encode_prompts
 from jaxrl.errors import JaxrlError
+from jaxrl.model_files import load_tokenizer
 from jaxrl.rewards import REWARDS, RewardScorer, register_reward
 from jaxrl.sharding import LogicalMesh, make_mesh
-from jaxrl.tiny import build_tiny_model
 
 RECIPES = Path(__file__).parents[1] / "train" / "recipes"
 EXACT_EPS = 1e-4  # see test_train.py: keeps Adam's update about the gradients, not float noise
@@ -56,8 +57,9 @@ def data_file(tmp_path_factory):
 
 
 def test_loss_rows_layout():
-    tokens, segments = loss_rows([[5, 6, 7], [8]], np.array([[1, 2, 0], [3, 0, 0], [4, 4, 4], [9, 0, 0]]),
-                                 np.array([2, 1, 3, 0]), 3, 2)  # fmt: skip
+    tokens, segments = loss_rows(
+        [[5, 6, 7], [8]], np.array([[1, 2, 0], [3, 0, 0], [4, 4, 4], [9, 0, 0]]), np.array([2, 1, 3, 0]), 3, 2
+    )
     np.testing.assert_array_equal(tokens[0], [5, 6, 7, 1, 2, 0])
     np.testing.assert_array_equal(segments[0], [1, 1, 1, 1, 1, 0])
     np.testing.assert_array_equal(tokens[2], [0, 0, 8, 4, 4, 4])
@@ -71,8 +73,12 @@ def test_recipes_load_with_the_study_numbers():
     assert (s.loss_type, s.scale_rewards, s.mask_truncated_completions) == ("dr_grpo", "none", True)
     assert (s.max_prompt_length, s.max_completion_length, s.temperature, s.top_p) == (512, 1500, 0.6, 1.0)
     assert s.reward_funcs == ("accuracy", "format") and s.reward_weights == (1.0, 0.2)
-    assert (o.learning_rate, o.lr_scheduler_type, o.warmup_ratio, o.max_grad_norm) == (1e-6, "constant_with_warmup",
-                                                                                      0.1, 0.2)  # fmt: skip
+    assert (o.learning_rate, o.lr_scheduler_type, o.warmup_ratio, o.max_grad_norm) == (
+        1e-6,
+        "constant_with_warmup",
+        0.1,
+        0.2,
+    )
     assert (o.weight_decay, o.adam_beta1, o.adam_beta2, o.adam_epsilon) == (0.0, 0.9, 0.999, 1e-8)
     assert (study.loop.max_steps, study.loop.seed, study.checkpoint.interval(571)) == (571, 42, 29)
     assert study.data.filters == ("source=cn_k12",) and study.data.dataset_config == "extended"
@@ -89,21 +95,29 @@ def test_rollout_masks_truncated_completions_and_reports_metrics(model_dir, monk
     """A canned sampler output: one completion ended by EOS (3 tokens), one cut at the limit."""
     c = 5
     tokens = np.array([[11, 12, 13, 0, 0], [21, 22, 23, 24, 25]], np.int32)
-    canned = Completions(tokens, np.zeros((2, c), np.float32), np.array([3, 5], np.int32), ["eos", "length"],
-                         np.array([0, 0], np.int32))  # fmt: skip
-    monkeypatch.setattr(grpo, "sample", lambda *args, **kwargs: canned)
+    canned = Completions(
+        tokens, np.zeros((2, c), np.float32), np.array([3, 5], np.int32), ["eos", "length"], np.array([0, 0], np.int32)
+    )
+    monkeypatch.setattr(grpo_rollout, "sample", lambda *args, **kwargs: canned)
     register_reward("test_first_wins", lambda prompts, completions, **kw: [1.0, 0.0])
     tokenizer = load_tokenizer(model_dir)
-    s = GRPOSettings(prompts_per_step=1, num_generations=2, max_completion_length=c, max_prompt_length=4,
-                     mask_truncated_completions=True, scale_rewards="none",
-                     reward_funcs=("test_first_wins",))  # fmt: skip
+    s = GRPOSettings(
+        prompts_per_step=1,
+        num_generations=2,
+        max_completion_length=c,
+        max_prompt_length=4,
+        mask_truncated_completions=True,
+        scale_rewards="none",
+        reward_funcs=("test_first_wins",),
+    )
     mesh = LogicalMesh(make_mesh("", jax.devices()[:1]))
-    trainer = GRPOTrainer(load_model(model_dir, mesh, "float32"), make_loss_fn(s.loss_settings()), OptimizerConfig(),
-                          1, mesh=mesh)  # fmt: skip
+    trainer = GRPOTrainer(load_model(model_dir, mesh, "float32"), make_loss_fn(s.loss), OptimizerConfig(), 1, mesh=mesh)
     prompts = encode_prompts([{"problem": "1+1="}], tokenizer, ChatConfig(system_prompt=None))
     prompts.prompt_ids = [[7, 8, 9]]
-    rollouts = Rollouts(trainer, PromptBatches(prompts, 1, seed=0), tokenizer, RewardScorer(s.reward_funcs), s,
-                        mesh=mesh)  # fmt: skip
+    rollout = Rollout(
+        trainer.graphdef, tokenizer, RewardScorer(s.reward_funcs), s, mesh=mesh, pad_id=trainer.config.pad_token_id
+    )
+    rollouts = Rollouts(lambda: trainer.params, PromptBatches(prompts, 1, seed=0), rollout)
     batch = next(rollouts)
     REWARDS.pop("test_first_wins")
     np.testing.assert_array_equal(batch["completion_mask"], [[1, 1, 1, 0, 0], [0, 0, 0, 0, 0]])
@@ -115,7 +129,7 @@ def test_rollout_masks_truncated_completions_and_reports_metrics(model_dir, monk
     assert (m["reward"], m["frac_reward_zero_std"], m["completions/clipped_ratio"]) == (0.5, 0.0, 0.5)
     assert (m["completions/min_length"], m["completions/max_length"], m["completions/mean_length"]) == (3, 5, 4)
     # the canned log-probs are 0, so the gap is the trainer's |log-prob| over the 8 sampled tokens
-    logp, _ = rollouts.score(trainer.params, batch["tokens"], batch["segment_ids"], np.ones((2, c), np.float32))
+    logp, _ = rollout.score(trainer.params, batch["tokens"], batch["segment_ids"], np.ones((2, c), np.float32))
     live = np.array([[1, 1, 1, 0, 0], [1, 1, 1, 1, 1]], bool)
     np.testing.assert_allclose(m["logprob_gap/max"], np.abs(logp[live]).max(), rtol=1e-6)
     assert "old_logprobs" not in batch and "ref_logprobs" not in batch  # mu = 1, beta = 0
@@ -127,17 +141,33 @@ def _one_step(model_dir, data_file, spec: str, devices: int):
     tokenizer = load_tokenizer(model_dir)
     rows = [json.loads(line) for line in data_file.read_text().splitlines()]
     prompts = encode_prompts(rows, tokenizer, ChatConfig(system_prompt=None), max_prompt_length=16)
-    s = GRPOSettings(prompts_per_step=2, num_generations=4, max_completion_length=8, max_prompt_length=16,
-                     loss_type="dr_grpo", beta=0.04, reward_funcs=("test_digit_share", "format"))  # fmt: skip
+    s = GRPOSettings(
+        prompts_per_step=2,
+        num_generations=4,
+        max_completion_length=8,
+        max_prompt_length=16,
+        loss_type="dr_grpo",
+        beta=0.04,
+        reward_funcs=("test_digit_share", "format"),
+    )
     model = load_model(model_dir, mesh, "float32")
     ref = nnx.to_pure_dict(nnx.state(load_model(model_dir, mesh, "float32")))
-    trainer = GRPOTrainer(model, make_loss_fn(s.loss_settings()), OptimizerConfig(learning_rate=1e-2,
-                          adam_epsilon=EXACT_EPS), 4, mesh=mesh)  # fmt: skip
-    rollouts = Rollouts(trainer, PromptBatches(prompts, 2, seed=0), tokenizer, RewardScorer(s.reward_funcs), s,
-                        ref_params=ref, mesh=mesh, seed=3)  # fmt: skip
-    trainer.rollouts = rollouts
+    trainer = GRPOTrainer(
+        model, make_loss_fn(s.loss), OptimizerConfig(learning_rate=1e-2, adam_epsilon=EXACT_EPS), 4, mesh=mesh
+    )
+    rollout = Rollout(
+        trainer.graphdef,
+        tokenizer,
+        RewardScorer(s.reward_funcs),
+        s,
+        mesh=mesh,
+        pad_id=trainer.config.pad_token_id,
+        ref_params=ref,
+        seed=3,
+    )
+    rollouts = Rollouts(lambda: trainer.params, PromptBatches(prompts, 2, seed=0), rollout)
     batch = next(rollouts)
-    metrics = {k: float(v) for k, v in jax.device_get(trainer.step(batch, 0)).items()}
+    metrics = {k: float(v) for k, v in {**rollouts.metrics, **jax.device_get(trainer.step(batch, 0))}.items()}
     return batch, metrics, jax.device_get(trainer.params)
 
 
@@ -156,15 +186,30 @@ def test_step_on_a_2x4_mesh_matches_unsharded(model_dir, data_file):
 
 def _run(model_dir, data_file, out: Path, extra=()):
     overrides = [
-        f"model.path={model_dir}", f"data.dataset_name={data_file}", "data.prompt_column=problem",
-        "chat.system_prompt=null", f"loop.output_dir={out}", "loop.max_steps=6", "loop.seed=7",
-        "grpo.prompts_per_step=2", "grpo.num_generations=4", "grpo.max_completion_length=6",
-        "grpo.max_prompt_length=16", "grpo.num_iterations=2", "grpo.beta=0.04", "grpo.loss_type=grpo",
-        "grpo.reward_funcs=[test_digit_share,test_kill_switch]", "grpo.verifier_workers=1",
-        "optimizer.learning_rate=1e-2", f"optimizer.adam_epsilon={EXACT_EPS}", "checkpoint.save_steps=3",
-        "checkpoint.async_save=false", "loop.gradient_accumulation_steps=2", "loop.mesh=data=1,fsdp=2,tensor=4",
+        f"model.path={model_dir}",
+        f"data.dataset_name={data_file}",
+        "data.prompt_column=problem",
+        "chat.system_prompt=null",
+        f"loop.output_dir={out}",
+        "loop.max_steps=6",
+        "loop.seed=7",
+        "grpo.prompts_per_step=2",
+        "grpo.num_generations=4",
+        "grpo.max_completion_length=6",
+        "grpo.max_prompt_length=16",
+        "grpo.num_iterations=2",
+        "grpo.beta=0.04",
+        "grpo.loss_type=grpo",
+        "grpo.reward_funcs=[test_digit_share,test_kill_switch]",
+        "grpo.verifier_workers=1",
+        "optimizer.learning_rate=1e-2",
+        f"optimizer.adam_epsilon={EXACT_EPS}",
+        "checkpoint.save_steps=3",
+        "checkpoint.async_save=false",
+        "loop.gradient_accumulation_steps=2",
+        "loop.mesh=data=1,fsdp=2,tensor=4",
         *extra,
-    ]  # fmt: skip
+    ]
     return grpo.run(None, overrides)
 
 
@@ -175,8 +220,11 @@ class Killed(BaseException):
 @pytest.fixture
 def compilation_cache(tmp_path):
     """The three runs compile the same programs: a persistent cache lets the later ones reuse them."""
-    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-            "jax_persistent_cache_min_entry_size_bytes")  # fmt: skip
+    keys = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
     from jax._src import compilation_cache  # jax reads the cache settings once; reset makes it read them again
 
     before = {k: getattr(jax.config, k) for k in keys}
@@ -249,16 +297,31 @@ def test_tiny_model_learns_single_digit_sums(model_dir, tmp_path):
     register_reward("test_sum_digit", sum_digit)
     register_reward("test_sum_exact", exact)
     data = tmp_path / "sums.jsonl"
-    data.write_text("".join(json.dumps({"problem": f"{a}+{b}=", "answer": str(a + b)}) + "\n"
-                            for a in range(5) for b in range(5)))  # fmt: skip
-    run = Path(grpo.run(None, [
-        f"model.path={model_dir}", f"data.dataset_name={data}", "data.prompt_column=problem",
-        "chat.system_prompt=null", f"loop.output_dir={tmp_path / 'run'}", "loop.max_steps=600",
-        "grpo.prompts_per_step=8", "grpo.num_generations=16", "grpo.max_completion_length=2",
-        "grpo.max_prompt_length=16", "grpo.reward_funcs=[test_sum_digit,test_sum_exact]",
-        "grpo.reward_weights=[1.0,0.0]", "optimizer.learning_rate=1e-3", "optimizer.max_grad_norm=1.0",
-        "checkpoint.save_steps=1000",
-    ]))  # fmt: skip
+    data.write_text(
+        "".join(json.dumps({"problem": f"{a}+{b}=", "answer": str(a + b)}) + "\n" for a in range(5) for b in range(5))
+    )
+    run = Path(
+        grpo.run(
+            None,
+            [
+                f"model.path={model_dir}",
+                f"data.dataset_name={data}",
+                "data.prompt_column=problem",
+                "chat.system_prompt=null",
+                f"loop.output_dir={tmp_path / 'run'}",
+                "loop.max_steps=600",
+                "grpo.prompts_per_step=8",
+                "grpo.num_generations=16",
+                "grpo.max_completion_length=2",
+                "grpo.max_prompt_length=16",
+                "grpo.reward_funcs=[test_sum_digit,test_sum_exact]",
+                "grpo.reward_weights=[1.0,0.0]",
+                "optimizer.learning_rate=1e-3",
+                "optimizer.max_grad_norm=1.0",
+                "checkpoint.save_steps=1000",
+            ],
+        )
+    )
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     window = 25
     curve = lambda key: [float(np.mean([r[key] for r in rows[i : i + window]])) for i in range(0, len(rows), window)]

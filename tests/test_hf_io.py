@@ -9,11 +9,11 @@ import torch
 import transformers
 from jaxrl.models.checkpoint import load_model
 from jaxrl.models.hf_io import export_hf, load_hf
+from jaxrl.models.tiny import build_tiny_model
 
 from jaxrl.cli import main
 from jaxrl.errors import JaxrlError
 from jaxrl.tensorfiles import SafetensorsDir, write_safetensors
-from jaxrl.tiny import build_tiny_model
 
 
 @pytest.fixture(scope="module")

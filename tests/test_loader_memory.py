@@ -19,8 +19,14 @@ from jaxrl.models.keymap import hf_names
 from jaxrl.tensorfiles import write_safetensors
 
 CONFIG = preset(
-    "tiny-olmo2", vocab_size=4096, hidden_size=1024, intermediate_size=4096, num_layers=10,
-    num_heads=8, num_kv_heads=8, head_dim=128,
+    "tiny-olmo2",
+    vocab_size=4096,
+    hidden_size=1024,
+    intermediate_size=4096,
+    num_layers=10,
+    num_heads=8,
+    num_kv_heads=8,
+    head_dim=128,
 )
 LARGEST = 4096 * 1024 * 4  # one MLP matrix or the embedding, fp32
 
@@ -47,7 +53,9 @@ def test_peak_memory_near_largest_tensor(tmp_path):
     assert max(int(np.prod(shape)) * 4 for _, shape, _ in specs) == LARGEST
     rng = np.random.default_rng(0)
     write_safetensors(
-        tmp_path, specs, lambda name: rng.standard_normal(dict((n, s) for n, s, _ in specs)[name], np.float32),
+        tmp_path,
+        specs,
+        lambda name: rng.standard_normal(dict((n, s) for n, s, _ in specs)[name], np.float32),
         max_shard_bytes=200 * 2**20,
     )
     (tmp_path / "config.json").write_text(json.dumps(CONFIG.to_hf_config()))

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from jaxrl.models.checkpoint import load_model
+from jaxrl.models.tiny import build_tiny_model
 
 from jaxrl.analysis import diff_trees
-from jaxrl.tiny import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests/fixtures/data/openr1_math_sample.jsonl"
@@ -38,8 +38,14 @@ def _free_port() -> int:
 
 def _env(devices: int, **extra) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAXRL_")}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1", **extra)  # fmt: skip
+    env.update(
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        **extra,
+    )
     return env
 
 
@@ -61,14 +67,30 @@ def recipe(tmp_path_factory):
 
 def _train(recipe_path: Path, run_dir: Path, max_steps: int, processes: int) -> list[str]:
     """`jaxrl train sft` in `processes` processes that together hold 4 devices; returns their logs."""
-    argv = [sys.executable, "-m", "jaxrl.cli", "train", "sft", "--recipe", str(recipe_path),
-            f"loop.output_dir={run_dir}", f"loop.max_steps={max_steps}"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "jaxrl.cli",
+        "train",
+        "sft",
+        "--recipe",
+        str(recipe_path),
+        f"loop.output_dir={run_dir}",
+        f"loop.max_steps={max_steps}",
+    ]
     if processes == 1:
         envs = [_env(4)]
     else:
         coordinator = f"127.0.0.1:{_free_port()}"
-        envs = [_env(4 // processes, JAXRL_COORDINATOR=coordinator, JAXRL_NUM_PROCESSES=str(processes),
-                     JAXRL_PROCESS_ID=str(i)) for i in range(processes)]  # fmt: skip
+        envs = [
+            _env(
+                4 // processes,
+                JAXRL_COORDINATOR=coordinator,
+                JAXRL_NUM_PROCESSES=str(processes),
+                JAXRL_PROCESS_ID=str(i),
+            )
+            for i in range(processes)
+        ]
     procs = [
         subprocess.Popen(argv, env=e, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for e in envs
@@ -137,15 +159,17 @@ def test_two_processes_match_one(recipe, tmp_path):
 
 def test_train_host_flags_reach_distributed_init(tmp_path, monkeypatch, capsys):
     """`--num-processes/--process-id` are checked by the distributed init before anything compiles."""
+    from jaxrl.models.tiny import build_tiny_model
+
     from jaxrl.cli import main
-    from jaxrl.tiny import build_tiny_model
 
     for name in ("JAXRL_COORDINATOR", "JAXRL_NUM_PROCESSES", "JAXRL_PROCESS_ID"):
         monkeypatch.setenv(name, "")  # restored after the test, whatever the command sets
     model = build_tiny_model(tmp_path / "tiny")
     out = tmp_path / "run"
-    code = main(["train", "sft", "--num-processes", "2", "--process-id", "5", f"model.path={model}",
-                 f"loop.output_dir={out}"])  # fmt: skip
+    code = main(
+        ["train", "sft", "--num-processes", "2", "--process-id", "5", f"model.path={model}", f"loop.output_dir={out}"]
+    )
     assert code == 2
     assert "process id 5 is not in [0, 2)" in capsys.readouterr().err
     assert not out.exists()

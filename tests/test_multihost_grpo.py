@@ -24,8 +24,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from jaxrl.models.checkpoint import load_model
-
-from jaxrl.tiny import build_tiny_model
+from jaxrl.models.tiny import build_tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests/fixtures/data/openr1_math_sample.jsonl"
@@ -48,10 +47,15 @@ def _free_port() -> int:
 
 def _env(devices: int, pythonpath: Path, **extra) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JAXRL_")}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-               HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")])),
-               **extra)  # fmt: skip
+    env.update(
+        JAX_PLATFORMS="cpu",
+        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+        HF_HUB_OFFLINE="1",
+        HF_DATASETS_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONPATH=os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")])),
+        **extra,
+    )
     return env
 
 
@@ -64,21 +68,44 @@ def setup(tmp_path_factory):
 
 def _train(root: Path, model: Path, run_dir: Path, max_steps: int, processes: int) -> list[str]:
     """grpo-tiny for `max_steps` in `processes` processes that together hold 4 devices; their logs."""
-    argv = [sys.executable, "-m", "jaxrl.cli", "train", "grpo", "--recipe", str(RECIPE),
-            f"model.path={model}", f"data.dataset_name={DATA}", f"loop.output_dir={run_dir}",
-            f"loop.max_steps={max_steps}", "loop.mesh=data=2,fsdp=2", "loop.seed=5",
-            "grpo.scale_rewards=batch", "grpo.num_iterations=2",
-            "grpo.reward_funcs=[accuracy,format,mh_rewards:distinct_share]", "grpo.reward_weights=[1.0,0.2,1.0]",
-            # a constant rate, so the runs to step 1 and to step 3 share their schedule; an Adam
-            # epsilon that keeps each update about its gradient, not about fp32 noise in a tiny one
-            "optimizer.lr_scheduler_type=constant", "optimizer.adam_epsilon=1e-4",
-            "checkpoint.async_save=false"]  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "jaxrl.cli",
+        "train",
+        "grpo",
+        "--recipe",
+        str(RECIPE),
+        f"model.path={model}",
+        f"data.dataset_name={DATA}",
+        f"loop.output_dir={run_dir}",
+        f"loop.max_steps={max_steps}",
+        "loop.mesh=data=2,fsdp=2",
+        "loop.seed=5",
+        "grpo.scale_rewards=batch",
+        "grpo.num_iterations=2",
+        "grpo.reward_funcs=[accuracy,format,mh_rewards:distinct_share]",
+        "grpo.reward_weights=[1.0,0.2,1.0]",
+        # a constant rate, so the runs to step 1 and to step 3 share their schedule; an Adam
+        # epsilon that keeps each update about its gradient, not about fp32 noise in a tiny one
+        "optimizer.lr_scheduler_type=constant",
+        "optimizer.adam_epsilon=1e-4",
+        "checkpoint.async_save=false",
+    ]
     if processes == 1:
         envs = [_env(4, root)]
     else:
         coordinator = f"127.0.0.1:{_free_port()}"
-        envs = [_env(4 // processes, root, JAXRL_COORDINATOR=coordinator, JAXRL_NUM_PROCESSES=str(processes),
-                     JAXRL_PROCESS_ID=str(i)) for i in range(processes)]  # fmt: skip
+        envs = [
+            _env(
+                4 // processes,
+                root,
+                JAXRL_COORDINATOR=coordinator,
+                JAXRL_NUM_PROCESSES=str(processes),
+                JAXRL_PROCESS_ID=str(i),
+            )
+            for i in range(processes)
+        ]
     procs = [
         subprocess.Popen(argv, env=e, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         for e in envs
@@ -126,11 +153,23 @@ def test_two_processes_match_one(setup, tmp_path):
     for r, g in zip(ref, got, strict=True):
         step = r["step"]
         # the same completions of the same prompts, scored and reduced over the global batch
-        for key in ("completions/mean_length", "completions/max_length", "completions/clipped_ratio",
-                    "frac_reward_zero_std", "rewards/format/mean"):  # fmt: skip
+        for key in (
+            "completions/mean_length",
+            "completions/max_length",
+            "completions/clipped_ratio",
+            "frac_reward_zero_std",
+            "rewards/format/mean",
+        ):
             assert g[key] == r[key], (step, key)
-        for key in ("reward", "reward_std", "rewards/mh_rewards:distinct_share/std", "entropy", "loss",
-                    "grad_norm", "clip_ratio/region_mean"):  # fmt: skip
+        for key in (
+            "reward",
+            "reward_std",
+            "rewards/mh_rewards:distinct_share/std",
+            "entropy",
+            "loss",
+            "grad_norm",
+            "clip_ratio/region_mean",
+        ):
             assert g[key] == pytest.approx(r[key], rel=1e-5, abs=1e-6), (step, key)
     for rows in (ref, got):
         generated = [r for r in rows if r["iteration"] == 1]  # the gap is logged where sampling happened

@@ -27,6 +27,7 @@ def test_cli_lists_commands_and_rejects_bad_preset(tmp_path):
     assert out.returncode == 0 and "convert" in out.stdout
     out = subprocess.run(
         [sys.executable, "-m", "jaxrl.cli", "tiny", str(tmp_path), "--preset", "huge"],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 2 and out.stderr.count("\n") == 1 and "unknown preset" in out.stderr

@@ -13,3 +13,9 @@ def test_ruff_is_clean():
     command = [sys.executable, "-m", "ruff", "check", "--no-cache", str(ROOT)]
     out = subprocess.run(command, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout[-3000:]
+
+
+def test_ruff_format_is_clean():
+    command = [sys.executable, "-m", "ruff", "format", "--check", "--no-cache", str(ROOT)]
+    out = subprocess.run(command, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout[-3000:]

@@ -10,18 +10,18 @@ import jax
 import numpy as np
 import pytest
 from jaxrl.models.checkpoint import load_model
+from jaxrl.models.tiny import build_tiny_model
 from jaxrl.train.checkpointing import Checkpoints
 from jaxrl.train.config import CheckpointConfig, FreezeConfig, OptimizerConfig
 from jaxrl.train.freeze import FreezePlan, expand_braces
-from jaxrl.train.loop import Trainer, check_batch_size, data_parallel_size, fit
+from jaxrl.train.loop import Trainer, check_batch_size, fit
 from jaxrl.train.optim import make_schedule
 from jaxrl.train.sft import sft_loss
 
 from jaxrl.data.batching import padded_rows
 from jaxrl.errors import JaxrlError
 from jaxrl.metrics import MetricsLogger
-from jaxrl.sharding import LogicalMesh, make_mesh
-from jaxrl.tiny import build_tiny_model
+from jaxrl.sharding import LogicalMesh, data_parallel_size, make_mesh
 
 VOCAB = 384
 # Sharding or accumulation sums the same numbers in another order (float noise ~1e-7 relative).
@@ -151,8 +151,9 @@ def test_schedules_match_transformers(kind):
 
     total, config = 40, OptimizerConfig(learning_rate=2e-3, lr_scheduler_type=kind, warmup_ratio=0.1)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
-    ref = transformers.get_scheduler(kind, opt, num_warmup_steps=config.num_warmup_steps(total),
-                                     num_training_steps=total)  # fmt: skip
+    ref = transformers.get_scheduler(
+        kind, opt, num_warmup_steps=config.num_warmup_steps(total), num_training_steps=total
+    )
     expected = []
     for _ in range(total):
         expected.append(opt.param_groups[0]["lr"])

@@ -45,7 +45,7 @@ def test_study_recipes_carry_the_paper_numbers(name):
     assert c.loop.seed == 42 and c.model.dtype == "bfloat16"
 
     steps_per_epoch = ROWS_UNDER_4096 // 448
-    total = sft.total_steps_of(c.loop, steps_per_epoch)
+    total = c.loop.total_steps(steps_per_epoch)
     assert total == {"sft-1ep": 154, "sft-lr-control": 571}.get(name, 462)  # PAPER: 462, ~152, 571
     assert c.checkpoint.save_steps == 0.05  # every 5% of training
     if total == 462:
@@ -77,11 +77,18 @@ def test_only_qk_trains_q_k_and_the_untied_lm_head():
 
 def test_study_recipes_are_the_3_epoch_recipe_plus_their_change():
     base = load("sft-3ep")
-    for name, changed in (("sft-1ep", {"loop"}), ("sft-lr-control", {"optimizer", "loop"}),
-                          ("sft-frozen-mid-mlp", {"freeze", "loop"}), ("sft-only-qk", {"freeze", "loop"})):  # fmt: skip
+    for name, changed in (
+        ("sft-1ep", {"loop"}),
+        ("sft-lr-control", {"optimizer", "loop"}),
+        ("sft-frozen-mid-mlp", {"freeze", "loop"}),
+        ("sft-only-qk", {"freeze", "loop"}),
+    ):
         other = load(name)
-        differs = {f for f in ("model", "data", "chat", "sft", "optimizer", "freeze", "checkpoint", "loop")
-                   if getattr(other, f) != getattr(base, f)}  # fmt: skip
+        differs = {
+            f
+            for f in ("model", "data", "chat", "sft", "optimizer", "freeze", "checkpoint", "loop")
+            if getattr(other, f) != getattr(base, f)
+        }
         assert differs == changed, name
 
 
@@ -112,8 +119,13 @@ def test_batch_not_divisible_by_data_parallel_fails_before_loading(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")  # never read: the batch check comes first
-    overrides = [f"model.path={model}", f"loop.output_dir={tmp_path / 'run'}", "loop.mesh=data=2,fsdp=4,tensor=1",
-                 "sft.batch_size=12", "sft.padding_free=false"]  # fmt: skip
+    overrides = [
+        f"model.path={model}",
+        f"loop.output_dir={tmp_path / 'run'}",
+        "loop.mesh=data=2,fsdp=4,tensor=1",
+        "sft.batch_size=12",
+        "sft.padding_free=false",
+    ]
     with pytest.raises(JaxrlError, match="data-parallel size 8"):
         sft.run(None, overrides)
     assert not (tmp_path / "run").exists()

@@ -14,8 +14,7 @@ from pathlib import Path
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-
-from jaxrl.tiny import build_tiny_model
+from jaxrl.models.tiny import build_tiny_model
 
 TOTAL_STEPS = 40
 
@@ -25,11 +24,18 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     model = build_tiny_model(root / "model", "tiny-olmo2", seed=0)
     rows = [
-        {"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
-                      {"role": "assistant", "content": f"<think>\n{a} plus {b} is {a + b}.\n</think>\n"
-                                                       f"<answer>\n\\boxed{{{a + b}}}\n</answer>"}]}
-        for a in range(6) for b in range(4)
-    ]  # fmt: skip
+        {
+            "messages": [
+                {"role": "user", "content": f"What is {a} + {b}?"},
+                {
+                    "role": "assistant",
+                    "content": f"<think>\n{a} plus {b} is {a + b}.\n</think>\n<answer>\n\\boxed{{{a + b}}}\n</answer>",
+                },
+            ]
+        }
+        for a in range(6)
+        for b in range(4)
+    ]
     data = root / "sums.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root, model, data
@@ -38,18 +44,36 @@ def setup(tmp_path_factory):
 def command(setup, run_dir: Path) -> list[str]:
     root, model, data = setup
     return [
-        sys.executable, "-m", "jaxrl.cli", "train", "sft", "--recipe", "train/recipes/sft-tiny.yaml",
-        f"model.path={model}", f"data.dataset_name={data}", f"loop.output_dir={run_dir}",
-        "sft.batch_size=4", "sft.max_length=64", "sft.pad_to_multiple_of=64", "chat.system_prompt=null",
-        f"loop.max_steps={TOTAL_STEPS}", "checkpoint.save_steps=4", "checkpoint.save_total_limit=2",
+        sys.executable,
+        "-m",
+        "jaxrl.cli",
+        "train",
+        "sft",
+        "--recipe",
+        "train/recipes/sft-tiny.yaml",
+        f"model.path={model}",
+        f"data.dataset_name={data}",
+        f"loop.output_dir={run_dir}",
+        "sft.batch_size=4",
+        "sft.max_length=64",
+        "sft.pad_to_multiple_of=64",
+        "chat.system_prompt=null",
+        f"loop.max_steps={TOTAL_STEPS}",
+        "checkpoint.save_steps=4",
+        "checkpoint.save_total_limit=2",
         "loop.mesh=data=1,fsdp=2,tensor=1",
-    ]  # fmt: skip
+    ]
 
 
 def env() -> dict[str, str]:
     out = dict(os.environ)
-    out.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
-               TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")  # fmt: skip
+    out.update(
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        JAX_PLATFORMS="cpu",
+        HF_HUB_OFFLINE="1",
+        TRANSFORMERS_OFFLINE="1",
+        PYTHONUNBUFFERED="1",
+    )
     return out
 
 
@@ -62,8 +86,14 @@ def last_step(run_dir: Path) -> int:
 
 
 def start(setup, run_dir: Path) -> subprocess.Popen:
-    return subprocess.Popen(command(setup, run_dir), cwd=Path(__file__).parents[1], env=env(),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    return subprocess.Popen(
+        command(setup, run_dir),
+        cwd=Path(__file__).parents[1],
+        env=env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def run_until(setup, run_dir: Path, at_step: int | None, sig: int | None) -> tuple[int, str, int | None]:

@@ -145,8 +145,10 @@ class Checkpoints:
                 continue
             for bad, reason in failures:
                 aside = self._move_aside(bad)
-                warn(f"checkpoint step {bad} in {self.directory} cannot be restored ({reason}); moved it to "
-                     f"{aside}; resuming from step {step}")  # fmt: skip
+                warn(
+                    f"checkpoint step {bad} in {self.directory} cannot be restored ({reason}); moved it to "
+                    f"{aside}; resuming from step {step}"
+                )
             return restored
         if failures:
             step, reason = failures[0]

@@ -131,3 +131,12 @@ class LoopConfig:
             raise JaxrlError(f"loop.max_steps={self.max_steps}: a positive count, or -1 to use num_train_epochs")
         if self.max_steps == -1 and self.num_train_epochs <= 0:
             raise JaxrlError("loop.num_train_epochs must be > 0 when max_steps is -1")
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        """Optimizer steps of the run: max_steps, else num_train_epochs of `steps_per_epoch`."""
+        if self.max_steps > 0:
+            return self.max_steps
+        steps = int(steps_per_epoch * self.num_train_epochs)
+        if steps < 1:
+            raise JaxrlError(f"num_train_epochs={self.num_train_epochs} of {steps_per_epoch} steps is no step")
+        return steps

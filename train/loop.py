@@ -37,7 +37,7 @@ import optax
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from jaxrl.models.decoder import Decoder
-from jaxrl.models.params import state_shardings
+from jaxrl.models.params import abstract_decoder, state_shardings
 from jaxrl.train.checkpointing import Checkpoints, rng_from_json, rng_to_json
 from jaxrl.train.config import FreezeConfig, OptimizerConfig
 from jaxrl.train.freeze import FreezePlan
@@ -46,25 +46,19 @@ from jaxrl.train.optim import adamw_direction, make_schedule
 from jaxrl.errors import JaxrlError
 from jaxrl.metrics import MetricsLogger
 from jaxrl.metrics import peak_flops_per_device as peak_flops
-from jaxrl.sharding import LogicalMesh, make_mesh
+from jaxrl.sharding import LogicalMesh, data_parallel_size, make_mesh
 
 LossFn = Callable[[Decoder, dict[str, jax.Array]], tuple[jax.Array, jax.Array, dict[str, jax.Array]]]
 
 
 class ResumableIterator(Protocol):
-    """What `fit` needs from a batch source: host batches and a JSON-able position."""
+    """What `fit` needs from a batch source: host batches and a JSON-able position. A source may
+    also hold `metrics`, a dict of floats about the batch it gave last; `fit` logs them with the step."""
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]: ...
     def __next__(self) -> dict[str, np.ndarray]: ...
     def state(self) -> dict[str, Any]: ...
     def restore(self, state: dict[str, Any]) -> None: ...
-
-
-def data_parallel_size(mesh: LogicalMesh) -> int:
-    """How many ways the `batch` logical axis is split on this mesh."""
-    target = dict(mesh.rules)["batch"]
-    axes = (target,) if isinstance(target, str) else tuple(target or ())
-    return int(np.prod([mesh.mesh.shape[a] for a in axes]))
 
 
 def check_batch_size(batch_size: int, accumulation: int, dp: int, what: str = "batch size") -> int:
@@ -97,6 +91,10 @@ def _like_params(state, params, mesh: LogicalMesh):
     return jax.tree_util.tree_map_with_path(one, state)
 
 
+def _abstract(x, sharding) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+
 def _tree_select(pred, new, old):
     return jax.tree.map(lambda a, b: jnp.where(pred, a, b), new, old)
 
@@ -116,23 +114,49 @@ class Trainer:
         mesh: LogicalMesh | None = None,
         seed: int = 0,
     ):
-        self.config = model.config
-        self.mesh = mesh or model.mesh or LogicalMesh(make_mesh())
-        self.accumulation = accumulation
-        self.total_steps = total_steps
-        self.graphdef, state = nnx.split(model)
+        mesh = mesh or model.mesh or LogicalMesh(make_mesh())
+        graphdef, state = nnx.split(model)
         # placed by the logical-axis rules (a no-op for a model created or loaded on this mesh)
-        self.params = jax.device_put(nnx.to_pure_dict(state), nnx.to_pure_dict(state_shardings(state, self.mesh)))
-        self.plan = FreezePlan.build(freeze or FreezeConfig(), self.params, model.config.num_layers)
+        params = jax.device_put(nnx.to_pure_dict(state), nnx.to_pure_dict(state_shardings(state, mesh)))
+        self._setup(model.config, graphdef, params, loss_fn, optimizer, total_steps, freeze, accumulation, mesh)
+        self.opt_state = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(self.params)
+        self.rng = jax.random.key(seed)  # saved and restored with checkpoints (GRPO samples with it)
+
+    @classmethod
+    def abstract(
+        cls,
+        config,
+        loss_fn: LossFn,
+        optimizer: OptimizerConfig,
+        total_steps: int,
+        *,
+        freeze: FreezeConfig | None = None,
+        accumulation: int = 1,
+        mesh: LogicalMesh,
+    ) -> Trainer:
+        """A Trainer of the model `config` describes whose params and optimizer state are
+        ShapeDtypeStructs with shardings: nothing is allocated, and `lower` gives exactly the step a
+        real Trainer runs (what `jaxrl plan` measures)."""
+        graphdef, state = nnx.split(abstract_decoder(config, mesh))
+        shardings = nnx.to_pure_dict(state_shardings(state, mesh))
+        params = jax.tree.map(_abstract, nnx.to_pure_dict(state), shardings)
+        trainer = cls.__new__(cls)
+        trainer._setup(config, graphdef, params, loss_fn, optimizer, total_steps, freeze, accumulation, mesh)
+        trainer.opt_state = jax.tree.map(_abstract, jax.eval_shape(trainer.tx.init, params), trainer.opt_shardings)
+        trainer.rng = None
+        return trainer
+
+    def _setup(self, config, graphdef, params, loss_fn, optimizer, total_steps, freeze, accumulation, mesh):
+        """Everything but the optimizer state's values, for real and abstract params alike."""
+        self.config, self.graphdef, self.params, self.loss_fn = config, graphdef, params, loss_fn
+        self.mesh, self.accumulation, self.total_steps = mesh, accumulation, total_steps
+        self.plan = FreezePlan.build(freeze or FreezeConfig(), params, config.num_layers)
         self.schedule = make_schedule(optimizer, total_steps)
         # AdamW's direction without the lr: the step multiplies by -lr(step), so a skipped update
         # never shifts the schedule; frozen tensors get set_to_zero (no state) via multi_transform.
-        self.tx = adamw_direction(optimizer, None if self.plan.is_trivial else self.plan.labels(self.params))
-        self.param_shardings = jax.tree.map(lambda x: x.sharding, self.params)
-        self.opt_shardings = _like_params(jax.eval_shape(self.tx.init, self.params), self.params, self.mesh)
-        self.opt_state = jax.jit(self.tx.init, out_shardings=self.opt_shardings)(self.params)
-        self.loss_fn = loss_fn
-        self.rng = jax.random.key(seed)  # saved and restored with checkpoints (GRPO samples with it)
+        self.tx = adamw_direction(optimizer, None if self.plan.is_trivial else self.plan.labels(params))
+        self.param_shardings = jax.tree.map(lambda x: x.sharding, params)
+        self.opt_shardings = _like_params(jax.eval_shape(self.tx.init, params), params, mesh)
         self._step_fn = None
         self._batch_shardings = None
 
@@ -189,8 +213,14 @@ class Trainer:
             new_params = plan.apply_updates(params, updates)
             params = _tree_select(finite, new_params, params)
             opt_state = _tree_select(finite, new_opt_state, opt_state)
-            metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "skipped": 1 - finite.astype(jnp.int32),
-                       "loss_denominator": den, **aux}  # fmt: skip
+            metrics = {
+                "loss": loss,
+                "grad_norm": grad_norm,
+                "lr": lr,
+                "skipped": 1 - finite.astype(jnp.int32),
+                "loss_denominator": den,
+                **aux,
+            }
             return params, opt_state, metrics
 
         replicated = self.mesh.replicated()
@@ -201,6 +231,20 @@ class Trainer:
             out_shardings=(self.param_shardings, self.opt_shardings, replicated),
             donate_argnums=(0, 1),
         )
+
+    def lower(self, host_batch: Mapping[str, jax.ShapeDtypeStruct]):
+        """(the step lowered for host batches of these shapes ([B, ...] each), the device batch's
+        shapes [k, B/k, ...] with their shardings)."""
+        step_fn = self._build(host_batch)
+        k = self.accumulation
+        batch = {
+            name: jax.ShapeDtypeStruct(
+                (k, v.shape[0] // k, *v.shape[1:]), v.dtype, sharding=self._batch_shardings[name]
+            )
+            for name, v in host_batch.items()
+        }
+        step = jax.ShapeDtypeStruct((), jnp.int32, sharding=self.mesh.replicated())
+        return step_fn.lower(self.params, self.opt_state, batch, step), batch
 
     def _batch_sharding(self, ndim: int) -> NamedSharding:
         """[k, b, ...]: micro-batch axis unsplit, rows over the data-parallel axes."""
@@ -307,8 +351,10 @@ def fit(
     """
     start, resumed_from, skipped_total = 0, None, 0
     if not resume and checkpoints.steps():
-        raise JaxrlError(f"{checkpoints.directory} already holds checkpoints {checkpoints.steps()} and resume is off; "
-                         "use a new output_dir, or resume")  # fmt: skip
+        raise JaxrlError(
+            f"{checkpoints.directory} already holds checkpoints {checkpoints.steps()} and resume is off; "
+            "use a new output_dir, or resume"
+        )
     if resume:
         restored = checkpoints.restore_latest(*trainer.abstract_state(), warn=lambda m: logger.message(f"warning: {m}"))
         if restored is not None:
@@ -336,25 +382,30 @@ def fit(
             try:
                 batch = next(batches)
             except StopIteration:
-                raise JaxrlError(f"the data ran out after {step} of {total_steps} steps; "
-                                 "lower max_steps or add epochs") from None  # fmt: skip
+                raise JaxrlError(
+                    f"the data ran out after {step} of {total_steps} steps; lower max_steps or add epochs"
+                ) from None
             batch = batch._asdict() if hasattr(batch, "_asdict") else dict(batch)
             began = time.perf_counter()
             metrics = {k: v.item() for k, v in jax.device_get(trainer.step(batch, step)).items()}
             elapsed = time.perf_counter() - began
+            metrics.update(getattr(batches, "metrics", {}))  # e.g. a GRPO generation batch's rewards
             done = step + 1
             skipped = bool(metrics.pop("skipped"))
             in_a_row = in_a_row + 1 if skipped else 0
             skipped_total += skipped
             tokens = count_tokens(batch) * jax.process_count()
-            metrics.update(step_time=elapsed, tokens=tokens, tokens_per_s=tokens / elapsed,
-                           skipped_updates=skipped_total)  # fmt: skip
+            metrics.update(
+                step_time=elapsed, tokens=tokens, tokens_per_s=tokens / elapsed, skipped_updates=skipped_total
+            )
             if peak:
                 flops_seq = flops_per_token(trainer.config, batch["tokens"].shape[1])
                 metrics["mfu"] = flops_seq * tokens / elapsed / (peak * jax.device_count())
             if skipped:
-                logger.message(f"step {done}: non-finite loss or gradient (loss={metrics['loss']}, "
-                               f"grad_norm={metrics['grad_norm']}); update skipped")  # fmt: skip
+                logger.message(
+                    f"step {done}: non-finite loss or gradient (loss={metrics['loss']}, "
+                    f"grad_norm={metrics['grad_norm']}); update skipped"
+                )
             if done % logging_steps == 0 or done == total_steps or skipped:
                 logger.log(done, metrics)
             if on_step is not None:
@@ -367,8 +418,10 @@ def fit(
                     if last
                     else ("no checkpoint was written yet")
                 )
-                raise JaxrlError(f"{in_a_row} non-finite updates in a row (steps {done - in_a_row + 1}-{done}); "
-                                 f"stopped, {kept}; lower the learning rate or check the data")  # fmt: skip
+                raise JaxrlError(
+                    f"{in_a_row} non-finite updates in a row (steps {done - in_a_row + 1}-{done}); "
+                    f"stopped, {kept}; lower the learning rate or check the data"
+                )
             if guard.requested:
                 save(done)
                 checkpoints.wait()

@@ -53,10 +53,3 @@ def adamw_direction(config: OptimizerConfig, labels=None) -> optax.GradientTrans
     if labels is None:
         return direction
     return optax.multi_transform({TRAIN: direction, FROZEN: optax.set_to_zero()}, labels)
-
-
-def make_optimizer(config: OptimizerConfig, total_steps: int, labels=None) -> optax.GradientTransformation:
-    """The whole optax AdamW (direction, then -lr(count)), for use outside the Trainer."""
-    return optax.chain(
-        adamw_direction(config, labels), optax.scale_by_learning_rate(make_schedule(config, total_steps))
-    )

@@ -2,10 +2,10 @@
 
     jaxrl plan --recipe train/recipes/sft_3ep.yaml --mesh fsdp=32 --devices 32 --chip v5p
 
-The real training step (`Trainer`'s jitted step, with the recipe's loss, optimizer, freezing and
-gradient accumulation) is lowered and compiled ahead of time for a mesh of `--devices` emulated CPU
-devices, on `jax.ShapeDtypeStruct`s that carry their shardings: no parameter is ever created, so a
-7B plan needs a few GB of host memory. The report, per device:
+The real training step (`Trainer.abstract(...).lower(...)`: the jitted step with the recipe's loss,
+optimizer, freezing and gradient accumulation) is lowered and compiled ahead of time for a mesh of
+`--devices` emulated CPU devices, on `jax.ShapeDtypeStruct`s that carry their shardings: no
+parameter is ever created, so a 7B plan needs a few GB of host memory. The report, per device:
 
     params      sharded parameter bytes (computed from the shardings)
     opt_state   sharded optimizer-state bytes (AdamW moments; frozen tensors have none)
@@ -76,8 +76,9 @@ def recipe_method(recipe: str | None, method: str | None) -> str:
 
 def model_config_of(model: str | None, source) -> Any:
     """The ModelConfig to plan: --model (preset or HF dir), else the recipe's model.path."""
-    from jaxrl.models.checkpoint import find_config
     from jaxrl.models.config import PRESETS, ModelConfig
+
+    from jaxrl.model_files import find_config
 
     name = model or source.path
     if not name:
@@ -95,39 +96,6 @@ def model_config_of(model: str | None, source) -> Any:
     return config.replace(**changes)
 
 
-def abstract_trainer(model_config, loss_fn, optimizer, freeze, accumulation: int, mesh, total_steps: int):
-    """A `Trainer` whose params and optimizer state are ShapeDtypeStructs with shardings.
-
-    It is set up as `Trainer.__init__` does, minus the two places that allocate (the model and
-    `tx.init`), so `_build` yields exactly the step that training runs.
-    """
-    import jax
-    from flax import nnx
-    from jaxrl.models.params import abstract_decoder, state_shardings
-    from jaxrl.train.config import FreezeConfig
-    from jaxrl.train.freeze import FreezePlan
-    from jaxrl.train.loop import Trainer, _like_params
-    from jaxrl.train.optim import adamw_direction, make_schedule
-
-    graphdef, state = nnx.split(abstract_decoder(model_config, mesh))
-    shapes, shardings = nnx.to_pure_dict(state), nnx.to_pure_dict(state_shardings(state, mesh))
-    with_sharding = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-    params = jax.tree.map(with_sharding, shapes, shardings)
-
-    t = Trainer.__new__(Trainer)
-    t.config, t.mesh, t.accumulation, t.total_steps = model_config, mesh, accumulation, total_steps
-    t.graphdef, t.params, t.loss_fn = graphdef, params, loss_fn
-    t.plan = FreezePlan.build(freeze or FreezeConfig(), params, model_config.num_layers)
-    t.schedule = make_schedule(optimizer, total_steps)
-    t.tx = adamw_direction(optimizer, None if t.plan.is_trivial else t.plan.labels(params))
-    t.param_shardings = shardings
-    abstract_opt = jax.eval_shape(t.tx.init, params)
-    t.opt_shardings = _like_params(abstract_opt, params, mesh)
-    t.opt_state = jax.tree.map(with_sharding, abstract_opt, t.opt_shardings)
-    t.rng, t._step_fn, t._batch_shardings = None, None, None
-    return t
-
-
 def sharded_bytes(tree) -> int:
     """Bytes one device holds of a tree of ShapeDtypeStructs/arrays with shardings (the largest shard)."""
     import jax
@@ -138,27 +106,6 @@ def sharded_bytes(tree) -> int:
         shard = x.sharding.shard_shape(x.shape)
         total += int(np.prod(shard, dtype=np.int64)) * np.dtype(x.dtype).itemsize
     return total
-
-
-def lower_step(trainer, host_batch: dict[str, Any]):
-    """(lowered step, device batch shapes) for a host batch of these shapes ({name: ShapeDtypeStruct [B, ...]})."""
-    import jax
-    import jax.numpy as jnp
-
-    step_fn = trainer._build(host_batch)
-    k = trainer.accumulation
-    batch = {
-        name: jax.ShapeDtypeStruct((k, v.shape[0] // k, *v.shape[1:]), v.dtype, sharding=trainer._batch_shardings[name])
-        for name, v in host_batch.items()
-    }
-    step = jax.ShapeDtypeStruct((), jnp.int32, sharding=trainer.mesh.replicated())
-    return step_fn.lower(trainer.params, trainer.opt_state, batch, step), batch
-
-
-def compile_step(trainer, host_batch: dict[str, Any]):
-    """(compiled step, device batch shapes); see `lower_step`."""
-    lowered, batch = lower_step(trainer, host_batch)
-    return lowered.compile(), batch
 
 
 @dataclasses.dataclass
@@ -269,7 +216,7 @@ def grpo_inputs(config, rows: int | None):
         "completion_mask": jax.ShapeDtypeStruct((n, c), jnp.float32),
         "advantages": jax.ShapeDtypeStruct((n,), jnp.float32),
     }
-    settings = s.loss_settings()
+    settings = s.loss
     if settings.use_old_logprobs:
         batch["old_logprobs"] = jax.ShapeDtypeStruct((n, c), jnp.float32)
     if s.beta > 0:
@@ -283,19 +230,28 @@ def kv_cache_bytes(model_config, rows: int, slots: int, mesh) -> int:
     import numpy as np
 
     shape = (model_config.num_layers, rows, slots, model_config.num_kv_heads, model_config.head_dim)
-    kv = jax.ShapeDtypeStruct(shape, model_config.compute_dtype,
-                              sharding=mesh.sharding(("layers", "batch", "seq", "kv_heads", None), shape))  # fmt: skip
+    kv = jax.ShapeDtypeStruct(
+        shape, model_config.compute_dtype, sharding=mesh.sharding(("layers", "batch", "seq", "kv_heads", None), shape)
+    )
     seg = jax.ShapeDtypeStruct((rows, slots), np.int32, sharding=mesh.sharding(("batch", "seq"), (rows, slots)))
     return sharded_bytes([kv, kv, seg, seg])
 
 
-def make_plan(recipe: str | None, mesh: str, *, overrides=(), method: str | None = None, model: str | None = None,
-              rows: int | None = None, chip: str | None = None) -> MemoryPlan:  # fmt: skip
+def make_plan(
+    recipe: str | None,
+    mesh: str,
+    *,
+    overrides=(),
+    method: str | None = None,
+    model: str | None = None,
+    rows: int | None = None,
+    chip: str | None = None,
+) -> MemoryPlan:
     """Compiles the recipe's step for `mesh` over this process's devices and measures it."""
     import jax
-    from jaxrl.train.loop import check_batch_size, data_parallel_size
+    from jaxrl.train.loop import Trainer, check_batch_size
 
-    from jaxrl.sharding import LogicalMesh, MeshSpec, make_mesh
+    from jaxrl.sharding import LogicalMesh, MeshSpec, data_parallel_size, make_mesh
 
     method = recipe_method(recipe, method)
     capacity = chip_capacity(chip) if chip else None
@@ -316,9 +272,11 @@ def make_plan(recipe: str | None, mesh: str, *, overrides=(), method: str | None
     check_batch_size(num_rows, k, data_parallel_size(lm), "batch rows")
     model_config = model_config_of(model, config.model)
     total_steps = config.loop.max_steps if config.loop.max_steps > 0 else 1000
-    trainer = abstract_trainer(model_config, loss_fn, config.optimizer, config.freeze, k, lm, total_steps)
-    compiled, batch = compile_step(trainer, host_batch)
-    mem = compiled.memory_analysis()
+    trainer = Trainer.abstract(
+        model_config, loss_fn, config.optimizer, total_steps, freeze=config.freeze, accumulation=k, mesh=lm
+    )
+    lowered, batch = trainer.lower(host_batch)
+    mem = lowered.compile().memory_analysis()
     arguments = mem.argument_size_in_bytes
     kv = None
     if method == "grpo":
@@ -417,8 +375,15 @@ def main(argv: list[str] | None = None) -> int:
                 f"this process has {jax.device_count()} devices, not {args.devices}; use `jaxrl plan`, which "
                 "starts a process with the emulated devices"
             )
-        plan = make_plan(args.recipe, args.mesh, overrides=args.overrides, method=args.method, model=args.model,
-                         rows=args.rows, chip=args.chip)  # fmt: skip
+        plan = make_plan(
+            args.recipe,
+            args.mesh,
+            overrides=args.overrides,
+            method=args.method,
+            model=args.model,
+            rows=args.rows,
+            chip=args.chip,
+        )
     except JaxrlError as e:
         print(f"jaxrl plan: error: {e}", file=sys.stderr)
         return 2

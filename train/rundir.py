@@ -18,11 +18,11 @@ from pathlib import Path
 
 import jax
 import yaml
-from jaxrl.models.checkpoint import find_config, is_orbax_model
 from jaxrl.models.config import ModelConfig
 from jaxrl.models.hf_io import TOKENIZER_FILES
 
 from jaxrl.errors import JaxrlError
+from jaxrl.model_files import is_orbax_model
 from jaxrl.sharding import LogicalMesh, MeshSpec, init_distributed, make_mesh
 
 
@@ -43,28 +43,6 @@ def check_model_path(path: str) -> Path:
     if not ((p / "config.json").is_file() or is_orbax_model(p)):
         raise JaxrlError(f"model.path {path} is neither a HF model directory (config.json) nor an Orbax checkpoint")
     return p
-
-
-def tokenizer_dir(model_path: str | Path) -> Path:
-    """Where the tokenizer of a model lives: the HF directory, or the run root above a checkpoint."""
-    model_path = Path(model_path)
-    candidates = [model_path]
-    if is_orbax_model(model_path):
-        candidates.append(find_config(model_path).parent)
-    for directory in candidates:
-        if any((directory / name).is_file() for name in ("tokenizer.json", "tokenizer_config.json")):
-            return directory
-    raise JaxrlError(f"no tokenizer files next to {model_path}; copy the tokenizer into the model directory")
-
-
-def load_tokenizer(model_path: str | Path):
-    from transformers import AutoTokenizer
-
-    directory = tokenizer_dir(model_path)
-    try:
-        return AutoTokenizer.from_pretrained(str(directory))
-    except (OSError, ValueError) as e:
-        raise JaxrlError(f"cannot load the tokenizer in {directory}: {str(e).splitlines()[0]}") from None
 
 
 def check_output_dir(output_dir: str) -> Path:

@@ -14,18 +14,15 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jaxrl.models.checkpoint import load_model
-from jaxrl.models.params import count_params
-from jaxrl.train import rundir
-from jaxrl.train.checkpointing import Checkpoints
+from jaxrl.models.logprobs import target_logprobs, token_logprobs
+from jaxrl.train import session
 from jaxrl.train.config import CheckpointConfig, FreezeConfig, LoopConfig, ModelSource, OptimizerConfig
-from jaxrl.train.grpo_loss import token_logprobs
-from jaxrl.train.loop import Trainer, check_batch_size, data_parallel_size, fit
+from jaxrl.train.loop import Trainer, check_batch_size
 
 from jaxrl.data import ChatConfig, DataConfig, SFTBatches, load_sft_dataset
 from jaxrl.errors import JaxrlError
-from jaxrl.metrics import MetricsLogger
-from jaxrl.recipes import dump_recipe, load_recipe
+from jaxrl.recipes import load_recipe
+from jaxrl.sharding import data_parallel_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,77 +70,55 @@ def sft_loss(model, batch: dict[str, jax.Array], chunk_size: int = 0):
     mask = batch["loss_mask"].astype(jnp.float32)
     if chunk_size:
         h_btd, _ = model.hidden_states(batch["tokens"], batch["segment_ids"], batch["positions"])
-        nll_bt = -token_logprobs(h_btd, model.unembed(), batch["targets"], 1.0, chunk_size)
+        logp_bt = token_logprobs(h_btd, model.unembed(), batch["targets"], 1.0, chunk_size)
     else:
         logits_btv = model(batch["tokens"], batch["segment_ids"], batch["positions"])
-        logz_bt = jax.nn.logsumexp(logits_btv, axis=-1)
-        nll_bt = logz_bt - jnp.take_along_axis(logits_btv, batch["targets"][..., None], axis=-1)[..., 0]
-    return jnp.sum(nll_bt * mask), jnp.sum(mask), {}
+        logp_bt = target_logprobs(logits_btv, batch["targets"])[0]
+    return -jnp.sum(logp_bt * mask), jnp.sum(mask), {}
 
 
 def load_config(recipe_path: str | None, overrides=()) -> SFTConfig:
     return load_recipe(SFTConfig, recipe_path, list(overrides))
 
 
-def total_steps_of(loop: LoopConfig, steps_per_epoch: int) -> int:
-    if loop.max_steps > 0:
-        return loop.max_steps
-    steps = int(steps_per_epoch * loop.num_train_epochs)
-    if steps < 1:
-        raise JaxrlError(f"num_train_epochs={loop.num_train_epochs} of {steps_per_epoch} steps is no step")
-    return steps
-
-
 def run(recipe_path: str | None, overrides=()) -> str:
     """Trains (or resumes) the run the recipe describes; returns the run directory."""
     config = load_config(recipe_path, overrides)
     cfg, loop = config.sft, config.loop
-    # Everything that can be checked without compiling is checked first.
-    run_dir = rundir.check_output_dir(loop.output_dir)
-    checkpoint_dir = rundir.checkpoint_dir(run_dir, config.checkpoint.directory)
-    model_path = rundir.check_model_path(config.model.path)
-    mesh = rundir.training_mesh(loop.mesh)
-    dp, k = data_parallel_size(mesh), loop.gradient_accumulation_steps
+    setup = session.prepare(config)
+    dp, k = data_parallel_size(setup.mesh), loop.gradient_accumulation_steps
     if not cfg.padding_free:
         check_batch_size(cfg.batch_size, k, dp, "sft.batch_size")
-    tokenizer = rundir.load_tokenizer(model_path)
+    tokenizer = setup.tokenizer
     if tokenizer.pad_token_id is None:
-        raise JaxrlError(f"the tokenizer in {model_path} has no pad token; set one in tokenizer_config.json")
+        raise JaxrlError(f"the tokenizer in {setup.model_path} has no pad token; set one in tokenizer_config.json")
     dataset = load_sft_dataset(config.data, tokenizer, config.chat, cfg.max_length)
     batches = SFTBatches(
-        dataset, cfg.batch_size, tokenizer.pad_token_id, seed=loop.seed, max_length=cfg.max_length,
-        padding_free=cfg.padding_free, pad_to_multiple_of=cfg.pad_to_multiple_of,
-        rows_multiple_of=k * max(1, dp // jax.process_count()), completion_only_loss=cfg.completion_only_loss,
-        shuffle=cfg.shuffle, process_index=jax.process_index(), process_count=jax.process_count(),
-    )  # fmt: skip
-    total_steps = total_steps_of(loop, batches.steps_per_epoch)
-
-    model = load_model(model_path, mesh, config.model.param_dtype, dtype=config.model.dtype, remat=config.model.remat)
-    loss_fn = functools.partial(sft_loss, chunk_size=cfg.loss_chunk_size)
-    trainer = Trainer(model, loss_fn, config.optimizer, total_steps, freeze=config.freeze, accumulation=k,
-                      mesh=mesh, seed=loop.seed)  # fmt: skip
-    # Written only once every check has passed, so a rejected recipe leaves nothing behind.
-    changed = rundir.write_run_files(run_dir, model.config, rundir.tokenizer_dir(model_path), dump_recipe(config))
-    del model
-    checkpoints = Checkpoints(checkpoint_dir, config.checkpoint)
-    logger = MetricsLogger(run_dir, total_steps)
-    logger.message(
-        f"sft: {len(dataset)} examples ({', '.join(f'{k_}={v}' for k_, v in dataset.counts.items())}); "
-        f"{batches.steps_per_epoch} steps per epoch, {total_steps} steps; "
-        f"{count_params(trainer.model) / 1e6:.1f}M parameters; {trainer.plan.summary()}"
+        dataset,
+        cfg.batch_size,
+        tokenizer.pad_token_id,
+        seed=loop.seed,
+        max_length=cfg.max_length,
+        padding_free=cfg.padding_free,
+        pad_to_multiple_of=cfg.pad_to_multiple_of,
+        rows_multiple_of=k * max(1, dp // jax.process_count()),
+        completion_only_loss=cfg.completion_only_loss,
+        shuffle=cfg.shuffle,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
     )
-    if changed and checkpoints.steps() and config.checkpoint.resume:
-        logger.message(f"warning: resuming with a recipe that differs from the run's in {', '.join(changed)}")
-    try:
-        result = fit(
-            trainer, batches, total_steps, checkpoints, logger,
-            save_interval=config.checkpoint.interval(total_steps), resume=config.checkpoint.resume,
-            max_nonfinite_steps=loop.max_nonfinite_steps, logging_steps=loop.logging_steps,
-            peak_flops_per_device=loop.peak_flops_per_device or None,
-        )  # fmt: skip
-    finally:
-        checkpoints.close()
-        logger.close()
-    if not result.preempted:
-        logger.message(f"sft: done, {result.step} steps; checkpoints in {checkpoints.directory}")
-    return str(run_dir)
+    total_steps = loop.total_steps(batches.steps_per_epoch)
+    loss_fn = functools.partial(sft_loss, chunk_size=cfg.loss_chunk_size)
+    trainer = Trainer(
+        session.load_policy(config, setup),
+        loss_fn,
+        config.optimizer,
+        total_steps,
+        freeze=config.freeze,
+        accumulation=k,
+        mesh=setup.mesh,
+        seed=loop.seed,
+    )
+    counts = ", ".join(f"{name}={n}" for name, n in dataset.counts.items())
+    summary = f"{len(dataset)} examples ({counts}); {batches.steps_per_epoch} steps per epoch"
+    return session.train(config, setup, trainer, batches, total_steps, "sft", summary)

@@ -13,6 +13,15 @@ from jaxrl.analysis.stream import diff_many, diff_sources
 from jaxrl.analysis.tree_diff import TensorChange, diff_trees
 
 __all__ = [
-    "DEFAULT_MODULES", "HFSource", "OrbaxSource", "TensorChange", "TensorSpec", "diff_many", "diff_sources",
-    "diff_trees", "parse_modules", "specs_from_key_map", "specs_from_tree",
-]  # fmt: skip
+    "DEFAULT_MODULES",
+    "HFSource",
+    "OrbaxSource",
+    "TensorChange",
+    "TensorSpec",
+    "diff_many",
+    "diff_sources",
+    "diff_trees",
+    "parse_modules",
+    "specs_from_key_map",
+    "specs_from_tree",
+]

@@ -40,8 +40,10 @@ class Progress:
         eta = (self.total - self.done) / rate if rate > 0 else float("nan")
         eta_text = time.strftime("%H:%M:%S", time.gmtime(eta)) if eta == eta else "?"
         unit, scale = ("GB", 1e9) if self.total >= 1e9 else ("MB", 1e6)
-        return (f"analyze {self.label}: {self.done / scale:.2f}/{self.total / scale:.2f} {unit} "
-                f"({100 * self.done / self.total:.0f}%), {rate / scale:.2f} {unit}/s, ETA {eta_text}")  # fmt: skip
+        return (
+            f"analyze {self.label}: {self.done / scale:.2f}/{self.total / scale:.2f} {unit} "
+            f"({100 * self.done / self.total:.0f}%), {rate / scale:.2f} {unit}/s, ETA {eta_text}"
+        )
 
     def __call__(self, nbytes: int) -> None:
         self.done += nbytes
@@ -89,8 +91,9 @@ def analyze(
         raise JaxrlError(f"--svd must be >= 0, got {svd}")
     base_ckpt = model_checkpoint(base)
     base_specs = select(_specs(base_ckpt, key_map), parse_modules(modules))
-    checkpoints = [c for path, name in zip(runs, unique_run_names(list(runs)), strict=True)
-                   for c in run_checkpoints(path, name)]  # fmt: skip
+    checkpoints = [
+        c for path, name in zip(runs, unique_run_names(list(runs)), strict=True) for c in run_checkpoints(path, name)
+    ]
     for ckpt in checkpoints:
         _check_same_model(base_specs, _specs(ckpt, key_map), ckpt)
     base_source = base_ckpt.open()
@@ -108,8 +111,9 @@ def analyze(
             new = rows_from_changes(changes, ckpt.run, ckpt.name, ckpt.step)
             rows += new
             means = module_means(new, ckpt.run, ckpt.name)
-            metrics.write(json.dumps({"run": ckpt.run, "checkpoint": ckpt.name, "step": ckpt.step,
-                                      "rel_change": means}) + "\n")  # fmt: skip
+            metrics.write(
+                json.dumps({"run": ckpt.run, "checkpoint": ckpt.name, "step": ckpt.step, "rel_change": means}) + "\n"
+            )
     meta = {
         "base": str(base),
         "runs": [str(r) for r in runs],

@@ -20,8 +20,14 @@ METRICS = ("rel_change", "delta_norm", "frac_changed", "cosine", "base_norm", "n
 def rows_from_changes(changes: Iterable[TensorChange], run: str, checkpoint: str, step: int | None) -> list[dict]:
     rows = []
     for c in changes:
-        row = {"run": run, "checkpoint": checkpoint, "step": step, "module": c.module, "layer": c.layer,
-               "tensor": c.tensor}  # fmt: skip
+        row = {
+            "run": run,
+            "checkpoint": checkpoint,
+            "step": step,
+            "module": c.module,
+            "layer": c.layer,
+            "tensor": c.tensor,
+        }
         row.update({m: getattr(c, m) for m in METRICS})
         if c.singular_values is not None:
             row["stable_rank"] = c.stable_rank

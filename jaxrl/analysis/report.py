@@ -65,8 +65,9 @@ def plot_heatmaps(rows: Sequence[dict], out: Path) -> list[Path]:
                 continue
             fig, ax = plt.subplots(figsize=(1.0 + 0.6 * len(modules), 1.5 + 0.18 * len(layers)))
             norm = LogNorm(*span) if span and span[0] < span[1] else None
-            image = ax.imshow(np.where(grid > 0, grid, np.nan), aspect="auto", cmap="viridis", norm=norm,
-                              origin="lower")  # fmt: skip
+            image = ax.imshow(
+                np.where(grid > 0, grid, np.nan), aspect="auto", cmap="viridis", norm=norm, origin="lower"
+            )
             ax.set_xticks(range(len(modules)), modules)
             ax.set_yticks(range(len(layers))[:: max(1, len(layers) // 16)], layers[:: max(1, len(layers) // 16)])
             ax.set_xlabel("module")
@@ -139,8 +140,13 @@ def summary(rows: Sequence[dict], meta: dict) -> str:
     """Markdown: per run the final checkpoint's modules ranked, depth profile, ratios to the first run."""
     finals = final_means(rows)
     runs = list(finals)
-    lines = ["# Weight-change summary", "", f"Base: `{meta['base']}`. Metric: ||W - W0||_F / ||W0||_F in fp32, "
-             "mean over layers at each run's last checkpoint.", ""]  # fmt: skip
+    lines = [
+        "# Weight-change summary",
+        "",
+        f"Base: `{meta['base']}`. Metric: ||W - W0||_F / ||W0||_F in fp32, "
+        "mean over layers at each run's last checkpoint.",
+        "",
+    ]
     for run in runs:
         ckpts = checkpoints_of(rows, run)
         ckpt, step = ckpts[-1]
@@ -156,15 +162,23 @@ def summary(rows: Sequence[dict], meta: dict) -> str:
             lines.append(f"Moved most: **{top[0]}** ({_fmt(top[1])}); least: {ranked[-1][0]} ({_fmt(ranked[-1][1])}).")
             lines += ["", "| module | mean rel. change | max over layers | layer of max |", "|---|---|---|---|"]
             for module, mean in ranked:
-                per_layer = [(r["rel_change"], r["layer"]) for r in rows
-                             if r["run"] == run and r["checkpoint"] == ckpt and r["module"] == module]  # fmt: skip
+                per_layer = [
+                    (r["rel_change"], r["layer"])
+                    for r in rows
+                    if r["run"] == run and r["checkpoint"] == ckpt and r["module"] == module
+                ]
                 peak, at = max(per_layer, key=lambda t: t[0] if np.isfinite(t[0]) else -math.inf)
                 lines.append(f"| {module} | {_fmt(mean)} | {_fmt(peak)} | {'-' if at is None else at} |")
         thirds = depth_thirds(rows, run, ckpt)
         if thirds:
             deepest = max(thirds, key=lambda k: thirds[k] if np.isfinite(thirds[k]) else -math.inf)
-            lines += ["", "Depth (mean over modules): " + ", ".join(f"{k} {_fmt(v)}" for k, v in thirds.items())
-                      + f"; largest in the **{deepest}** layers.", ""]  # fmt: skip
+            lines += [
+                "",
+                "Depth (mean over modules): "
+                + ", ".join(f"{k} {_fmt(v)}" for k, v in thirds.items())
+                + f"; largest in the **{deepest}** layers.",
+                "",
+            ]
         lines.append("")
     if len(runs) > 1:
         ref = runs[0]

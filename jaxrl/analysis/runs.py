@@ -14,10 +14,11 @@ import json
 import re
 from pathlib import Path
 
+from jaxrl import model_files
 from jaxrl.analysis.sources import HFSource, OrbaxSource, Source
 from jaxrl.errors import JaxrlError
+from jaxrl.model_files import PARAMS_DIR, find_config
 
-PARAMS_DIR = "params"
 TRL_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -31,14 +32,11 @@ class Checkpoint:
 
     def config(self) -> dict:
         """The HF config.json of this checkpoint's model."""
-        candidates = [self.path] if self.kind == "hf" else [self.path, self.path.parent, self.path.parent.parent]
-        for directory in candidates:
-            if (directory / "config.json").is_file():
-                try:
-                    return json.loads((directory / "config.json").read_text())
-                except json.JSONDecodeError:
-                    raise JaxrlError(f"{directory / 'config.json'} is not valid JSON") from None
-        raise JaxrlError(f"no config.json for checkpoint {self.path} (looked in it and two directories above)")
+        path = self.path / "config.json" if self.kind == "hf" else find_config(self.path)
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise JaxrlError(f"{path} is not valid JSON") from None
 
     def open(self) -> Source:
         return OrbaxSource(self.path / PARAMS_DIR) if self.kind == "orbax" else HFSource(self.path)
@@ -79,10 +77,7 @@ def run_checkpoints(path: str | Path, run: str | None = None) -> list[Checkpoint
     run = run or path.resolve().name
     if _kind(path) is not None:
         return [dataclasses.replace(model_checkpoint(path), run=run)]
-    found = []
-    ours = path / "checkpoints"
-    if ours.is_dir():
-        found += [(int(d.name), d, "orbax") for d in ours.iterdir() if d.name.isdigit() and _kind(d) == "orbax"]
+    found = [(int(d.name), d, "orbax") for d in model_files.run_checkpoints(path) if _kind(d) == "orbax"]
     for d in path.iterdir() if path.is_dir() else ():
         step = _step(d.name) if d.name.startswith("checkpoint-") else None
         if step is not None and _kind(d) == "hf":

@@ -61,7 +61,7 @@ def changes_from_sums(
                 size=s.size,
                 singular_values=None if top is None else tuple(top),
                 stable_rank=stable,
-            )  # fmt: skip
+            )
         )
     return out
 

@@ -14,8 +14,25 @@ from jaxrl.data.sft import SFTBatches, TokenizedDataset, conversations, load_sft
 from jaxrl.data.sources import DataConfig, Rows, load_rows
 
 __all__ = [
-    "SYSTEM_PROMPT", "Batch", "ChatConfig", "DataConfig", "Encoded", "EpochSampler", "PromptBatch",
-    "PromptBatches", "PromptSet", "Rows", "SFTBatches", "TokenizedDataset", "conversations",
-    "encode_example", "encode_prompt", "encode_prompts", "load_prompts", "load_rows",
-    "load_sft_dataset", "render_prompt", "tokenize_sft",
-]  # fmt: skip
+    "SYSTEM_PROMPT",
+    "Batch",
+    "ChatConfig",
+    "DataConfig",
+    "Encoded",
+    "EpochSampler",
+    "PromptBatch",
+    "PromptBatches",
+    "PromptSet",
+    "Rows",
+    "SFTBatches",
+    "TokenizedDataset",
+    "conversations",
+    "encode_example",
+    "encode_prompt",
+    "encode_prompts",
+    "load_prompts",
+    "load_rows",
+    "load_sft_dataset",
+    "render_prompt",
+    "tokenize_sft",
+]

@@ -27,6 +27,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from jaxrl.errors import JaxrlError
+from jaxrl.shapes import round_up
 
 
 class Batch(NamedTuple):
@@ -51,13 +52,15 @@ class EpochSampler:
     Yields int64 [batch_size] index arrays; `num_epochs=None` runs forever.
     """
 
-    def __init__(self, num_examples: int, batch_size: int, seed: int = 0, shuffle: bool = True,
-                 num_epochs: int | None = None):  # fmt: skip
+    def __init__(
+        self, num_examples: int, batch_size: int, seed: int = 0, shuffle: bool = True, num_epochs: int | None = None
+    ):
         if batch_size < 1:
             raise JaxrlError(f"batch size must be at least 1, got {batch_size}")
         if num_examples < batch_size:
-            raise JaxrlError(f"{num_examples} examples are fewer than one batch of {batch_size}; "
-                             "lower the batch size or add data")  # fmt: skip
+            raise JaxrlError(
+                f"{num_examples} examples are fewer than one batch of {batch_size}; lower the batch size or add data"
+            )
         self.num_examples, self.batch_size, self.seed = num_examples, batch_size, seed
         self.shuffle, self.num_epochs = shuffle, num_epochs
         self.steps_per_epoch = num_examples // batch_size
@@ -86,14 +89,21 @@ class EpochSampler:
 
     def state(self) -> dict[str, int]:
         """Where the next batch starts, plus what must match on restore."""
-        return {"epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "seed": self.seed,
-                "num_examples": self.num_examples, "batch_size": self.batch_size}  # fmt: skip
+        return {
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "seed": self.seed,
+            "num_examples": self.num_examples,
+            "batch_size": self.batch_size,
+        }
 
     def restore(self, state: dict[str, Any]) -> None:
         for key in ("seed", "num_examples", "batch_size"):
             if key in state and state[key] != getattr(self, key):
-                raise JaxrlError(f"cannot resume the data order: {key} was {state[key]}, now "
-                                 f"{getattr(self, key)}; resume with the same data and batch size")  # fmt: skip
+                raise JaxrlError(
+                    f"cannot resume the data order: {key} was {state[key]}, now "
+                    f"{getattr(self, key)}; resume with the same data and batch size"
+                )
         epoch, step = int(state["epoch"]), int(state["step_in_epoch"])
         if epoch < 0 or not 0 <= step <= self.steps_per_epoch:
             raise JaxrlError(f"bad data position epoch={epoch} step_in_epoch={step}")
@@ -111,12 +121,9 @@ def check_hosts(n: int, process_index: int, process_count: int, what: str) -> No
     if not 0 <= process_index < process_count:
         raise JaxrlError(f"process_index {process_index} is not in [0, {process_count})")
     if n % process_count:
-        raise JaxrlError(f"{n} {what} per batch do not split over {process_count} hosts; "
-                         f"use a multiple of {process_count}")  # fmt: skip
-
-
-def round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
+        raise JaxrlError(
+            f"{n} {what} per batch do not split over {process_count} hosts; use a multiple of {process_count}"
+        )
 
 
 def padded_rows(examples: list[tuple[np.ndarray, np.ndarray]], length: int, pad_id: int) -> Batch:
@@ -127,8 +134,13 @@ def padded_rows(examples: list[tuple[np.ndarray, np.ndarray]], length: int, pad_
     return _rows([[e] for e in examples], length, pad_id)
 
 
-def packed_rows(examples: list[tuple[np.ndarray, np.ndarray]], length: int, num_rows: int | None,
-                pad_id: int, rows_multiple_of: int = 1) -> Batch:  # fmt: skip
+def packed_rows(
+    examples: list[tuple[np.ndarray, np.ndarray]],
+    length: int,
+    num_rows: int | None,
+    pad_id: int,
+    rows_multiple_of: int = 1,
+) -> Batch:
     """The examples packed into rows of `length` tokens by first-fit decreasing (deterministic).
 
     The row count is the packing's, rounded up to `rows_multiple_of` (empty rows are all padding),
@@ -152,8 +164,10 @@ def packed_rows(examples: list[tuple[np.ndarray, np.ndarray]], length: int, num_
     count = round_up(len(rows), rows_multiple_of)
     if num_rows is not None:
         if len(rows) > num_rows:
-            raise JaxrlError(f"{len(examples)} examples need {len(rows)} packed rows of {length} tokens, "
-                             f"more than num_rows={num_rows}")  # fmt: skip
+            raise JaxrlError(
+                f"{len(examples)} examples need {len(rows)} packed rows of {length} tokens, "
+                f"more than num_rows={num_rows}"
+            )
         count = num_rows
     rows += [[] for _ in range(count - len(rows))]
     return _rows([[examples[i] for i in sorted(r)] for r in rows], length, pad_id)

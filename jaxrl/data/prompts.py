@@ -43,9 +43,14 @@ class PromptBatch:
     rows: list[dict[str, Any]]
 
 
-def encode_prompts(rows: Rows | list[dict], tokenizer: Any, chat: ChatConfig = STUDY_CHAT,
-                   prompt_column: str = "problem", max_prompt_length: int | None = None,
-                   strict: bool = False) -> PromptSet:  # fmt: skip
+def encode_prompts(
+    rows: Rows | list[dict],
+    tokenizer: Any,
+    chat: ChatConfig = STUDY_CHAT,
+    prompt_column: str = "problem",
+    max_prompt_length: int | None = None,
+    strict: bool = False,
+) -> PromptSet:
     """Templated, tokenised, left-truncated prompts of `rows[prompt_column]` (text or messages)."""
     rows = rows.rows if isinstance(rows, Rows) else rows
     if rows and not any(prompt_column in r for r in rows):
@@ -75,8 +80,9 @@ def encode_prompts(rows: Rows | list[dict], tokenizer: Any, chat: ChatConfig = S
     return PromptSet(ids, kept, counts)
 
 
-def load_prompts(data: DataConfig, tokenizer: Any, chat: ChatConfig = STUDY_CHAT,
-                 max_prompt_length: int | None = None) -> PromptSet:  # fmt: skip
+def load_prompts(
+    data: DataConfig, tokenizer: Any, chat: ChatConfig = STUDY_CHAT, max_prompt_length: int | None = None
+) -> PromptSet:
     """`load_rows` -> `encode_prompts` on `data.prompt_column` (default "problem")."""
     rows = load_rows(data)
     prompts = encode_prompts(rows, tokenizer, chat, data.prompt_column or "problem", max_prompt_length, data.strict)
@@ -92,8 +98,17 @@ class PromptBatches:
     Same order, epochs, `state()` and `restore()` as SFTBatches (jaxrl.data.batching.EpochSampler).
     """
 
-    def __init__(self, prompts: PromptSet, batch_size: int, *, seed: int = 0, shuffle: bool = True,
-                 num_epochs: int | None = None, process_index: int = 0, process_count: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        prompts: PromptSet,
+        batch_size: int,
+        *,
+        seed: int = 0,
+        shuffle: bool = True,
+        num_epochs: int | None = None,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
         check_hosts(batch_size, process_index, process_count, "prompts")
         self.prompts = prompts
         self.process_index, self.process_count = process_index, process_count

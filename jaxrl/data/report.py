@@ -20,7 +20,7 @@ from jaxrl.data.chat import ChatConfig, render_example, render_prompt
 from jaxrl.data.prompts import encode_prompts
 from jaxrl.data.sft import conversation_columns, conversations, tokenize_sft
 from jaxrl.data.sources import DataConfig, load_rows
-from jaxrl.errors import JaxrlError
+from jaxrl.model_files import load_tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,7 +43,7 @@ def data_report(config: DataReportConfig) -> dict[str, Any]:
     rows = load_rows(data, conversation_columns(data) if config.mode == "sft" else None)
     report: dict[str, Any] = {"source": rows.source, "rows": len(rows), "filtered_out": rows.filtered_out}
     skipped = Counter(rows.skipped)
-    tokenizer = load_tokenizer(config.tokenizer) if config.tokenizer else None
+    tokenizer = load_tokenizer(None, config.tokenizer) if config.tokenizer else None
     if config.mode == "sft":
         pairs, bad = conversations(rows, data)
         skipped += bad
@@ -82,11 +82,15 @@ def format_report(report: dict[str, Any], config: DataReportConfig) -> str:
         lines.append(f"examples: {report['examples']}")
     if "tokens" in report:
         t = report["tokens"]
-        lines.append(f"tokens per {'example' if config.mode == 'sft' else 'prompt'}: min {t['min']}, "
-                     f"median {t['median']}, p90 {t['p90']}, p99 {t['p99']}, max {t['max']}")  # fmt: skip
+        lines.append(
+            f"tokens per {'example' if config.mode == 'sft' else 'prompt'}: min {t['min']}, "
+            f"median {t['median']}, p90 {t['p90']}, p99 {t['p99']}, max {t['max']}"
+        )
     if "over_max_length" in report:
-        lines.append(f"over max_length={config.max_length}: {report['over_max_length']} dropped; "
-                     f"{report['kept']} kept ({report['kept_tokens']} tokens)")  # fmt: skip
+        lines.append(
+            f"over max_length={config.max_length}: {report['over_max_length']} dropped; "
+            f"{report['kept']} kept ({report['kept_tokens']} tokens)"
+        )
     if "truncated" in report:
         lines.append(f"over max_prompt_length={config.max_prompt_length}: {report['truncated']} left-truncated")
     first = report.get("first_example", report.get("first_prompt", ""))
@@ -94,22 +98,18 @@ def format_report(report: dict[str, Any], config: DataReportConfig) -> str:
     return "\n".join(lines)
 
 
-def load_tokenizer(path: str) -> Any:
-    """A tokenizer from local files only (never remote code)."""
-    from transformers import AutoTokenizer
-
-    try:
-        return AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise JaxrlError(f"cannot load a tokenizer from {path}: {str(e).strip().splitlines()[0]}") from None
-
-
 def _length_stats(lengths: np.ndarray) -> dict[str, int]:
     if not len(lengths):
         return {k: 0 for k in ("min", "median", "p90", "p99", "max", "total")}
     q = np.percentile(lengths, [50, 90, 99]).round().astype(int)
-    return {"min": int(lengths.min()), "median": int(q[0]), "p90": int(q[1]), "p99": int(q[2]),
-            "max": int(lengths.max()), "total": int(lengths.sum())}  # fmt: skip
+    return {
+        "min": int(lengths.min()),
+        "median": int(q[0]),
+        "p90": int(q[1]),
+        "p99": int(q[2]),
+        "max": int(lengths.max()),
+        "total": int(lengths.sum()),
+    }
 
 
 def _clip(text: str, limit: int = 1500) -> str:

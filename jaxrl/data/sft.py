@@ -22,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from jaxrl.data.batching import Batch, EpochSampler, check_hosts, host_slice, packed_rows, padded_rows, round_up
+from jaxrl.data.batching import Batch, EpochSampler, check_hosts, host_slice, packed_rows, padded_rows
 from jaxrl.data.chat import STUDY_CHAT, ChatConfig, Prompt, encode_rendered_batch, render_example
 from jaxrl.data.sources import DataConfig, Rows, columns_of, load_rows
 from jaxrl.errors import JaxrlError
+from jaxrl.shapes import round_up
 
 
 @dataclasses.dataclass
@@ -64,8 +65,10 @@ def conversations(rows: Rows | list[dict], data: DataConfig) -> tuple[list[tuple
     needed = [data.prompt_column, data.completion_column] if use_columns else [data.messages_column]
     for column in needed:
         if rows and not any(column in r for r in rows):
-            raise JaxrlError(f"the data has no column {column!r} (columns: {columns_of(rows)}); "
-                             "set messages_column, or prompt_column and completion_column")  # fmt: skip
+            raise JaxrlError(
+                f"the data has no column {column!r} (columns: {columns_of(rows)}); "
+                "set messages_column, or prompt_column and completion_column"
+            )
     for row in rows:
         try:
             if use_columns:
@@ -79,8 +82,13 @@ def conversations(rows: Rows | list[dict], data: DataConfig) -> tuple[list[tuple
     return pairs, skipped
 
 
-def tokenize_sft(pairs: Sequence[tuple[Prompt, str]], tokenizer: Any, chat: ChatConfig = STUDY_CHAT,
-                 max_length: int | None = None, chunk: int = 1024) -> TokenizedDataset:  # fmt: skip
+def tokenize_sft(
+    pairs: Sequence[tuple[Prompt, str]],
+    tokenizer: Any,
+    chat: ChatConfig = STUDY_CHAT,
+    max_length: int | None = None,
+    chunk: int = 1024,
+) -> TokenizedDataset:
     """Tokenises every pair; those over `max_length` tokens are dropped and counted ("too_long")."""
     kept_ids, kept_masks, too_long, bad = [], [], 0, Counter()
     for at in range(0, len(pairs), chunk):
@@ -100,8 +108,10 @@ def tokenize_sft(pairs: Sequence[tuple[Prompt, str]], tokenizer: Any, chat: Chat
             kept_ids.append(encoded.ids)
             kept_masks.append(encoded.completion_mask)
     if not kept_ids:
-        raise JaxrlError(f"no SFT example left: {too_long} of {len(pairs)} are longer than max_length={max_length}"
-                         + (f", {sum(bad.values())} could not be templated" if bad else ""))  # fmt: skip
+        raise JaxrlError(
+            f"no SFT example left: {too_long} of {len(pairs)} are longer than max_length={max_length}"
+            + (f", {sum(bad.values())} could not be templated" if bad else "")
+        )
     starts = np.zeros(len(kept_ids) + 1, np.int64)
     starts[1:] = np.cumsum([len(i) for i in kept_ids])
     counts = {"examples": len(pairs), "too_long": too_long, "kept": len(kept_ids)}
@@ -117,8 +127,9 @@ def conversation_columns(data: DataConfig) -> tuple[str, ...]:
     return tuple(c for c in wanted if c)
 
 
-def load_sft_dataset(data: DataConfig, tokenizer: Any, chat: ChatConfig = STUDY_CHAT,
-                     max_length: int | None = None) -> TokenizedDataset:  # fmt: skip
+def load_sft_dataset(
+    data: DataConfig, tokenizer: Any, chat: ChatConfig = STUDY_CHAT, max_length: int | None = None
+) -> TokenizedDataset:
     """`load_rows` -> `conversations` -> `tokenize_sft`, with every count in `.counts`.
 
     Only the conversation columns are read (unless `data.columns` names others).
@@ -146,17 +157,32 @@ class SFTBatches:
     completion_only_loss: train only on completion tokens (default: the whole sequence, as the study).
     """
 
-    def __init__(self, data: TokenizedDataset, batch_size: int, pad_id: int, *, seed: int = 0,
-                 max_length: int | None = None, padding_free: bool = False, pad_to_multiple_of: int = 64,
-                 rows_multiple_of: int = 1, completion_only_loss: bool = False, shuffle: bool = True,
-                 num_epochs: int | None = None, process_index: int = 0, process_count: int = 1):  # fmt: skip
+    def __init__(
+        self,
+        data: TokenizedDataset,
+        batch_size: int,
+        pad_id: int,
+        *,
+        seed: int = 0,
+        max_length: int | None = None,
+        padding_free: bool = False,
+        pad_to_multiple_of: int = 64,
+        rows_multiple_of: int = 1,
+        completion_only_loss: bool = False,
+        shuffle: bool = True,
+        num_epochs: int | None = None,
+        process_index: int = 0,
+        process_count: int = 1,
+    ):
         # Padded batches split examples over hosts; packed ones split rows (rounded up to fit).
         check_hosts(process_count if padding_free else batch_size, process_index, process_count, "examples")
         self.data, self.pad_id = data, pad_id
         self.max_length = int(max_length if max_length is not None else data.lengths.max())
         if data.lengths.max() > self.max_length:
-            raise JaxrlError(f"examples up to {data.lengths.max()} tokens exceed max_length={self.max_length}; "
-                             "tokenise with the same max_length")  # fmt: skip
+            raise JaxrlError(
+                f"examples up to {data.lengths.max()} tokens exceed max_length={self.max_length}; "
+                "tokenise with the same max_length"
+            )
         self.padding_free, self.pad_to_multiple_of = padding_free, pad_to_multiple_of
         self.rows_multiple_of = rows_multiple_of * process_count
         self.completion_only_loss = completion_only_loss
@@ -203,8 +229,10 @@ def _pair_from_messages(row: dict, column: str) -> tuple[Prompt, str]:
         raise _BadRow(f"no {column!r} column")
     if not isinstance(messages, list) or not messages:
         raise _BadRow(f"{column!r} is not a non-empty list of messages")
-    if not all(isinstance(m, Mapping) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str)
-               for m in messages):  # fmt: skip
+    if not all(
+        isinstance(m, Mapping) and isinstance(m.get("content"), str) and isinstance(m.get("role"), str)
+        for m in messages
+    ):
         raise _BadRow("a message is not {role, content} text")
     last = messages[-1]
     if last["role"] != "assistant" or not last["content"]:
@@ -225,8 +253,10 @@ def _pair_from_columns(row: dict, prompt_column: str, completion_column: str) ->
     if not isinstance(completion, str) or not completion:
         raise _BadRow(f"{completion_column!r} is not non-empty text")
     if isinstance(prompt, list):
-        if not prompt or not all(isinstance(m, Mapping) and isinstance(m.get("role"), str)
-                                 and isinstance(m.get("content"), str) for m in prompt):  # fmt: skip
+        if not prompt or not all(
+            isinstance(m, Mapping) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in prompt
+        ):
             raise _BadRow(f"{prompt_column!r} is not text or a list of {{role, content}} messages")
         return [dict(role=m["role"], content=m["content"]) for m in prompt], completion
     if not isinstance(prompt, str) or not prompt:

@@ -147,8 +147,9 @@ def _filter_table(table: Any, filters: list[tuple[str, bool, str]], source: str)
 
     for column, equal, value in filters:
         if column not in table.column_names:
-            raise JaxrlError(f"filter on {column!r}: {source} has no such column "
-                             f"(columns: {', '.join(table.column_names[:12])})")  # fmt: skip
+            raise JaxrlError(
+                f"filter on {column!r}: {source} has no such column (columns: {', '.join(table.column_names[:12])})"
+            )
         values = table.column(column).to_pylist()
         keep = [_matches(v, value) == equal for v in values]
         _check_kept(keep, values, column, equal, value, source)
@@ -160,8 +161,10 @@ def _check_kept(keep: list[bool], values: list, column: str, equal: bool, value:
     if not any(keep):
         seen = sorted({_text(v) for v in values})
         shown = ", ".join(seen[:8]) + (", ..." if len(seen) > 8 else "")
-        raise JaxrlError(f"filter {column}{'=' if equal else '!='}{value} keeps none of {len(values)} rows "
-                         f"of {source} (values of {column}: {shown})")  # fmt: skip
+        raise JaxrlError(
+            f"filter {column}{'=' if equal else '!='}{value} keeps none of {len(values)} rows "
+            f"of {source} (values of {column}: {shown})"
+        )
 
 
 def _check_columns(columns: tuple[str, ...], available: list[str], source: str) -> None:

@@ -14,12 +14,19 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from jaxrl import synthetic
+from jaxrl.model_files import latest_checkpoint
 
 SHIPPED = Path(__file__).parent / "base_model"  # the default base, made by `jaxrl reproduce --rebuild-base`
 BASE_SHAPE = dict(
-    vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=4,
-    head_dim=32, max_position_embeddings=512,
-)  # fmt: skip
+    vocab_size=512,
+    hidden_size=128,
+    intermediate_size=384,
+    num_layers=4,
+    num_heads=4,
+    num_kv_heads=4,
+    head_dim=32,
+    max_position_embeddings=512,
+)
 
 
 @dataclass(frozen=True)
@@ -86,8 +93,9 @@ def build_base(spec: BaseSpec, directory: Path, log=print) -> Path:
     if (final / "model.safetensors").is_file():
         return final
     world, pool, _, _ = world_and_pools(spec, 0, 0)
-    chats = synthetic.pretraining_conversations(world, pool, spec.seed, spec.num_conversations,
-                                                hasty_share=spec.hasty_share)
+    chats = synthetic.pretraining_conversations(
+        world, pool, spec.seed, spec.num_conversations, hasty_share=spec.hasty_share
+    )
     corpus = write_jsonl(directory / "corpus.jsonl", ({"messages": c} for c in chats))
     init = directory / "init"
     texts = [m["content"] for c in chats[:4000] for m in c] + [synthetic.SYSTEM_PROMPT]
@@ -96,15 +104,29 @@ def build_base(spec: BaseSpec, directory: Path, log=print) -> Path:
     config = preset("tiny-olmo2", **BASE_SHAPE, bos_token_id=eos, eos_token_ids=(eos,), pad_token_id=pad)
     export_hf(init_decoder(config, seed=spec.seed), init)
     log(f"base: pre-training a {config.num_params() / 1e6:.2f}M-parameter model for {spec.steps} steps")
-    run = sft.run(None, [
-        f"model.path={init}", f"data.dataset_name={corpus}", "chat.system_prompt=null",
-        f"sft.batch_size={spec.batch_size}", "sft.max_length=256", "sft.pad_to_multiple_of=32",
-        f"optimizer.learning_rate={spec.learning_rate}", "optimizer.lr_scheduler_type=cosine",
-        "optimizer.warmup_ratio=0.05", "optimizer.max_grad_norm=1.0", "optimizer.weight_decay=0.01",
-        f"loop.max_steps={spec.steps}", f"loop.output_dir={directory / 'run'}", f"loop.seed={spec.seed}",
-        "loop.logging_steps=50", f"checkpoint.save_steps={max(spec.steps // 4, 1)}", "checkpoint.save_total_limit=1",
-    ])  # fmt: skip
-    last = max((Path(run) / "checkpoints").iterdir(), key=lambda p: int(p.name) if p.name.isdigit() else -1)
+    run = sft.run(
+        None,
+        [
+            f"model.path={init}",
+            f"data.dataset_name={corpus}",
+            "chat.system_prompt=null",
+            f"sft.batch_size={spec.batch_size}",
+            "sft.max_length=256",
+            "sft.pad_to_multiple_of=32",
+            f"optimizer.learning_rate={spec.learning_rate}",
+            "optimizer.lr_scheduler_type=cosine",
+            "optimizer.warmup_ratio=0.05",
+            "optimizer.max_grad_norm=1.0",
+            "optimizer.weight_decay=0.01",
+            f"loop.max_steps={spec.steps}",
+            f"loop.output_dir={directory / 'run'}",
+            f"loop.seed={spec.seed}",
+            "loop.logging_steps=50",
+            f"checkpoint.save_steps={max(spec.steps // 4, 1)}",
+            "checkpoint.save_total_limit=1",
+        ],
+    )
+    last = latest_checkpoint(run)
     tmp = directory / "hf.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     convert(last, tmp)

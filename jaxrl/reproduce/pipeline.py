@@ -1,9 +1,10 @@
 """The miniature study's stages: data -> base -> GRPO and SFT -> evaluation -> analysis -> report.
 
-Each stage calls the public entry point a TPU user would (`jaxrl.train.grpo.run`,
-`jaxrl.train.sft.run`, `jaxrl.eval.runner.evaluate`, `jaxrl analyze`) and leaves a marker in `.done/`,
-so a killed reproduction resumes at the stage it was in (and training resumes from its last
-checkpoint).
+The pipeline is the top floor: it calls the library's public entry points, the ones a TPU user
+would (`jaxrl.train.grpo.run`, `jaxrl.train.sft.run`, `jaxrl.eval.runner.evaluate`,
+`jaxrl.analysis.analyze.analyze`), never the `jaxrl` command. Each stage leaves a marker in
+`.done/`, so a killed reproduction resumes at the stage it was in (and training resumes from its
+last checkpoint).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from pathlib import Path
 
 from jaxrl import synthetic
 from jaxrl.errors import JaxrlError
+from jaxrl.model_files import latest_checkpoint
 from jaxrl.reproduce.base import BaseSpec, build_base, world_and_pools, write_jsonl
 
 
@@ -56,9 +58,10 @@ def write_data(preset: Preset, spec: BaseSpec, data: Path) -> dict[str, Path]:
         "train": write_jsonl(data / "train.jsonl", synthetic.math_rows(train, "teacher")),
         "math500": write_jsonl(data / "math500.jsonl", synthetic.math500_rows(test)),
         "triviaqa": write_jsonl(data / "triviaqa.jsonl", synthetic.trivia_rows(world)),
-        "ifeval": write_jsonl(data / "ifeval.jsonl",
-                              synthetic.instruction_rows(world, spec.seed, preset.num_instruction_prompts)),
-    }  # fmt: skip
+        "ifeval": write_jsonl(
+            data / "ifeval.jsonl", synthetic.instruction_rows(world, spec.seed, preset.num_instruction_prompts)
+        ),
+    }
 
 
 def grpo_overrides(preset: Preset, base: Path, train: Path, out: Path) -> list[str]:
@@ -66,16 +69,32 @@ def grpo_overrides(preset: Preset, base: Path, train: Path, out: Path) -> list[s
     epsilon 0.2, clip 0.2, T 0.6, accuracy + 0.2 format) at the preset's sizes."""
     every = max(preset.grpo_steps // preset.checkpoints, 1)
     return [
-        f"model.path={base}", f"data.dataset_name={train}", "grpo.gold_column=answer",
-        f"grpo.prompts_per_step={preset.grpo_prompts}", f"grpo.num_generations={preset.grpo_generations}",
-        f"grpo.max_completion_length={GRPO_COMPLETION}", "grpo.max_prompt_length=256", "grpo.verifier_workers=1",
-        "grpo.loss_type=dr_grpo", "grpo.scale_rewards=none", "grpo.mask_truncated_completions=true",
-        "grpo.beta=0.0", "grpo.epsilon=0.2", "grpo.temperature=0.6", "grpo.top_p=1.0",
-        "grpo.reward_funcs=[accuracy,format]", "grpo.reward_weights=[1.0,0.2]",
-        f"optimizer.learning_rate={preset.grpo_lr}", "optimizer.lr_scheduler_type=constant_with_warmup",
-        "optimizer.warmup_ratio=0.1", "optimizer.max_grad_norm=0.2", f"loop.max_steps={preset.grpo_steps}",
-        f"loop.output_dir={out}", f"checkpoint.save_steps={every}", "loop.logging_steps=1",
-    ]  # fmt: skip
+        f"model.path={base}",
+        f"data.dataset_name={train}",
+        "grpo.gold_column=answer",
+        f"grpo.prompts_per_step={preset.grpo_prompts}",
+        f"grpo.num_generations={preset.grpo_generations}",
+        f"grpo.max_completion_length={GRPO_COMPLETION}",
+        "grpo.max_prompt_length=256",
+        "grpo.verifier_workers=1",
+        "grpo.loss_type=dr_grpo",
+        "grpo.scale_rewards=none",
+        "grpo.mask_truncated_completions=true",
+        "grpo.beta=0.0",
+        "grpo.epsilon=0.2",
+        "grpo.temperature=0.6",
+        "grpo.top_p=1.0",
+        "grpo.reward_funcs=[accuracy,format]",
+        "grpo.reward_weights=[1.0,0.2]",
+        f"optimizer.learning_rate={preset.grpo_lr}",
+        "optimizer.lr_scheduler_type=constant_with_warmup",
+        "optimizer.warmup_ratio=0.1",
+        "optimizer.max_grad_norm=0.2",
+        f"loop.max_steps={preset.grpo_steps}",
+        f"loop.output_dir={out}",
+        f"checkpoint.save_steps={every}",
+        "loop.logging_steps=1",
+    ]
 
 
 def sft_overrides(preset: Preset, base: Path, train: Path, out: Path) -> list[str]:
@@ -83,19 +102,20 @@ def sft_overrides(preset: Preset, base: Path, train: Path, out: Path) -> list[st
     preset's sizes, on the teacher's solutions to the same problems."""
     every = max(preset.sft_steps // preset.checkpoints, 1)
     return [
-        f"model.path={base}", f"data.dataset_name={train}", f"sft.batch_size={preset.sft_batch}",
-        "sft.max_length=256", "sft.pad_to_multiple_of=32", f"optimizer.learning_rate={preset.sft_lr}",
-        "optimizer.lr_scheduler_type=constant_with_warmup", "optimizer.warmup_ratio=0.1", "optimizer.max_grad_norm=0.2",
-        f"loop.max_steps={preset.sft_steps}", f"loop.output_dir={out}", f"checkpoint.save_steps={every}",
+        f"model.path={base}",
+        f"data.dataset_name={train}",
+        f"sft.batch_size={preset.sft_batch}",
+        "sft.max_length=256",
+        "sft.pad_to_multiple_of=32",
+        f"optimizer.learning_rate={preset.sft_lr}",
+        "optimizer.lr_scheduler_type=constant_with_warmup",
+        "optimizer.warmup_ratio=0.1",
+        "optimizer.max_grad_norm=0.2",
+        f"loop.max_steps={preset.sft_steps}",
+        f"loop.output_dir={out}",
+        f"checkpoint.save_steps={every}",
         "loop.logging_steps=1",
-    ]  # fmt: skip
-
-
-def last_checkpoint(run: Path) -> Path:
-    steps = [p for p in (run / "checkpoints").iterdir() if p.name.isdigit()]
-    if not steps:
-        raise JaxrlError(f"no checkpoint in {run}")
-    return max(steps, key=lambda p: int(p.name))
+    ]
 
 
 def evaluate(preset: Preset, models: list[Path], files: dict[str, Path], base: Path, out: Path) -> dict:
@@ -104,10 +124,20 @@ def evaluate(preset: Preset, models: list[Path], files: dict[str, Path], base: P
     from jaxrl.reproduce.report import NAMES
 
     common = dict(temperature=0.6, top_p=0.95, max_new_tokens=EVAL_NEW_TOKENS, chat_template="olmo2", seed=0)
-    maths = EvalConfig(tasks=("math500",), num_samples=preset.eval_samples, system_prompt="study",
-                       data={"math500": str(files["math500"])}, kl_base=str(base), **common)  # fmt: skip
-    probes = EvalConfig(tasks=("triviaqa", "ifeval"), system_prompt="none",
-                        data={t: str(files[t]) for t in ("triviaqa", "ifeval")}, **common)  # fmt: skip
+    maths = EvalConfig(
+        tasks=("math500",),
+        num_samples=preset.eval_samples,
+        system_prompt="study",
+        data={"math500": str(files["math500"])},
+        kl_base=str(base),
+        **common,
+    )
+    probes = EvalConfig(
+        tasks=("triviaqa", "ifeval"),
+        system_prompt="none",
+        data={t: str(files[t]) for t in ("triviaqa", "ifeval")},
+        **common,
+    )
     paths = [f"{name}={m}" for name, m in zip(NAMES, models, strict=True)]
     return {"maths": evaluate(paths, maths, out / "maths"), "probes": evaluate(paths, probes, out / "probes")}
 
@@ -139,8 +169,13 @@ def base_model(spec: BaseSpec, cache: str | Path | None, rebuild: bool, log) -> 
     return ship_base(spec, built) if rebuild else built
 
 
-def reproduce(preset_name: str = "default", out: str | Path = "runs/reproduce", cache: str | Path | None = None,
-              rebuild_base: bool = False, log=print) -> Path:  # fmt: skip
+def reproduce(
+    preset_name: str = "default",
+    out: str | Path = "runs/reproduce",
+    cache: str | Path | None = None,
+    rebuild_base: bool = False,
+    log=print,
+) -> Path:
     """Runs (or resumes) the whole miniature study; returns the report directory."""
     from jaxrl.reproduce.report import write_report
 
@@ -165,9 +200,11 @@ def reproduce(preset_name: str = "default", out: str | Path = "runs/reproduce", 
 
     timings["grpo"] = stage(out, "grpo", log, train_grpo)
     timings["sft"] = stage(out, "sft", log, train_sft)
-    models = [base, last_checkpoint(runs["grpo"]), last_checkpoint(runs["sft"])]
+    models = [base, latest_checkpoint(runs["grpo"]), latest_checkpoint(runs["sft"])]
     timings["eval"] = stage(out, "eval", log, lambda: evaluate(preset, models, files, base, out / "eval"))
-    timings["analysis"] = stage(out, "analysis", log, lambda: _analyze(base, list(runs.values()), out / "analysis"))
+    timings["analysis"] = stage(
+        out, "analysis", log, lambda: _analyze(base, list(runs.values()), out / "analysis", log)
+    )
     write_report(out, preset, models, runs, timings)
     return out
 
@@ -177,8 +214,9 @@ def _copy(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst)
 
 
-def _analyze(base: Path, runs: list[Path], out: Path) -> None:
-    from jaxrl.cli import main
+def _analyze(base: Path, runs: list[Path], out: Path, log) -> None:
+    from jaxrl.analysis.analyze import analyze
+    from jaxrl.models.keymap import key_map_of_hf_config
 
-    if main(["analyze", str(base), *map(str, runs), "--out", str(out)]) != 0:
-        raise JaxrlError("the analysis stage failed (see the message above)")
+    rows = analyze(base, runs, out, key_map_of_hf_config)
+    log(f"wrote {len(rows)} rows and figures to {out}")

@@ -91,29 +91,49 @@ def findings(table: dict[str, dict[str, tuple]], kl: dict[str, float], changes: 
     moved = all(v > 0 for run in changes.values() for v in run.values())
     top_grpo = sorted(changes["grpo"], key=changes["grpo"].get, reverse=True)[:2]
     top_sft = sorted(changes["sft"], key=changes["sft"].get, reverse=True)[:2]
-    forget = {n: (v(knowledge, "base") - v(knowledge, n)) + (v(prompt_if, "base") - v(prompt_if, n))
-              for n in ("GRPO", "SFT")}  # fmt: skip
+    forget = {
+        n: (v(knowledge, "base") - v(knowledge, n)) + (v(prompt_if, "base") - v(prompt_if, n)) for n in ("GRPO", "SFT")
+    }
     return [
-        {"claim": "GRPO improves in-domain accuracy (MATH-500 0.352 -> 0.402)",
-         "measured": f"{v(indomain, 'base'):.3f} -> {v(indomain, 'GRPO'):.3f}",
-         "rule": "GRPO - base > one standard error", "reproduced": bool(grpo_gain > grpo_err)},
-        {"claim": "SFT improves in-domain accuracy too (MATH-500 0.352 -> 0.422 after 3 epochs)",
-         "measured": f"{v(indomain, 'base'):.3f} -> {v(indomain, 'SFT'):.3f}",
-         "rule": "SFT - base > one standard error", "reproduced": bool(sft_gain > sft_err)},
-        {"claim": "SFT costs more out-of-domain ability than GRPO (IFEval 0.682 -> 0.466 GRPO, 0.333 SFT)",
-         "measured": f"knowledge + instruction drop: GRPO {forget['GRPO']:.3f}, SFT {forget['SFT']:.3f}",
-         "rule": "SFT's summed drop > GRPO's", "reproduced": bool(forget["SFT"] > forget["GRPO"])},
-        {"claim": "SFT moves far from the base in KL, GRPO barely (0.43 vs 4.7 at the end)",
-         "measured": f"KL(base || GRPO) {kl.get('GRPO', math.nan):.4g}, KL(base || SFT) {kl.get('SFT', math.nan):.4g}",
-         "rule": "KL(SFT) > 5 x KL(GRPO)", "reproduced": bool(kl.get("SFT", 0) > 5 * kl.get("GRPO", math.inf))},
-        {"claim": "SFT changes the weights 35-50x more than GRPO",
-         "measured": f"mean ratio over modules of relative change: {mean_ratio:.1f}x",
-         "rule": "ratio > 5", "reproduced": bool(mean_ratio > 5)},
-        {"claim": "both methods move q and k most",
-         "measured": f"largest: GRPO {', '.join(top_grpo)}; SFT {', '.join(top_sft)}",
-         "rule": "q and k are the top two in both runs (and both runs moved)",
-         "reproduced": bool(set(top_grpo) == {"q", "k"} and set(top_sft) == {"q", "k"} and moved)},
-    ]  # fmt: skip
+        {
+            "claim": "GRPO improves in-domain accuracy (MATH-500 0.352 -> 0.402)",
+            "measured": f"{v(indomain, 'base'):.3f} -> {v(indomain, 'GRPO'):.3f}",
+            "rule": "GRPO - base > one standard error",
+            "reproduced": bool(grpo_gain > grpo_err),
+        },
+        {
+            "claim": "SFT improves in-domain accuracy too (MATH-500 0.352 -> 0.422 after 3 epochs)",
+            "measured": f"{v(indomain, 'base'):.3f} -> {v(indomain, 'SFT'):.3f}",
+            "rule": "SFT - base > one standard error",
+            "reproduced": bool(sft_gain > sft_err),
+        },
+        {
+            "claim": "SFT costs more out-of-domain ability than GRPO (IFEval 0.682 -> 0.466 GRPO, 0.333 SFT)",
+            "measured": f"knowledge + instruction drop: GRPO {forget['GRPO']:.3f}, SFT {forget['SFT']:.3f}",
+            "rule": "SFT's summed drop > GRPO's",
+            "reproduced": bool(forget["SFT"] > forget["GRPO"]),
+        },
+        {
+            "claim": "SFT moves far from the base in KL, GRPO barely (0.43 vs 4.7 at the end)",
+            "measured": (
+                f"KL(base || GRPO) {kl.get('GRPO', math.nan):.4g}, KL(base || SFT) {kl.get('SFT', math.nan):.4g}"
+            ),
+            "rule": "KL(SFT) > 5 x KL(GRPO)",
+            "reproduced": bool(kl.get("SFT", 0) > 5 * kl.get("GRPO", math.inf)),
+        },
+        {
+            "claim": "SFT changes the weights 35-50x more than GRPO",
+            "measured": f"mean ratio over modules of relative change: {mean_ratio:.1f}x",
+            "rule": "ratio > 5",
+            "reproduced": bool(mean_ratio > 5),
+        },
+        {
+            "claim": "both methods move q and k most",
+            "measured": f"largest: GRPO {', '.join(top_grpo)}; SFT {', '.join(top_sft)}",
+            "rule": "q and k are the top two in both runs (and both runs moved)",
+            "reproduced": bool(set(top_grpo) == {"q", "k"} and set(top_sft) == {"q", "k"} and moved),
+        },
+    ]
 
 
 def write_report(out: Path, preset, models: list[Path], runs: dict[str, Path], timings: dict) -> Path:
@@ -140,24 +160,32 @@ def write_report(out: Path, preset, models: list[Path], runs: dict[str, Path], t
         "instructions), trained on the same word problems with GRPO (its own samples, accuracy + format rewards) "
         "and with SFT (a teacher's solutions in another style), through the same code paths a TPU run takes.",
         "",
-        "## Results", "",
-        "| benchmark | " + " | ".join(NAMES) + " |", "|---|---|---|---|",
+        "## Results",
+        "",
+        "| benchmark | " + " | ".join(NAMES) + " |",
+        "|---|---|---|---|",
         *[f"| {label} | " + " | ".join(cell(*table[label][n]) for n in NAMES) + " |" for label, *_ in ROWS],
         "| KL(base ‖ model), per token, on the test solutions | "
-        + " | ".join(f"{kl[n]:.4g}" if n in kl else "-" for n in NAMES) + " |",
+        + " | ".join(f"{kl[n]:.4g}" if n in kl else "-" for n in NAMES)
+        + " |",
         "| in-domain answers that are hasty guesses (share) | " + " | ".join(f"{guesses[n]:.3f}" for n in NAMES) + " |",
         "",
         "The base has two habits on word problems: working the sum out (usually right) and a hasty guess "
         "(usually wrong). The last row shows which one each model uses.",
         "",
-        "## Parameter change at the last checkpoint (mean over layers of ‖W − W₀‖ / ‖W₀‖)", "",
-        "| run | " + " | ".join(modules) + " |", "|---|" + "---|" * len(modules),
-        *[f"| {run} | " + " | ".join(f"{changes[run][m]:.3g}" for m in modules) + " |" for run in ("grpo", "sft")],
-        "| SFT / GRPO | " + " | ".join(f"{changes['sft'][m] / changes['grpo'][m]:.1f}x" if changes["grpo"][m] else "-"
-                                       for m in modules) + " |",
+        "## Parameter change at the last checkpoint (mean over layers of ‖W − W₀‖ / ‖W₀‖)",
         "",
-        "## The study's findings here", "",
-        "| finding (the study) | measured here | rule | reproduced |", "|---|---|---|---|",
+        "| run | " + " | ".join(modules) + " |",
+        "|---|" + "---|" * len(modules),
+        *[f"| {run} | " + " | ".join(f"{changes[run][m]:.3g}" for m in modules) + " |" for run in ("grpo", "sft")],
+        "| SFT / GRPO | "
+        + " | ".join(f"{changes['sft'][m] / changes['grpo'][m]:.1f}x" if changes["grpo"][m] else "-" for m in modules)
+        + " |",
+        "",
+        "## The study's findings here",
+        "",
+        "| finding (the study) | measured here | rule | reproduced |",
+        "|---|---|---|---|",
         *[f"| {c['claim']} | {c['measured']} | {c['rule']} | {'yes' if c['reproduced'] else 'no'} |" for c in checks],
         "",
         "Figures in `figures/`: benchmark bars (`eval_*.png`), layer x module heatmaps per checkpoint, per-module "
@@ -165,15 +193,21 @@ def write_report(out: Path, preset, models: list[Path], runs: dict[str, Path], t
         "`analysis/summary.md`; checkpoints under `runs/`.",
         "",
         "Stage times (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + ".",
-    ]  # fmt: skip
+    ]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     metrics = {
-        "preset": preset.name, "models": {n: str(p) for n, p in zip(NAMES, models, strict=True)},
+        "preset": preset.name,
+        "models": {n: str(p) for n, p in zip(NAMES, models, strict=True)},
         "runs": {k: str(v) for k, v in runs.items()},
-        "results": {label: {n: {"value": table[label][n][0], "stderr": table[label][n][1]} for n in NAMES}
-                    for label, *_ in ROWS},
-        "kl_to_base": kl, "guess_share": guesses, "param_change": changes, "findings": checks, "timings_s": timings,
-    }  # fmt: skip
+        "results": {
+            label: {n: {"value": table[label][n][0], "stderr": table[label][n][1]} for n in NAMES} for label, *_ in ROWS
+        },
+        "kl_to_base": kl,
+        "guess_share": guesses,
+        "param_change": changes,
+        "findings": checks,
+        "timings_s": timings,
+    }
     (out / "metrics.json").write_text(json.dumps(_finite(metrics), indent=2, allow_nan=False))
     return out / "report.md"
 

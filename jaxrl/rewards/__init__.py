@@ -16,11 +16,25 @@ from jaxrl.rewards.functions import (
     get_reward,
     gold_answer,
     register_reward,
-)  # fmt: skip
+)
 from jaxrl.rewards.verify import VERDICTS, MathVerifier, default_verifier, set_default_verifier
 
 __all__ = [
-    "FORMAT_PATTERN", "REWARDS", "VERDICTS", "Accuracy", "MathVerifier", "RewardScorer", "Scores",
-    "answer_block", "default_verifier", "final_answer", "format_reward", "get_reward", "gold_answer",
-    "last_boxed", "matches_format", "register_reward", "set_default_verifier",
-]  # fmt: skip
+    "FORMAT_PATTERN",
+    "REWARDS",
+    "VERDICTS",
+    "Accuracy",
+    "MathVerifier",
+    "RewardScorer",
+    "Scores",
+    "answer_block",
+    "default_verifier",
+    "final_answer",
+    "format_reward",
+    "get_reward",
+    "gold_answer",
+    "last_boxed",
+    "matches_format",
+    "register_reward",
+    "set_default_verifier",
+]

@@ -134,8 +134,14 @@ class RewardScorer:
     the run.
     """
 
-    def __init__(self, names: Sequence[str], weights: Sequence[float] | None = None, *,
-                 gold_column: str = "solution", verifier: MathVerifier | None = None):  # fmt: skip
+    def __init__(
+        self,
+        names: Sequence[str],
+        weights: Sequence[float] | None = None,
+        *,
+        gold_column: str = "solution",
+        verifier: MathVerifier | None = None,
+    ):
         if not names:
             raise JaxrlError("no reward functions: set grpo.reward_funcs (e.g. [accuracy, format])")
         weights = [1.0] * len(names) if weights is None or len(weights) == 0 else list(weights)

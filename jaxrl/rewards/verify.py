@@ -25,9 +25,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 VERDICTS = (
-    "correct", "wrong", "no_answer", "answer_too_long", "answer_unparseable", "gold_unparseable",
-    "timeout", "error",
-)  # fmt: skip
+    "correct",
+    "wrong",
+    "no_answer",
+    "answer_too_long",
+    "answer_unparseable",
+    "gold_unparseable",
+    "timeout",
+    "error",
+)
 
 WORKER_SCRIPT = Path(__file__).with_name("verify_worker.py")
 
@@ -39,8 +45,11 @@ class _Worker:
         env = dict(os.environ, JAXRL_VERIFIER_MEMORY_BYTES=str(memory_limit_bytes))
         self.process = subprocess.Popen(
             [sys.executable, str(WORKER_SCRIPT)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
-        )  # fmt: skip
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
         self.fd = self.process.stdout.fileno()
         self.buffer = b""
         self.ready = False

@@ -44,8 +44,9 @@ def _parse(text: str, without_anchor: bool):
     from math_verify import LatexExtractionConfig, parse
 
     config = LatexExtractionConfig(boxed_match_priority=0, try_extract_without_anchor=without_anchor)
-    return parse(text, extraction_config=[config], extraction_mode="first_match",
-                 parsing_timeout=None, raise_on_error=False)  # fmt: skip
+    return parse(
+        text, extraction_config=[config], extraction_mode="first_match", parsing_timeout=None, raise_on_error=False
+    )
 
 
 def judge(gold: str, answer: str, answer_is_boxed: bool) -> tuple:

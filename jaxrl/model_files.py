@@ -1,0 +1,78 @@
+"""Where a model's files are: its config, its tokenizer, and a training run's checkpoints.
+
+A model path is a HF directory (`config.json` and safetensors) or an Orbax model checkpoint (a
+directory with `params/`). A training run keeps one `config.json` and the tokenizer files at its
+root and its checkpoints under `checkpoints/<step>/`, so a checkpoint's config and tokenizer are
+found in it, its parent or its grandparent. Every command finds them through this module.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jaxrl.errors import JaxrlError
+
+PARAMS_DIR = "params"
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model")
+
+
+def is_orbax_model(path: str | Path) -> bool:
+    return (Path(path) / PARAMS_DIR).is_dir()
+
+
+def is_hf_model(path: str | Path) -> bool:
+    return (Path(path) / "config.json").is_file() and not is_orbax_model(path)
+
+
+def _self_and_parents(path: str | Path) -> tuple[Path, Path, Path]:
+    path = Path(path).resolve()
+    return path, path.parent, path.parent.parent
+
+
+def find_config(path: str | Path) -> Path:
+    """The config.json of a model: in `path`, its parent or its grandparent."""
+    for directory in _self_and_parents(path):
+        if (directory / "config.json").is_file():
+            return directory / "config.json"
+    raise JaxrlError(f"no config.json in {Path(path).resolve()} or the two directories above it")
+
+
+def find_tokenizer_dir(path: str | Path) -> Path:
+    """The nearest of `path`, its parent and its grandparent that holds tokenizer files."""
+    for directory in _self_and_parents(path):
+        if any((directory / name).is_file() for name in TOKENIZER_MARKERS):
+            return directory
+    raise JaxrlError(
+        f"no tokenizer files next to {path} or in the two directories above it; copy them beside the model, "
+        "or pass --tokenizer DIR (eval, generate)"
+    )
+
+
+def load_tokenizer(model_path: str | Path | None, tokenizer: str | Path | None = None):
+    """The tokenizer in `tokenizer` when given, else the one beside or above `model_path`.
+
+    Local files only: nothing is downloaded and no remote code runs."""
+    from transformers import AutoTokenizer
+
+    directory = Path(tokenizer) if tokenizer else find_tokenizer_dir(model_path)
+    try:
+        return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise JaxrlError(f"cannot load a tokenizer from {directory}: {str(e).strip().splitlines()[0]}") from None
+
+
+def run_checkpoints(run: str | Path) -> list[Path]:
+    """A training run's model checkpoints (`checkpoints/<step>/params`), by step; [] when it has none."""
+    root = Path(run) / "checkpoints"
+    if not root.is_dir():
+        return []
+    steps = [p for p in root.iterdir() if p.name.isdigit() and is_orbax_model(p)]
+    return sorted(steps, key=lambda p: int(p.name))
+
+
+def latest_checkpoint(run: str | Path) -> Path:
+    """The newest model checkpoint of a training run."""
+    found = run_checkpoints(run)
+    if not found:
+        raise JaxrlError(f"no checkpoint in {run} (expected checkpoints/<step>/{PARAMS_DIR})")
+    return found[-1]

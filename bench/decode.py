@@ -50,18 +50,9 @@ def bench_config():
     from jaxrl.models.config import ModelConfig
 
     return ModelConfig(
-        family="qwen2",
-        vocab_size=32000,
-        hidden_size=512,
-        intermediate_size=1408,
-        num_layers=8,
-        num_heads=8,
-        num_kv_heads=4,
-        head_dim=64,
-        rope_theta=1000000.0,
-        qkv_bias=True,
-        tie_word_embeddings=True,
-    )
+        family="qwen2", vocab_size=32000, hidden_size=512, intermediate_size=1408, num_layers=8, num_heads=8,
+        num_kv_heads=4, head_dim=64, rope_theta=1000000.0, qkv_bias=True, tie_word_embeddings=True,
+    )  # fmt: skip
 
 
 def build_reference(config, directory, dtype: str):

@@ -19,6 +19,7 @@ from jaxrl.errors import JaxrlError
 FAMILIES = ("olmo2", "qwen2", "llama")
 ARCHITECTURES = {"olmo2": "Olmo2ForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+ATTENTION = ("auto", "blockwise", "xla", "cudnn")  # the implementations of jaxrl.models.attention
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of matmuls
     param_dtype: str = "float32"
     remat: bool = False  # recompute each layer in the backward pass
+    attention: str = "auto"  # auto | blockwise | xla | cudnn (see jaxrl.models.attention)
 
     def __post_init__(self):
         if self.family not in FAMILIES:
@@ -69,6 +71,8 @@ class ModelConfig:
         for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in DTYPES:
                 raise JaxrlError(f"{name}={getattr(self, name)!r}; choose one of {sorted(DTYPES)}")
+        if self.attention not in ATTENTION:
+            raise JaxrlError(f"attention={self.attention!r}; choose one of {', '.join(ATTENTION)}")
 
     @property
     def compute_dtype(self):
@@ -205,66 +209,32 @@ class ModelConfig:
 
 def _olmo2(layers, hidden, inter, heads, **kw) -> ModelConfig:
     return ModelConfig(
-        family="olmo2",
-        vocab_size=100352,
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=heads,
-        head_dim=hidden // heads,
-        rope_theta=500000.0,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=4096,
-        post_norm=True,
-        qk_norm=True,
-        norm_weight_fp32=True,
-        bos_token_id=100257,
-        eos_token_ids=(100257,),
-        pad_token_id=100277,
-        **kw,
-    )
+        family="olmo2", vocab_size=100352, hidden_size=hidden, intermediate_size=inter,
+        num_layers=layers, num_heads=heads, num_kv_heads=heads, head_dim=hidden // heads,
+        rope_theta=500000.0, rms_norm_eps=1e-6, max_position_embeddings=4096, post_norm=True,
+        qk_norm=True, norm_weight_fp32=True, bos_token_id=100257, eos_token_ids=(100257,),
+        pad_token_id=100277, **kw,
+    )  # fmt: skip
 
 
 def _qwen25(layers, hidden, inter, heads, kv_heads, vocab, tied, max_pos) -> ModelConfig:
     return ModelConfig(
-        family="qwen2",
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=hidden // heads,
-        rope_theta=1000000.0,
-        rms_norm_eps=1e-6,
-        max_position_embeddings=max_pos,
-        qkv_bias=True,
-        tie_word_embeddings=tied,
-        bos_token_id=151643,
-        eos_token_ids=(151645, 151643),
+        family="qwen2", vocab_size=vocab, hidden_size=hidden, intermediate_size=inter,
+        num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, head_dim=hidden // heads,
+        rope_theta=1000000.0, rms_norm_eps=1e-6, max_position_embeddings=max_pos, qkv_bias=True,
+        tie_word_embeddings=tied, bos_token_id=151643, eos_token_ids=(151645, 151643),
         pad_token_id=151643,
-    )
+    )  # fmt: skip
 
 
 def _llama3(layers, hidden, inter, heads, kv_heads, head_dim, tied, factor) -> ModelConfig:
     return ModelConfig(
-        family="llama",
-        vocab_size=128256,
-        hidden_size=hidden,
-        intermediate_size=inter,
-        num_layers=layers,
-        num_heads=heads,
-        num_kv_heads=kv_heads,
-        head_dim=head_dim,
-        rope_theta=500000.0,
-        rope_scaling=RopeScaling("llama3", factor, 1.0, 4.0, 8192),
-        rms_norm_eps=1e-5,
-        max_position_embeddings=131072,
-        tie_word_embeddings=tied,
-        bos_token_id=128000,
-        eos_token_ids=(128001, 128008, 128009),
-    )
+        family="llama", vocab_size=128256, hidden_size=hidden, intermediate_size=inter,
+        num_layers=layers, num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
+        rope_theta=500000.0, rope_scaling=RopeScaling("llama3", factor, 1.0, 4.0, 8192),
+        rms_norm_eps=1e-5, max_position_embeddings=131072, tie_word_embeddings=tied,
+        bos_token_id=128000, eos_token_ids=(128001, 128008, 128009),
+    )  # fmt: skip
 
 
 PRESETS: dict[str, ModelConfig] = {
@@ -278,47 +248,21 @@ PRESETS: dict[str, ModelConfig] = {
     "llama3.1-8b": _llama3(32, 4096, 14336, 32, 8, 128, False, 8.0),
     # Tiny shapes for tests and CPU runs.
     "tiny-olmo2": ModelConfig(
-        family="olmo2",
-        vocab_size=384,
-        hidden_size=64,
-        intermediate_size=128,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=4,
-        head_dim=16,
-        rope_theta=500000.0,
-        post_norm=True,
-        qk_norm=True,
-        norm_weight_fp32=True,
+        family="olmo2", vocab_size=384, hidden_size=64, intermediate_size=128, num_layers=2,
+        num_heads=4, num_kv_heads=4, head_dim=16, rope_theta=500000.0, post_norm=True,
+        qk_norm=True, norm_weight_fp32=True,
     ),
     "tiny-qwen2": ModelConfig(
-        family="qwen2",
-        vocab_size=384,
-        hidden_size=64,
-        intermediate_size=128,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=16,
-        rope_theta=1000000.0,
-        qkv_bias=True,
+        family="qwen2", vocab_size=384, hidden_size=64, intermediate_size=128, num_layers=2,
+        num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=1000000.0, qkv_bias=True,
         tie_word_embeddings=True,
     ),
     "tiny-llama": ModelConfig(
-        family="llama",
-        vocab_size=384,
-        hidden_size=64,
-        intermediate_size=128,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=2,
-        head_dim=16,
-        rope_theta=500000.0,
-        rms_norm_eps=1e-5,
-        rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 64),
-        max_position_embeddings=256,
+        family="llama", vocab_size=384, hidden_size=64, intermediate_size=128, num_layers=2,
+        num_heads=4, num_kv_heads=2, head_dim=16, rope_theta=500000.0, rms_norm_eps=1e-5,
+        rope_scaling=RopeScaling("llama3", 8.0, 1.0, 4.0, 64), max_position_embeddings=256,
     ),
-}
+}  # fmt: skip
 
 
 def preset(name: str, **overrides) -> ModelConfig:

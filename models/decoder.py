@@ -7,7 +7,9 @@ E head_dim, F mlp, V vocab, L layers.
 
 Masking is by segment ids and positions: a query attends to a key when both have the same
 non-zero segment id and the key's position is not after the query's. Padding is segment 0, so
-left or right padding and packed sequences all work the same way.
+left or right padding and packed sequences all work the same way. Without a cache attention is
+`jaxrl.models.attention.attend` (by default blockwise: the [T, S] scores never exist); with a
+cache the new tokens attend to the cache's slots with the scores materialised (T is small).
 """
 
 from __future__ import annotations
@@ -18,11 +20,11 @@ import math
 import jax
 import jax.numpy as jnp
 from flax import nnx
+from jaxrl.models.attention import NEG_INF, allowed, attend
 from jaxrl.models.config import ModelConfig
 
 from jaxrl.sharding import LogicalMesh, constrain
 
-NEG_INF = -1e30
 # The cache's layouts after its leading layer axis: b batch, k KV head, s slot, e head_dim. Keys
 # keep slots beside head_dim and values put slots last: the orders XLA's attention matmuls want, so
 # decoding reads each layer's cache in place instead of first copying it transposed.
@@ -96,11 +98,9 @@ def apply_rope(x_bthe, cos_bte, sin_bte):
     return out.astype(x_bthe.dtype)
 
 
-def attention(q_bthe, k, v, allowed_bts, k_layout: str = "bske", v_layout: str = "bske"):
-    """Grouped-query attention with fp32 scores and softmax. Returns [B, T, H, E].
-
-    k, v: [B, S, K, E], or in the order their layout strings name ("bkse", "bkes" in the cache).
-    """
+def cached_attention(q_bthe, k, v, allowed_bts, k_layout: str = K_CACHE_LAYOUT, v_layout: str = V_CACHE_LAYOUT):
+    """Grouped-query attention of new tokens to a cache's slots, with fp32 scores and softmax.
+    Returns [B, T, H, E]. k, v: in the order their layout strings name (the cache's)."""
     b, t, h, e = q_bthe.shape
     kv_heads = k.shape[k_layout.index("k")]
     q = q_bthe.reshape(b, t, kv_heads, h // kv_heads, e)
@@ -164,8 +164,10 @@ class Layers(nnx.Module):
 
 
 def block(c: ModelConfig, lm: LogicalMesh | None, p, x_btd, rope, mask, kv=None):
-    """One decoder layer on one layer's weights `p`. With `kv = (k_all, v_all, layer, index)` (the
-    whole stacked cache), writes this layer's new keys/values into it and attends to all its slots.
+    """One decoder layer on one layer's weights `p`. Without a cache, `mask` is (segment ids,
+    positions) [B, T] and `attend` applies them with `c.attention`'s implementation. With
+    `kv = (k_all, v_all, layer, index)` (the whole stacked cache), `mask` is bool [B, T, S]: the
+    layer writes its new keys/values into the cache and attends to all its slots.
     Returns (x_btd, None or the updated (k_all, v_all))."""
     dt = c.compute_dtype
     cos, sin = rope
@@ -182,13 +184,15 @@ def block(c: ModelConfig, lm: LogicalMesh | None, p, x_btd, rope, mask, kv=None)
         q, k = norm(q, p["q_norm"], (-2, -1)), norm(k, p["k_norm"], (-2, -1))
     q = constrain(lm, apply_rope(q, cos, sin), ("batch", "seq", "heads", None))
     k = constrain(lm, apply_rope(k, cos, sin), ("batch", "seq", "kv_heads", None))
-    layouts = ("bske", "bske")
-    if kv is not None:  # write the new keys/values into this layer's cache, attend to all slots
+    if kv is None:
+        segments, positions = mask
+        heads = attend(q, k, v, segments, positions, segments, positions, c.attention)
+    else:  # write the new keys/values into this layer's cache, attend to all slots
         k_all, v_all, layer, index = kv
-        layouts = (K_CACHE_LAYOUT, V_CACHE_LAYOUT)
         k_all, k = write_layer(k_all, k, layer, index, K_CACHE_LAYOUT)
         v_all, v = write_layer(v_all, v, layer, index, V_CACHE_LAYOUT)
-    out = mm("bthe,hed->btd", attention(q, k.astype(dt), v.astype(dt), mask, *layouts), p["o"])
+        heads = cached_attention(q, k.astype(dt), v.astype(dt), mask)
+    out = mm("bthe,hed->btd", heads, p["o"])
     if c.o_bias:
         out = out + p["o_bias"].astype(dt)
     x_btd = x_btd + (norm(out, p["attn_norm"]) if c.post_norm else out)
@@ -235,16 +239,6 @@ class Decoder(nnx.Module):
         angles = positions_bt[..., None].astype(jnp.float32) * rope_frequencies(c)
         rope = (jnp.cos(angles), jnp.sin(angles))
 
-        seg_k, pos_k = segment_ids_bt, positions_bt
-        if cache is not None:
-            write = lambda a, new: jax.lax.dynamic_update_slice_in_dim(a, new, cache.index, axis=1)
-            seg_k, pos_k = write(cache.segment_bs, segment_ids_bt), write(cache.position_bs, positions_bt)
-        mask = (
-            (segment_ids_bt[:, :, None] == seg_k[:, None, :])
-            & (seg_k[:, None, :] > 0)
-            & (pos_k[:, None, :] <= positions_bt[:, :, None])
-        )
-
         x = jnp.take(self.embed[...], tokens_bt, axis=0).astype(c.compute_dtype)
         x = constrain(lm, x, ("batch", "seq", None))
 
@@ -252,7 +246,7 @@ class Decoder(nnx.Module):
         if cache is None:
 
             def step(x, p):
-                return block(c, lm, p, x, rope, mask)[0], None
+                return block(c, lm, p, x, rope, (segment_ids_bt, positions_bt))[0], None
 
             if c.remat:
                 step = jax.checkpoint(step, prevent_cse=False)
@@ -261,6 +255,10 @@ class Decoder(nnx.Module):
             # The whole stacked cache rides in the scan's carry and each layer writes only its new
             # slots into it, so XLA updates the buffer in place instead of copying every layer's
             # slice in and out of the scan on each call (what dominated one-token decode).
+            write = lambda a, new: jax.lax.dynamic_update_slice_in_dim(a, new, cache.index, axis=1)
+            seg_k, pos_k = write(cache.segment_bs, segment_ids_bt), write(cache.position_bs, positions_bt)
+            mask = allowed(segment_ids_bt, positions_bt, seg_k, pos_k)
+
             def step(carry, layer):
                 x, k_all, v_all = carry
                 p, i = layer

@@ -333,14 +333,8 @@ def test_cli_end_to_end(weights, saved, tmp_path, capsys):
         assert float(r["sv1"]) > 0 and float(r["stable_rank"]) >= 1
     data = json.loads((out / "changes.json").read_text())
     assert len(data["rows"]) == len(rows) and data["modules"] == sorted(["q", "k", "v", "o", "gate", "up", "down"])
-    for name in (
-        "summary.md",
-        "compare_runs.png",
-        "heatmap_run_7.png",
-        "heatmap_run_hf_checkpoint-7.png",
-        "trajectory_q.png",
-        "metrics.jsonl",
-    ):
+    for name in ("summary.md", "compare_runs.png", "heatmap_run_7.png", "heatmap_run_hf_checkpoint-7.png",
+                 "trajectory_q.png", "metrics.jsonl"):  # fmt: skip
         assert (out / name).stat().st_size > 0, name
     summary = (out / "summary.md").read_text()
     assert "Moved most" in summary and "Ratios to run" in summary and "| q | 1 |" in summary
@@ -350,9 +344,8 @@ def test_cli_end_to_end(weights, saved, tmp_path, capsys):
 
 def test_cli_optional_modules(saved, tmp_path, capsys):
     out = tmp_path / "out"
-    code, io = run_cli(
-        [saved / "base_orbax", saved / "run/checkpoints/7", "--out", out, "--modules", "norms,embed,lm_head"], capsys
-    )
+    code, io = run_cli([saved / "base_orbax", saved / "run/checkpoints/7", "--out", out,
+                        "--modules", "norms,embed,lm_head"], capsys)  # fmt: skip
     assert code == 0, io.err
     modules = {r["module"] for r in csv.DictReader(open(out / "changes.csv"))}
     assert modules == {"attn_norm", "mlp_norm", "q_norm", "k_norm", "final_norm", "embed", "lm_head"}

@@ -23,15 +23,9 @@ from jaxrl.models.keymap import hf_names
 from jaxrl.tensorfiles import write_safetensors
 
 CONFIG = preset(
-    "tiny-olmo2",
-    vocab_size=4096,
-    hidden_size=1024,
-    intermediate_size=4096,
-    num_layers=8,
-    num_heads=8,
-    num_kv_heads=8,
-    head_dim=128,
-)
+    "tiny-olmo2", vocab_size=4096, hidden_size=1024, intermediate_size=4096, num_layers=8,
+    num_heads=8, num_kv_heads=8, head_dim=128,
+)  # fmt: skip
 LARGEST = 4096 * 1024 * 4  # one MLP matrix or the embedding, fp32
 
 WRITE_ORBAX = """
@@ -98,10 +92,9 @@ def make_checkpoints(root):
         (root / name / "config.json").write_text(json.dumps(CONFIG.to_hf_config()))
     done = subprocess.run(
         [sys.executable, "-c", WRITE_ORBAX, str(root / "tuned"), str(root / "orbax")],
-        capture_output=True,
-        text=True,
+        capture_output=True, text=True,
         env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
-    )
+    )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     return specs
 

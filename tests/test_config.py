@@ -26,11 +26,8 @@ def hf_shapes_from_our_params(config: ModelConfig) -> dict[str, tuple[int, ...]]
 def test_olmo2_7b_matches_the_real_checkpoint():
     config = preset("olmo2-1124-7b")
     assert count_params(abstract_decoder(config)) == config.num_params() == 7_298_617_344
-    expected = {
-        "model.embed_tokens.weight": (100352, 4096),
-        "model.norm.weight": (4096,),
-        "lm_head.weight": (100352, 4096),
-    }
+    expected = {"model.embed_tokens.weight": (100352, 4096), "model.norm.weight": (4096,),
+                "lm_head.weight": (100352, 4096)}  # fmt: skip
     for i in range(32):
         p = f"model.layers.{i}."
         for proj in "qkvo":
@@ -54,16 +51,9 @@ def test_presets_round_trip_through_transformers_configs(name):
 
 
 @pytest.mark.parametrize(
-    "name, billions",
-    [
-        ("olmo2-1124-13b", 13.7),
-        ("olmo2-0425-1b", 1.48),
-        ("qwen2.5-0.5b", 0.49),
-        ("qwen2.5-7b", 7.62),
-        ("llama3.2-1b", 1.24),
-        ("llama3.1-8b", 8.03),
-    ],
-)
+    "name, billions", [("olmo2-1124-13b", 13.7), ("olmo2-0425-1b", 1.48), ("qwen2.5-0.5b", 0.49),
+                       ("qwen2.5-7b", 7.62), ("llama3.2-1b", 1.24), ("llama3.1-8b", 8.03)]
+)  # fmt: skip
 def test_preset_sizes(name, billions):
     assert PRESETS[name].num_params() / 1e9 == pytest.approx(billions, rel=0.01)
 
@@ -76,13 +66,11 @@ def test_legacy_rope_scaling_key_is_read():
 
 @pytest.mark.parametrize(
     "change, message",
-    [
-        ({"model_type": "mistral"}, "unsupported model_type 'mistral'"),
-        ({"hidden_act": "gelu"}, "hidden_act"),
-        ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn'"),
-        ({"num_key_value_heads": 3}, "not a multiple"),
-    ],
-)
+    [({"model_type": "mistral"}, "unsupported model_type 'mistral'"),
+     ({"hidden_act": "gelu"}, "hidden_act"),
+     ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}}, "rope type 'yarn'"),
+     ({"num_key_value_heads": 3}, "not a multiple")],
+)  # fmt: skip
 def test_bad_hf_configs(change, message):
     with pytest.raises(JaxrlError, match=message):
         ModelConfig.from_hf_config({**PRESETS["tiny-llama"].to_hf_config(), **change})

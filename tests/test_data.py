@@ -68,12 +68,8 @@ def test_olmo2_prompt_is_the_study_format():
 
 
 def test_olmo2_keeps_a_given_system_turn_and_earlier_turns():
-    messages = [
-        {"role": "system", "content": "S"},
-        {"role": "user", "content": "1?"},
-        {"role": "assistant", "content": "1"},
-        {"role": "user", "content": "2?"},
-    ]
+    messages = [{"role": "system", "content": "S"}, {"role": "user", "content": "1?"},
+                {"role": "assistant", "content": "1"}, {"role": "user", "content": "2?"}]  # fmt: skip
     assert render_prompt(messages) == (
         "<|endoftext|><|system|>\nS\n<|user|>\n1?\n<|assistant|>\n1<|endoftext|>\n<|user|>\n2?\n<|assistant|>\n"
     )
@@ -170,9 +166,8 @@ def test_table_and_json_paths_filter_and_select_alike(tmp_path):
     rows = [{"id": i, "ok": i % 3 == 0, "level": i % 4, "text": f"t{i}"} for i in range(12)]
     (tmp_path / "flat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "flat.parquet")
-    (tmp_path / "flat.csv").write_text(
-        "id,ok,level,text\n" + "".join(f"{r['id']},{str(r['ok']).lower()},{r['level']},{r['text']}\n" for r in rows)
-    )
+    (tmp_path / "flat.csv").write_text("id,ok,level,text\n" + "".join(
+        f"{r['id']},{str(r['ok']).lower()},{r['level']},{r['text']}\n" for r in rows))  # fmt: skip
     folder = tmp_path / "folder"
     folder.mkdir()
     shutil.copy(tmp_path / "flat.jsonl", folder / "train.jsonl")
@@ -256,14 +251,9 @@ def test_conversations_from_messages_and_from_columns():
 
 def test_bad_rows_are_skipped_with_reasons():
     good = {"messages": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]}
-    rows = [
-        good,
-        {"messages": []},
-        {"messages": [{"role": "user", "content": "q"}]},
-        {"messages": [{"role": "user"}, {"role": "assistant", "content": "a"}]},
-        {"other": 1},
-        {"messages": [{"role": "assistant", "content": "a"}]},
-    ]
+    rows = [good, {"messages": []}, {"messages": [{"role": "user", "content": "q"}]},
+            {"messages": [{"role": "user"}, {"role": "assistant", "content": "a"}]}, {"other": 1},
+            {"messages": [{"role": "assistant", "content": "a"}]}]  # fmt: skip
     pairs, skipped = conversations(rows, DataConfig())
     assert len(pairs) == 1 and sum(skipped.values()) == 5
     assert skipped["no 'messages' column"] == 1 and skipped["no user message before the answer"] == 1
@@ -295,15 +285,9 @@ def test_load_sft_dataset_counts_every_row(tokenizer, tmp_path):
     path = tmp_path / "mixed.jsonl"
     path.write_text("\n".join(lines + ["{bad", '{"messages": [], "source": "cn_k12"}']) + "\n")
     data = load_sft_dataset(DataConfig(str(path), filters=("source=cn_k12",)), tokenizer, max_length=4096)
-    assert data.counts == {
-        "rows": 14,
-        "filtered_out": 3,
-        "skipped: line is not valid JSON": 1,
-        "skipped: 'messages' is not a non-empty list of messages": 1,
-        "examples": 9,
-        "too_long": 0,
-        "kept": 9,
-    }
+    assert data.counts == {"rows": 14, "filtered_out": 3, "skipped: line is not valid JSON": 1,
+                           "skipped: 'messages' is not a non-empty list of messages": 1,
+                           "examples": 9, "too_long": 0, "kept": 9}  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -419,17 +403,8 @@ def test_resume_equals_uninterrupted(sft_data, tokenizer, padding_free):
 @pytest.mark.parametrize("padding_free,hosts", [(False, 2), (False, 4), (True, 2), (True, 4)])
 def test_host_slices_concatenate_to_the_single_host_batch(sft_data, tokenizer, padding_free, hosts):
     def make(index, count):
-        return SFTBatches(
-            sft_data,
-            8,
-            tokenizer.pad_token_id,
-            seed=3,
-            padding_free=padding_free,
-            max_length=1024,
-            pad_to_multiple_of=16,
-            process_index=index,
-            process_count=count,
-        )
+        return SFTBatches(sft_data, 8, tokenizer.pad_token_id, seed=3, padding_free=padding_free,
+                          max_length=1024, pad_to_multiple_of=16, process_index=index, process_count=count)  # fmt: skip
 
     single = make(0, 1)
     per_host = [make(i, hosts) for i in range(hosts)]
@@ -532,11 +507,8 @@ def test_data_report_counts_lengths_and_the_length_filter(tokenizer, tmp_path):
     tokenizer.save_pretrained(tmp_path / "tok")
     pairs, _ = conversations(load_rows(DataConfig(str(FIXTURE), filters=("source=cn_k12",))), DataConfig())
     lengths = np.array([len(encode_example(p, c, tokenizer).ids) for p, c in pairs])
-    config = DataReportConfig(
-        DataConfig(str(FIXTURE), filters=("source=cn_k12",)),
-        tokenizer=str(tmp_path / "tok"),
-        max_length=int(np.median(lengths)),
-    )
+    config = DataReportConfig(DataConfig(str(FIXTURE), filters=("source=cn_k12",)), tokenizer=str(tmp_path / "tok"),
+                              max_length=int(np.median(lengths)))  # fmt: skip
     report = data_report(config)
     assert report["rows"] == 9 and report["filtered_out"] == 3 and report["examples"] == 9
     assert report["tokens"]["max"] == lengths.max() and report["tokens"]["total"] == lengths.sum()
@@ -554,23 +526,11 @@ def test_data_command_prints_json_and_fails_in_one_line(tmp_path):
     import subprocess
     import sys
 
-    ok = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jaxrl.cli",
-            "data",
-            f"data.dataset_name={FIXTURE}",
-            "data.filters=source!=cn_k12",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    ok = subprocess.run([sys.executable, "-m", "jaxrl.cli", "data", f"data.dataset_name={FIXTURE}",
+                         "data.filters=source!=cn_k12", "--json"], capture_output=True, text=True)  # fmt: skip
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout.splitlines()[-1])["rows"] == 3 and "filtered out 9" in ok.stdout
-    bad = subprocess.run(
-        [sys.executable, "-m", "jaxrl.cli", "data", "data.dataset_nam=x.jsonl"], capture_output=True, text=True
-    )
+    bad = subprocess.run([sys.executable, "-m", "jaxrl.cli", "data", "data.dataset_nam=x.jsonl"],
+                         capture_output=True, text=True)  # fmt: skip
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1
     assert "did you mean 'data.dataset_name'?" in bad.stderr

@@ -64,32 +64,20 @@ def test_reports_from_a_hand_made_report(tmp_path):
     from jaxrl.eval.report import run_steps, write_reports
 
     def metrics(p, err):
-        return {"pass@1": p, "pass@1_stderr": err, "pass@2": p + 0.1, "maj@2": p, "num_problems": 10, "num_samples": 2}
+        return {"pass@1": p, "pass@1_stderr": err, "pass@2": p + 0.1, "maj@2": p, "num_problems": 10,
+                "num_samples": 2}  # fmt: skip
 
     report = {
-        "config": {
-            "temperature": 0.6,
-            "top_p": 0.95,
-            "max_new_tokens": 64,
-            "num_samples": 2,
-            "seed": 0,
-            "chat_template": "olmo2",
-            "system_prompt": "study",
-        },
-        "models": [
-            {"label": "grpo@29", "path": "a"},
-            {"label": "grpo@58", "path": "b"},
-            {"label": "base", "path": "c"},
-        ],
+        "config": {"temperature": 0.6, "top_p": 0.95, "max_new_tokens": 64, "num_samples": 2, "seed": 0,
+                   "chat_template": "olmo2", "system_prompt": "study"},
+        "models": [{"label": "grpo@29", "path": "a"}, {"label": "grpo@58", "path": "b"},
+                   {"label": "base", "path": "c"}],
         "tasks": {"math500": {"source": "f.jsonl", "primary": "pass@1", "num_problems": 10, "skipped": {"bad": 2}}},
-        "results": {
-            "grpo@29": {"math500": metrics(0.5, 0.1)},
-            "grpo@58": {"math500": metrics(0.25, float("nan"))},
-            "base": {"math500": {"num_problems": 0}},
-        },
+        "results": {"grpo@29": {"math500": metrics(0.5, 0.1)}, "grpo@58": {"math500": metrics(0.25, float("nan"))},
+                    "base": {"math500": {"num_problems": 0}}},
         "kl_base": "c",
         "kl": {"grpo@29": {"kl": 0.0007}, "grpo@58": {"kl": 0.43}},
-    }
+    }  # fmt: skip
     write_reports(report, tmp_path)
     lines = (tmp_path / "results.md").read_text().splitlines()
     assert lines[0] == "| benchmark | grpo@29 | grpo@58 | base |"

@@ -42,17 +42,9 @@ def models(tmp_path_factory):
 def sampled(models, tmp_path_factory):
     hf, run, _ = models
     config = EvalConfig(
-        tasks=tuple(TASKS),
-        num_samples=2,
-        temperature=0.6,
-        seed=3,
-        max_new_tokens=8,
-        batch_size=2,
-        system_prompt="none",
-        data=DATA,
-        num_shots=NO_SHOTS,
-        kl_base=str(hf),
-    )
+        tasks=tuple(TASKS), num_samples=2, temperature=0.6, seed=3, max_new_tokens=8, batch_size=2,
+        system_prompt="none", data=DATA, num_shots=NO_SHOTS, kl_base=str(hf),
+    )  # fmt: skip
     out = tmp_path_factory.mktemp("eval_out")
     return evaluate([str(hf), str(run)], config, out), out
 
@@ -69,11 +61,8 @@ def test_hf_dir_and_orbax_checkpoint_score_the_same(sampled):
         same = (out / "samples" / "hf" / f"{task}.jsonl").read_text()
         assert same == (out / "samples" / "run@7" / f"{task}.jsonl").read_text()
         assert a["num_samples"] == (1 if task == "mmlu_loglik" else 2)
-    assert report["tasks"]["math500"]["skipped"] == {
-        "line is not valid JSON": 1,
-        "missing 'answer'": 1,
-        "'problem' is empty": 1,
-    }
+    assert report["tasks"]["math500"]["skipped"] == {"line is not valid JSON": 1, "missing 'answer'": 1,
+                                                     "'problem' is empty": 1}  # fmt: skip
     assert report["tasks"]["ifeval"]["num_problems"] == 4 and "inst_strict" in hf["ifeval"]
     assert "maj@2" in hf["math500"] and "maj@2" not in hf["ifeval"]  # IFEval has no answers to vote on
     for label in ("hf", "run@7"):
@@ -115,15 +104,8 @@ def test_choice_loglik_matches_pytorch(models, sampled):
 def test_greedy_matches_transformers_generate(models, tmp_path):
     hf, _, _ = models
     tasks = ("math500", "gpqa_diamond")  # a maths and a choice task; each new prompt bucket costs a compile
-    config = EvalConfig(
-        tasks=tasks,
-        temperature=0.0,
-        max_new_tokens=8,
-        batch_size=8,
-        system_prompt="none",
-        data=DATA,
-        num_shots=NO_SHOTS,
-    )
+    config = EvalConfig(tasks=tasks, temperature=0.0, max_new_tokens=8, batch_size=8, system_prompt="none",
+                        data=DATA, num_shots=NO_SHOTS)  # fmt: skip
     evaluate([str(hf)], config, tmp_path)
     tok = transformers.AutoTokenizer.from_pretrained(hf)
     torch_model = transformers.AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32)
@@ -134,14 +116,8 @@ def test_greedy_matches_transformers_generate(models, tmp_path):
         for record in records:
             ids = torch.tensor([tok(record["prompt"], add_special_tokens=False)["input_ids"]])
             with torch.no_grad():
-                new = torch_model.generate(
-                    ids,
-                    attention_mask=torch.ones_like(ids),
-                    do_sample=False,
-                    max_new_tokens=8,
-                    eos_token_id=tok.eos_token_id,
-                    pad_token_id=tok.pad_token_id,
-                )
+                new = torch_model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=8,
+                                           eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)  # fmt: skip
             theirs.append(tok.decode(new[0, ids.shape[1] :], skip_special_tokens=True))
         assert [r["completions"][0] for r in records] == theirs, task
         prepared = prepare(task, config)
@@ -179,27 +155,9 @@ def test_kl_matches_pytorch(models):
 
 def test_cli_eval_and_its_errors(models, tmp_path, capsys):
     hf, _, _ = models
-    args = [
-        "eval",
-        "--tasks",
-        "ifeval,mmlu_loglik",
-        "--model",
-        str(hf),
-        "--out",
-        str(tmp_path),
-        "--limit",
-        "2",
-        "--max-new-tokens",
-        "4",
-        "--system-prompt",
-        "none",
-        "--num-shots",
-        "mmlu_loglik=1",
-        "--data",
-        f"ifeval={DATA['ifeval']}",
-        "--data",
-        f"mmlu={DATA['mmlu']}",
-    ]
+    args = ["eval", "--tasks", "ifeval,mmlu_loglik", "--model", str(hf), "--out", str(tmp_path), "--limit", "2",
+            "--max-new-tokens", "4", "--system-prompt", "none", "--num-shots", "mmlu_loglik=1",
+            "--data", f"ifeval={DATA['ifeval']}", "--data", f"mmlu={DATA['mmlu']}"]  # fmt: skip
     assert main(args) == 0
     assert "| ifeval (prompt_strict) |" in capsys.readouterr().out
     assert json.loads((tmp_path / "results.json").read_text())["results"]["hf"]["ifeval"]["num_problems"] == 2

@@ -103,10 +103,7 @@ def test_gpqa_options_shuffled_by_seed_and_letters_scored():
     wrong = next(x for x in "ABCD" if x != gold)
     scored = p0.task.score([first], [[f"\\boxed{{{gold}}}", f"The answer is ({wrong}).", "A good question."]])
     assert [(s.correct, s.answer, s.verdict) for s in scored[0]] == [
-        (True, gold, "correct"),
-        (False, wrong, "wrong"),
-        (False, None, "no_answer"),
-    ]
+        (True, gold, "correct"), (False, wrong, "wrong"), (False, None, "no_answer")]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -196,12 +193,8 @@ CHECKS = [
     ("length_constraints:number_words", {"relation": "less than", "num_words": 3}, "one two", "one two three"),
     ("length_constraints:number_sentences", {"relation": "less than", "num_sentences": 3}, "One. Two.", "A. B. C."),
     ("length_constraints:number_paragraphs", {"num_paragraphs": 2}, "p1\n***\np2", "p1\n***\n***\np2"),
-    (
-        "length_constraints:nth_paragraph_first_word",
-        {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "then"},
-        "First.\n\nThen more.",
-        "First.\n\nAfter.",
-    ),
+    ("length_constraints:nth_paragraph_first_word", {"num_paragraphs": 2, "nth_paragraph": 2, "first_word": "then"},
+     "First.\n\nThen more.", "First.\n\nAfter."),
     ("keywords:existence", {"keywords": ["rome", "City"]}, "Rome is a city", "Rome"),
     ("keywords:frequency", {"keyword": "cat", "frequency": 2, "relation": "at least"}, "cat Cat", "cat"),
     ("keywords:forbidden_words", {"forbidden_words": ["bad"]}, "badge is fine", "this is bad"),
@@ -211,32 +204,20 @@ CHECKS = [
     ("detectable_content:postscript", {"postscript_marker": "P.P.S"}, "Hi.\nP.P.S bye", "Hi.\nP.S. bye"),
     ("detectable_format:number_bullet_lists", {"num_bullets": 2}, "* a\n- b", "* a\n**b**"),
     ("detectable_format:constrained_response", {}, "My answer is yes.", "Yes."),
-    (
-        "detectable_format:multiple_sections",
-        {"section_spliter": "Section", "num_sections": 2},
-        "Section 1\na\nSection 2\nb",
-        "Section 1\na",
-    ),
+    ("detectable_format:multiple_sections", {"section_spliter": "Section", "num_sections": 2},
+     "Section 1\na\nSection 2\nb", "Section 1\na"),
     ("detectable_format:json_format", {}, '{"a": 1}', "{a: 1}"),
     ("detectable_format:title", {}, "<<My Title>>\ntext", "<< >>\ntext"),
     ("combination:two_responses", {}, "one******two", "one******one"),
     ("combination:repeat_prompt", {"prompt_to_repeat": "Say hi."}, "say hi. Hi!", "Hi!"),
     ("change_case:english_lowercase", {}, "all lower", "Not lower"),
     ("change_case:english_capital", {}, "ALL CAPS", "Not caps"),
-    (
-        "change_case:capital_word_frequency",
-        {"capital_frequency": 2, "capital_relation": "at least"},
-        "AB CD ef",
-        "AB cd",
-    ),
-    (
-        "startend:end_checker",
-        {"end_phrase": "Any other questions?"},
-        "Text. Any other questions?",
-        "Any other questions? No",
-    ),
+    ("change_case:capital_word_frequency", {"capital_frequency": 2, "capital_relation": "at least"},
+     "AB CD ef", "AB cd"),
+    ("startend:end_checker", {"end_phrase": "Any other questions?"},
+     "Text. Any other questions?", "Any other questions? No"),
     ("startend:quotation", {}, '"quoted"', "not quoted"),
-]
+]  # fmt: skip
 
 
 @pytest.mark.parametrize("instruction, kwargs, follows, breaks", CHECKS, ids=[c[0] for c in CHECKS])
@@ -306,9 +287,8 @@ def test_shots_from_another_file_and_k_overridden(tmp_path):
     shots = tmp_path / "shots.jsonl"
     rows = [{"question": f"What is {i}+{i}?", "answer": f"{i}+{i}={2 * i}\n#### {2 * i}"} for i in (11, 12, 13)]
     shots.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    config = EvalConfig(
-        data={"gsm8k": str(FIXTURES / "gsm8k.jsonl")}, shots={"gsm8k": str(shots)}, num_shots={"gsm8k": 2}
-    )
+    config = EvalConfig(data={"gsm8k": str(FIXTURES / "gsm8k.jsonl")}, shots={"gsm8k": str(shots)},
+                        num_shots={"gsm8k": 2})  # fmt: skip
     p = prepare("gsm8k", config)
     assert p.num_shots == 2
     # the shots file numbers its rows from 0 too; a shot is left out only when it is the item itself

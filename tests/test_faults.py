@@ -35,31 +35,13 @@ class Case:
 
 
 def sft(*overrides: str) -> tuple[str, ...]:
-    return (
-        "train",
-        "sft",
-        "--recipe",
-        "{sft}",
-        "model.path={model}",
-        "data.dataset_name={data}",
-        "loop.output_dir={out}",
-        "loop.mesh=data=1,fsdp=-1,tensor=1",
-        *overrides,
-    )
+    return ("train", "sft", "--recipe", "{sft}", "model.path={model}", "data.dataset_name={data}",
+            "loop.output_dir={out}", "loop.mesh=data=1,fsdp=-1,tensor=1", *overrides)  # fmt: skip
 
 
 def grpo(*overrides: str) -> tuple[str, ...]:
-    return (
-        "train",
-        "grpo",
-        "--recipe",
-        "{grpo}",
-        "model.path={model}",
-        "data.dataset_name={data}",
-        "loop.output_dir={out}",
-        "loop.mesh=data=1,fsdp=-1,tensor=1",
-        *overrides,
-    )
+    return ("train", "grpo", "--recipe", "{grpo}", "model.path={model}", "data.dataset_name={data}",
+            "loop.output_dir={out}", "loop.mesh=data=1,fsdp=-1,tensor=1", *overrides)  # fmt: skip
 
 
 def data(*overrides: str) -> tuple[str, ...]:
@@ -316,14 +298,10 @@ def paths(tmp_path_factory):
     weights = damaged["cut_weights"] / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     return {
-        "model": model,
-        "fx": FIXTURES,
-        "data": REPO / "tests/fixtures/data/openr1_math_sample.jsonl",
-        "sft": REPO / "train/recipes/sft-tiny.yaml",
-        "grpo": REPO / "train/recipes/grpo-tiny.yaml",
-        "root": root,
-        **damaged,
-    }
+        "model": model, "fx": FIXTURES, "data": REPO / "tests/fixtures/data/openr1_math_sample.jsonl",
+        "sft": REPO / "train/recipes/sft-tiny.yaml", "grpo": REPO / "train/recipes/grpo-tiny.yaml",
+        "root": root, **damaged,
+    }  # fmt: skip
 
 
 def snapshot(root: Path) -> dict[str, float]:

@@ -35,9 +35,8 @@ class PoisonedBatches:
 
     def __next__(self) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(self.position)
-        examples = [
-            (rng.integers(2, 384, self.length).astype(np.int32), np.ones(self.length, bool)) for _ in range(self.rows)
-        ]
+        examples = [(rng.integers(2, 384, self.length).astype(np.int32), np.ones(self.length, bool))
+                    for _ in range(self.rows)]  # fmt: skip
         batch = padded_rows(examples, self.length, pad_id=1)._asdict()
         self.position += 1
         batch["scale"] = np.full(self.rows, np.inf if self.position in self.poisoned else 1.0, np.float32)
@@ -72,16 +71,8 @@ def poisoned_run(model_dir: str, run: str) -> None:
         return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True))
 
     try:
-        fit(
-            trainer,
-            PoisonedBatches({2, 4, 5}),
-            6,
-            checkpoints,
-            logger,
-            save_interval=1,
-            max_nonfinite_steps=2,
-            on_step=on_step,
-        )
+        fit(trainer, PoisonedBatches({2, 4, 5}), 6, checkpoints, logger, save_interval=1, max_nonfinite_steps=2,
+            on_step=on_step)  # fmt: skip
         stopped = None
     except JaxrlError as e:
         stopped = str(e)
@@ -89,14 +80,11 @@ def poisoned_run(model_dir: str, run: str) -> None:
     logger.close()
     _, _, state = Checkpoints(run / "checkpoints").restore(3, *trainer.abstract_state())
     result = {
-        "stopped": stopped,
-        "steps_run": sorted(params_after),
-        "checkpoints": checkpoints.steps(),
+        "stopped": stopped, "steps_run": sorted(params_after), "checkpoints": checkpoints.steps(),
         "skipped_in_checkpoint_3": state["skipped_updates"],
-        "unchanged": {
-            f"{b} vs {a}": same(params_after[b], params_after[a]) for a, b in ((0, 1), (1, 2), (2, 3), (3, 5))
-        },
-    }
+        "unchanged": {f"{b} vs {a}": same(params_after[b], params_after[a])
+                      for a, b in ((0, 1), (1, 2), (2, 3), (3, 5))},
+    }  # fmt: skip
     (run / "result.json").write_text(json.dumps(result))
 
 
@@ -110,9 +98,8 @@ def test_poisoned_steps_are_skipped_counted_and_recovered(runs):
     result = json.loads((run / "result.json").read_text())
     message = result["stopped"]
     assert message is not None and "\n" not in message
-    assert re.search(
-        r"2 non-finite updates in a row \(steps 4-5\); stopped, the last good checkpoint is step 3 ", message
-    ), message
+    assert re.search(r"2 non-finite updates in a row \(steps 4-5\); stopped, the last good checkpoint is step 3 ",
+                     message), message  # fmt: skip
     assert result["steps_run"] == [0, 1, 2, 3, 4, 5]
     assert result["unchanged"] == {"1 vs 0": False, "2 vs 1": True, "3 vs 2": False, "5 vs 3": True}
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -138,11 +125,9 @@ def test_huge_learning_rate_skips_then_stops(runs):
     out = future.result()
     assert out.code == 2, out.log
     error = out.log.strip().splitlines()[-1]
-    found = re.fullmatch(
-        r"jaxrl train: error: 2 non-finite updates in a row \(steps (\d+)-(\d+)\); stopped, "
-        r"the last good checkpoint is step (\d+) in \S+; lower the learning rate or check the data",
-        error,
-    )
+    found = re.fullmatch(r"jaxrl train: error: 2 non-finite updates in a row \(steps (\d+)-(\d+)\); stopped, "
+                         r"the last good checkpoint is step (\d+) in \S+; lower the learning rate or check the data",
+                         error)  # fmt: skip
     assert found, out.log
     first, last, kept = map(int, found.groups())
     assert last == first + 1 and kept == first - 1

@@ -24,9 +24,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from jaxrl.models.tiny import build_tiny_model
+
+from tests.runs import final_params
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests/fixtures/data/openr1_math_sample.jsonl"
@@ -36,15 +37,9 @@ SFT_STEPS, GRPO_STEPS = 10, 10  # >= 3 steps after the last signal: a fast machi
 CHILD_TIMEOUT_S = 240
 
 _FORKSERVER = multiprocessing.get_context("forkserver")
-_FORKSERVER.set_forkserver_preload(
-    [
-        "jaxrl.cli",
-        "jaxrl.train.sft",
-        "jaxrl.train.grpo",
-        "torch",
-        "transformers.models.auto.tokenization_auto",
-    ]
-)
+_FORKSERVER.set_forkserver_preload([
+    "jaxrl.cli", "jaxrl.train.sft", "jaxrl.train.grpo", "torch", "transformers.models.auto.tokenization_auto",
+])  # fmt: skip
 
 
 def digit_share(prompts, completions, **columns):
@@ -112,16 +107,8 @@ def logged_steps(run: Path, since: float) -> list[int]:
     return steps
 
 
-def launch(
-    argv: list,
-    run: Path,
-    cache: Path,
-    *,
-    at_step: int | None = None,
-    delay_s: float = 0.0,
-    sig: int = signal.SIGKILL,
-    function=None,
-) -> Outcome:
+def launch(argv: list, run: Path, cache: Path, *, at_step: int | None = None, delay_s: float = 0.0,
+           sig: int = signal.SIGKILL, function=None) -> Outcome:  # fmt: skip
     """Runs `jaxrl argv` (or `function(*argv)`) in a child; once the run logged `at_step` (and
     `delay_s` later), sends `sig`."""
     log = run.parent / f"{run.name}.log"
@@ -152,18 +139,6 @@ def launch(
     return Outcome(child.exitcode, text, resumable, complete_steps(run), seen, exit_after_signal_s)
 
 
-def final_params(run: Path, step: int) -> dict[str, np.ndarray]:
-    restored = ocp.StandardCheckpointer().restore((run / "checkpoints" / str(step) / "params").absolute())
-    out = {}
-
-    def walk(prefix, node):
-        for k, v in node.items():
-            walk(f"{prefix}.{k}", v) if isinstance(v, dict) else out.__setitem__(f"{prefix}.{k}", np.asarray(v))
-
-    walk("", restored)
-    return out
-
-
 def complete_steps(run: Path) -> list[int]:
     """Checkpoint steps Orbax finished (renamed from their temporary directory)."""
     if not (run / "checkpoints").is_dir():
@@ -190,39 +165,21 @@ def kill_points(rng: random.Random, windows: list[tuple[int, int]]) -> list[tupl
 
 def sft_argv(model: Path, run: Path) -> list[str]:
     return [
-        "train",
-        "sft",
-        "--recipe",
-        str(REPO / "train/recipes/sft-tiny.yaml"),
-        f"model.path={model}",
-        f"data.dataset_name={DATA}",
-        f"loop.output_dir={run}",
-        f"loop.max_steps={SFT_STEPS}",
-        "sft.batch_size=2",
-        "checkpoint.save_steps=2",
-        "checkpoint.save_total_limit=2",
+        "train", "sft", "--recipe", str(REPO / "train/recipes/sft-tiny.yaml"), f"model.path={model}",
+        f"data.dataset_name={DATA}", f"loop.output_dir={run}", f"loop.max_steps={SFT_STEPS}",
+        "sft.batch_size=2", "checkpoint.save_steps=2", "checkpoint.save_total_limit=2",
         f"loop.mesh=data=1,fsdp={DEVICES},tensor=1",
-    ]
+    ]  # fmt: skip
 
 
 def grpo_argv(model: Path, run: Path) -> list[str]:
     return [
-        "train",
-        "grpo",
-        "--recipe",
-        str(REPO / "train/recipes/grpo-tiny.yaml"),
-        f"model.path={model}",
-        f"data.dataset_name={DATA}",
-        f"loop.output_dir={run}",
-        f"loop.max_steps={GRPO_STEPS}",
-        "grpo.num_iterations=2",
-        "grpo.max_completion_length=16",
-        "grpo.mask_truncated_completions=false",
+        "train", "grpo", "--recipe", str(REPO / "train/recipes/grpo-tiny.yaml"), f"model.path={model}",
+        f"data.dataset_name={DATA}", f"loop.output_dir={run}", f"loop.max_steps={GRPO_STEPS}",
+        "grpo.num_iterations=2", "grpo.max_completion_length=16", "grpo.mask_truncated_completions=false",
         "grpo.reward_funcs=[test_faults_resume:digit_share,format]",
-        "checkpoint.save_steps=1",
-        "checkpoint.save_total_limit=3",
-        f"loop.mesh=data=1,fsdp={DEVICES},tensor=1",
-    ]
+        "checkpoint.save_steps=1", "checkpoint.save_total_limit=3", f"loop.mesh=data=1,fsdp={DEVICES},tensor=1",
+    ]  # fmt: skip
 
 
 SFT_POINTS = kill_points(random.Random(SEED), [(1, 2), (3, 4), (5, 6)])  # 3 x SIGKILL
@@ -278,12 +235,8 @@ def damage_newest(run: Path, damage) -> tuple[int, int, str]:
 def nonfinite_argv(model: Path, run: Path) -> list[str]:
     """SFT with a learning rate of 1e30: the first update blows the params up, the next losses are
     not finite; 2 in a row stop the run."""
-    return sft_argv(model, run) + [
-        "optimizer.learning_rate=1e30",
-        "optimizer.warmup_ratio=0",
-        "loop.max_nonfinite_steps=2",
-        "checkpoint.save_steps=1",
-    ]
+    return sft_argv(model, run) + ["optimizer.learning_rate=1e30", "optimizer.warmup_ratio=0",
+                                   "loop.max_nonfinite_steps=2", "checkpoint.save_steps=1"]  # fmt: skip
 
 
 _TRACKS: dict | None = None
@@ -302,10 +255,8 @@ def start_tracks(root: Path) -> dict:
     cache = root / "jit-cache"
     pool = concurrent.futures.ThreadPoolExecutor(8)
     tracks = {}
-    for method, argv, chains in (
-        ("sft", sft_argv, {"sft": sft_chain, "sft-term": sft_term_chain}),
-        ("grpo", grpo_argv, {"grpo": grpo_chain}),
-    ):
+    for method, argv, chains in (("sft", sft_argv, {"sft": sft_chain, "sft-term": sft_term_chain}),
+                                 ("grpo", grpo_argv, {"grpo": grpo_chain})):  # fmt: skip
         straight = root / f"{method}-straight"
         reference = pool.submit(launch, argv(model, straight), straight, cache)
         for name, chain in chains.items():
@@ -321,10 +272,8 @@ def start_tracks(root: Path) -> dict:
     from test_faults_nonfinite import poisoned_run
 
     poisoned = root / "poisoned"
-    tracks["poisoned"] = (
-        poisoned,
-        pool.submit(launch, [str(model), str(poisoned)], poisoned, cache, function=poisoned_run),
-    )
+    tracks["poisoned"] = (poisoned, pool.submit(launch, [str(model), str(poisoned)], poisoned, cache,
+                                                function=poisoned_run))  # fmt: skip
     pool.shutdown(wait=False)  # the threads end with their runs
     _TRACKS = tracks
     return tracks
@@ -365,12 +314,8 @@ def test_sft_killed_at_random_points_resumes_bitwise(runs):
     assert history[-1].code == 0, history[-1].log
     assert_same_params(final_params(run, SFT_STEPS), final_params(straight, SFT_STEPS))
     assert_one_story(run, SFT_STEPS)
-    print(
-        "sft: SIGKILL at (step, delay s)",
-        SFT_POINTS,
-        "; killed after steps",
-        [k.signalled_at_step for k in history[:-1]],
-    )
+    print("sft: SIGKILL at (step, delay s)", SFT_POINTS, "; killed after steps",
+          [k.signalled_at_step for k in history[:-1]])  # fmt: skip
 
 
 @pytest.mark.slow
@@ -389,10 +334,8 @@ def test_sft_sigterm_checkpoints_and_resumes_bitwise(runs):
     assert last.code == 0, last.log
     assert_same_params(final_params(run, SFT_STEPS), final_params(straight, SFT_STEPS))
     assert_one_story(run, SFT_STEPS)
-    print(
-        f"sft: SIGTERM after step {term.signalled_at_step} saved step {saved} and exited "
-        f"{term.exit_after_signal_s:.1f} s after the signal"
-    )
+    print(f"sft: SIGTERM after step {term.signalled_at_step} saved step {saved} and exited "
+          f"{term.exit_after_signal_s:.1f} s after the signal")  # fmt: skip
 
 
 @pytest.mark.slow
@@ -415,11 +358,5 @@ def test_grpo_killed_at_random_points_resumes_bitwise(runs):
     assert_one_story(run, GRPO_STEPS)
     rows = [json.loads(line) for line in (straight / "metrics.jsonl").read_text().splitlines()]
     assert any(r["grad_norm"] > 0 for r in rows), "the reward gave no signal: the comparison would be vacuous"
-    print(
-        "grpo: signals at (step, delay s)",
-        GRPO_POINTS,
-        "; killed after steps",
-        [k.signalled_at_step for k in history[:-1]],
-        "; damaged (step, fell back to, how):",
-        damaged,
-    )
+    print("grpo: signals at (step, delay s)", GRPO_POINTS, "; killed after steps",
+          [k.signalled_at_step for k in history[:-1]], "; damaged (step, fell back to, how):", damaged)  # fmt: skip

@@ -57,9 +57,8 @@ def data_file(tmp_path_factory):
 
 
 def test_loss_rows_layout():
-    tokens, segments = loss_rows(
-        [[5, 6, 7], [8]], np.array([[1, 2, 0], [3, 0, 0], [4, 4, 4], [9, 0, 0]]), np.array([2, 1, 3, 0]), 3, 2
-    )
+    tokens, segments = loss_rows([[5, 6, 7], [8]], np.array([[1, 2, 0], [3, 0, 0], [4, 4, 4], [9, 0, 0]]),
+                                 np.array([2, 1, 3, 0]), 3, 2)  # fmt: skip
     np.testing.assert_array_equal(tokens[0], [5, 6, 7, 1, 2, 0])
     np.testing.assert_array_equal(segments[0], [1, 1, 1, 1, 1, 0])
     np.testing.assert_array_equal(tokens[2], [0, 0, 8, 4, 4, 4])
@@ -73,12 +72,8 @@ def test_recipes_load_with_the_study_numbers():
     assert (s.loss_type, s.scale_rewards, s.mask_truncated_completions) == ("dr_grpo", "none", True)
     assert (s.max_prompt_length, s.max_completion_length, s.temperature, s.top_p) == (512, 1500, 0.6, 1.0)
     assert s.reward_funcs == ("accuracy", "format") and s.reward_weights == (1.0, 0.2)
-    assert (o.learning_rate, o.lr_scheduler_type, o.warmup_ratio, o.max_grad_norm) == (
-        1e-6,
-        "constant_with_warmup",
-        0.1,
-        0.2,
-    )
+    assert (o.learning_rate, o.lr_scheduler_type, o.warmup_ratio, o.max_grad_norm) == (1e-6, "constant_with_warmup",
+                                                                                      0.1, 0.2)  # fmt: skip
     assert (o.weight_decay, o.adam_beta1, o.adam_beta2, o.adam_epsilon) == (0.0, 0.9, 0.999, 1e-8)
     assert (study.loop.max_steps, study.loop.seed, study.checkpoint.interval(571)) == (571, 42, 29)
     assert study.data.filters == ("source=cn_k12",) and study.data.dataset_config == "extended"
@@ -95,28 +90,21 @@ def test_rollout_masks_truncated_completions_and_reports_metrics(model_dir, monk
     """A canned sampler output: one completion ended by EOS (3 tokens), one cut at the limit."""
     c = 5
     tokens = np.array([[11, 12, 13, 0, 0], [21, 22, 23, 24, 25]], np.int32)
-    canned = Completions(
-        tokens, np.zeros((2, c), np.float32), np.array([3, 5], np.int32), ["eos", "length"], np.array([0, 0], np.int32)
-    )
+    canned = Completions(tokens, np.zeros((2, c), np.float32), np.array([3, 5], np.int32), ["eos", "length"],
+                         np.array([0, 0], np.int32))  # fmt: skip
     monkeypatch.setattr(grpo_rollout, "sample", lambda *args, **kwargs: canned)
     register_reward("test_first_wins", lambda prompts, completions, **kw: [1.0, 0.0])
     tokenizer = load_tokenizer(model_dir)
-    s = GRPOSettings(
-        prompts_per_step=1,
-        num_generations=2,
-        max_completion_length=c,
-        max_prompt_length=4,
-        mask_truncated_completions=True,
-        scale_rewards="none",
-        reward_funcs=("test_first_wins",),
-    )
+    s = GRPOSettings(prompts_per_step=1, num_generations=2, max_completion_length=c, max_prompt_length=4,
+                     mask_truncated_completions=True, scale_rewards="none",
+                     reward_funcs=("test_first_wins",))  # fmt: skip
     mesh = LogicalMesh(make_mesh("", jax.devices()[:1]))
-    trainer = GRPOTrainer(load_model(model_dir, mesh, "float32"), make_loss_fn(s.loss), OptimizerConfig(), 1, mesh=mesh)
+    trainer = GRPOTrainer(load_model(model_dir, mesh, "float32"), make_loss_fn(s.loss), OptimizerConfig(),
+                          1, mesh=mesh)  # fmt: skip
     prompts = encode_prompts([{"problem": "1+1="}], tokenizer, ChatConfig(system_prompt=None))
     prompts.prompt_ids = [[7, 8, 9]]
-    rollout = Rollout(
-        trainer.graphdef, tokenizer, RewardScorer(s.reward_funcs), s, mesh=mesh, pad_id=trainer.config.pad_token_id
-    )
+    rollout = Rollout(trainer.graphdef, tokenizer, RewardScorer(s.reward_funcs), s, mesh=mesh,
+                      pad_id=trainer.config.pad_token_id)  # fmt: skip
     rollouts = Rollouts(lambda: trainer.params, PromptBatches(prompts, 1, seed=0), rollout)
     batch = next(rollouts)
     REWARDS.pop("test_first_wins")
@@ -141,30 +129,14 @@ def _one_step(model_dir, data_file, spec: str, devices: int):
     tokenizer = load_tokenizer(model_dir)
     rows = [json.loads(line) for line in data_file.read_text().splitlines()]
     prompts = encode_prompts(rows, tokenizer, ChatConfig(system_prompt=None), max_prompt_length=16)
-    s = GRPOSettings(
-        prompts_per_step=2,
-        num_generations=4,
-        max_completion_length=8,
-        max_prompt_length=16,
-        loss_type="dr_grpo",
-        beta=0.04,
-        reward_funcs=("test_digit_share", "format"),
-    )
+    s = GRPOSettings(prompts_per_step=2, num_generations=4, max_completion_length=8, max_prompt_length=16,
+                     loss_type="dr_grpo", beta=0.04, reward_funcs=("test_digit_share", "format"))  # fmt: skip
     model = load_model(model_dir, mesh, "float32")
     ref = nnx.to_pure_dict(nnx.state(load_model(model_dir, mesh, "float32")))
-    trainer = GRPOTrainer(
-        model, make_loss_fn(s.loss), OptimizerConfig(learning_rate=1e-2, adam_epsilon=EXACT_EPS), 4, mesh=mesh
-    )
-    rollout = Rollout(
-        trainer.graphdef,
-        tokenizer,
-        RewardScorer(s.reward_funcs),
-        s,
-        mesh=mesh,
-        pad_id=trainer.config.pad_token_id,
-        ref_params=ref,
-        seed=3,
-    )
+    trainer = GRPOTrainer(model, make_loss_fn(s.loss), OptimizerConfig(learning_rate=1e-2,
+                          adam_epsilon=EXACT_EPS), 4, mesh=mesh)  # fmt: skip
+    rollout = Rollout(trainer.graphdef, tokenizer, RewardScorer(s.reward_funcs), s, mesh=mesh,
+                      pad_id=trainer.config.pad_token_id, ref_params=ref, seed=3)  # fmt: skip
     rollouts = Rollouts(lambda: trainer.params, PromptBatches(prompts, 2, seed=0), rollout)
     batch = next(rollouts)
     metrics = {k: float(v) for k, v in {**rollouts.metrics, **jax.device_get(trainer.step(batch, 0))}.items()}
@@ -186,30 +158,15 @@ def test_step_on_a_2x4_mesh_matches_unsharded(model_dir, data_file):
 
 def _run(model_dir, data_file, out: Path, extra=()):
     overrides = [
-        f"model.path={model_dir}",
-        f"data.dataset_name={data_file}",
-        "data.prompt_column=problem",
-        "chat.system_prompt=null",
-        f"loop.output_dir={out}",
-        "loop.max_steps=6",
-        "loop.seed=7",
-        "grpo.prompts_per_step=2",
-        "grpo.num_generations=4",
-        "grpo.max_completion_length=6",
-        "grpo.max_prompt_length=16",
-        "grpo.num_iterations=2",
-        "grpo.beta=0.04",
-        "grpo.loss_type=grpo",
-        "grpo.reward_funcs=[test_digit_share,test_kill_switch]",
-        "grpo.verifier_workers=1",
-        "optimizer.learning_rate=1e-2",
-        f"optimizer.adam_epsilon={EXACT_EPS}",
-        "checkpoint.save_steps=3",
-        "checkpoint.async_save=false",
-        "loop.gradient_accumulation_steps=2",
-        "loop.mesh=data=1,fsdp=2,tensor=4",
+        f"model.path={model_dir}", f"data.dataset_name={data_file}", "data.prompt_column=problem",
+        "chat.system_prompt=null", f"loop.output_dir={out}", "loop.max_steps=6", "loop.seed=7",
+        "grpo.prompts_per_step=2", "grpo.num_generations=4", "grpo.max_completion_length=6",
+        "grpo.max_prompt_length=16", "grpo.num_iterations=2", "grpo.beta=0.04", "grpo.loss_type=grpo",
+        "grpo.reward_funcs=[test_digit_share,test_kill_switch]", "grpo.verifier_workers=1",
+        "optimizer.learning_rate=1e-2", f"optimizer.adam_epsilon={EXACT_EPS}", "checkpoint.save_steps=3",
+        "checkpoint.async_save=false", "loop.gradient_accumulation_steps=2", "loop.mesh=data=1,fsdp=2,tensor=4",
         *extra,
-    ]
+    ]  # fmt: skip
     return grpo.run(None, overrides)
 
 
@@ -220,11 +177,8 @@ class Killed(BaseException):
 @pytest.fixture
 def compilation_cache(tmp_path):
     """The three runs compile the same programs: a persistent cache lets the later ones reuse them."""
-    keys = (
-        "jax_compilation_cache_dir",
-        "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes",
-    )
+    keys = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+            "jax_persistent_cache_min_entry_size_bytes")  # fmt: skip
     from jax._src import compilation_cache  # jax reads the cache settings once; reset makes it read them again
 
     before = {k: getattr(jax.config, k) for k in keys}
@@ -271,6 +225,21 @@ def test_killed_and_resumed_run_equals_uninterrupted(model_dir, data_file, tmp_p
     assert w[6]["grad_norm"] > 0
 
 
+def test_resuming_with_a_changed_recipe_warns(model_dir, data_file, tmp_path, capsys):
+    """The run set-up SFT and GRPO share says which recipe keys changed since the run began."""
+    register_reward("test_kill_switch", lambda prompts, completions, **columns: [0.0] * len(completions))
+    try:
+        _run(model_dir, data_file, tmp_path / "run", ["loop.max_steps=1", "loop.gradient_accumulation_steps=1"])
+        capsys.readouterr()
+        _run(model_dir, data_file, tmp_path / "run", ["loop.max_steps=1", "loop.gradient_accumulation_steps=1",
+                                                     "grpo.epsilon=0.3"])  # fmt: skip
+    finally:
+        REWARDS.pop("test_kill_switch", None)
+    err = capsys.readouterr().err
+    assert "warning: resuming with a recipe that differs from the run's in grpo.epsilon" in err, err
+    assert "nothing to do" in err
+
+
 @pytest.mark.bench
 def test_tiny_model_learns_single_digit_sums(model_dir, tmp_path):
     """Prints the reward curve and the share of exactly right answers (about 10 minutes on 2 busy cores).
@@ -297,31 +266,16 @@ def test_tiny_model_learns_single_digit_sums(model_dir, tmp_path):
     register_reward("test_sum_digit", sum_digit)
     register_reward("test_sum_exact", exact)
     data = tmp_path / "sums.jsonl"
-    data.write_text(
-        "".join(json.dumps({"problem": f"{a}+{b}=", "answer": str(a + b)}) + "\n" for a in range(5) for b in range(5))
-    )
-    run = Path(
-        grpo.run(
-            None,
-            [
-                f"model.path={model_dir}",
-                f"data.dataset_name={data}",
-                "data.prompt_column=problem",
-                "chat.system_prompt=null",
-                f"loop.output_dir={tmp_path / 'run'}",
-                "loop.max_steps=600",
-                "grpo.prompts_per_step=8",
-                "grpo.num_generations=16",
-                "grpo.max_completion_length=2",
-                "grpo.max_prompt_length=16",
-                "grpo.reward_funcs=[test_sum_digit,test_sum_exact]",
-                "grpo.reward_weights=[1.0,0.0]",
-                "optimizer.learning_rate=1e-3",
-                "optimizer.max_grad_norm=1.0",
-                "checkpoint.save_steps=1000",
-            ],
-        )
-    )
+    data.write_text("".join(json.dumps({"problem": f"{a}+{b}=", "answer": str(a + b)}) + "\n"
+                            for a in range(5) for b in range(5)))  # fmt: skip
+    run = Path(grpo.run(None, [
+        f"model.path={model_dir}", f"data.dataset_name={data}", "data.prompt_column=problem",
+        "chat.system_prompt=null", f"loop.output_dir={tmp_path / 'run'}", "loop.max_steps=600",
+        "grpo.prompts_per_step=8", "grpo.num_generations=16", "grpo.max_completion_length=2",
+        "grpo.max_prompt_length=16", "grpo.reward_funcs=[test_sum_digit,test_sum_exact]",
+        "grpo.reward_weights=[1.0,0.0]", "optimizer.learning_rate=1e-3", "optimizer.max_grad_norm=1.0",
+        "checkpoint.save_steps=1000",
+    ]))  # fmt: skip
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     window = 25
     curve = lambda key: [float(np.mean([r[key] for r in rows[i : i + window]])) for i in range(0, len(rows), window)]

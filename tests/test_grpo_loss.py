@@ -20,7 +20,7 @@ from jaxrl.train.grpo_loss import (
     make_loss_fn,
     per_token_objective,
     reduce_loss,
-)
+)  # fmt: skip
 
 from jaxrl.errors import JaxrlError
 from tests.hf_models import FAMILY_CASES, build_hf_model
@@ -213,11 +213,9 @@ def tiny(tmp_path_factory):
     mask = segments[:, P:].astype(np.float32)
     mask[1] = 0.0  # a truncated, masked completion
     batch = {
-        "tokens": tokens,
-        "segment_ids": segments,
-        "completion_mask": mask,
+        "tokens": tokens, "segment_ids": segments, "completion_mask": mask,
         "advantages": np.array([0.9, -0.4, 1.3, -1.1], np.float32),
-    }
+    }  # fmt: skip
     logp = np.asarray(completion_logprobs(model, jnp.asarray(tokens), jnp.asarray(segments), C, TEMPERATURE))
     # stored old log-probs a little away from the current ones, so that some ratios clip
     batch["old_logprobs"] = (logp + rng.uniform(-0.35, 0.35, logp.shape)).astype(np.float32)
@@ -249,16 +247,8 @@ def torch_objective(hf, batch, loss_type, beta, num_iterations, eps_low=0.2, eps
 
 
 def _settings(loss_type, beta, num_iterations):
-    return LossSettings(
-        loss_type=loss_type,
-        epsilon=0.2,
-        epsilon_high=0.28,
-        beta=beta,
-        max_completion_length=C,
-        temperature=TEMPERATURE,
-        logprob_chunk_size=4,
-        use_old_logprobs=num_iterations > 1,
-    )
+    return LossSettings(loss_type=loss_type, epsilon=0.2, epsilon_high=0.28, beta=beta, max_completion_length=C,
+                        temperature=TEMPERATURE, logprob_chunk_size=4, use_old_logprobs=num_iterations > 1)  # fmt: skip
 
 
 def _assert_matches_torch(value, grads, hf, config, batch, loss_type, beta, num_iterations):

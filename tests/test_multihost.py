@@ -11,10 +11,6 @@ agree with the reference; metrics are written once (by process 0).
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -24,29 +20,11 @@ from jaxrl.models.checkpoint import load_model
 from jaxrl.models.tiny import build_tiny_model
 
 from jaxrl.analysis import diff_trees
+from tests.runs import model_params, run_metrics, run_processes
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests/fixtures/data/openr1_math_sample.jsonl"
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(devices: int, **extra) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAXRL_")}
-    env.update(
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        **extra,
-    )
-    return env
 
 
 @pytest.fixture(scope="module")
@@ -67,64 +45,9 @@ def recipe(tmp_path_factory):
 
 def _train(recipe_path: Path, run_dir: Path, max_steps: int, processes: int) -> list[str]:
     """`jaxrl train sft` in `processes` processes that together hold 4 devices; returns their logs."""
-    argv = [
-        sys.executable,
-        "-m",
-        "jaxrl.cli",
-        "train",
-        "sft",
-        "--recipe",
-        str(recipe_path),
-        f"loop.output_dir={run_dir}",
-        f"loop.max_steps={max_steps}",
-    ]
-    if processes == 1:
-        envs = [_env(4)]
-    else:
-        coordinator = f"127.0.0.1:{_free_port()}"
-        envs = [
-            _env(
-                4 // processes,
-                JAXRL_COORDINATOR=coordinator,
-                JAXRL_NUM_PROCESSES=str(processes),
-                JAXRL_PROCESS_ID=str(i),
-            )
-            for i in range(processes)
-        ]
-    procs = [
-        subprocess.Popen(argv, env=e, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for e in envs
-    ]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=420)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for i, (p, log) in enumerate(zip(procs, logs, strict=True)):
-        assert p.returncode == 0, f"process {i} failed:\n{log[-4000:]}"
-    return logs
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _params(path: Path) -> dict[str, np.ndarray]:
-    from flax import nnx
-
-    state = nnx.to_pure_dict(nnx.state(load_model(path), nnx.Param))
-    return {"/".join(map(str, k)): np.asarray(v) for k, v in _flat(state)}
-
-
-def _flat(tree, prefix=()):
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            yield from _flat(v, (*prefix, k))
-        else:
-            yield (*prefix, k), v
+    argv = [sys.executable, "-m", "jaxrl.cli", "train", "sft", "--recipe", str(recipe_path),
+            f"loop.output_dir={run_dir}", f"loop.max_steps={max_steps}"]  # fmt: skip
+    return run_processes(argv, processes)
 
 
 def test_two_processes_match_one(recipe, tmp_path):
@@ -135,7 +58,7 @@ def test_two_processes_match_one(recipe, tmp_path):
     logs = _train(recipe_path, multi, 4, processes=2)
     assert "resumed from checkpoint step 2" in logs[0]
 
-    ref, got = _metrics(single), _metrics(multi)
+    ref, got = run_metrics(single), run_metrics(multi)
     assert [r["step"] for r in got] == [1, 2, 3, 4], "every step logged exactly once, by process 0"
     for r, g in zip(ref, got, strict=True):
         for key in ("loss", "grad_norm", "lr", "loss_denominator"):
@@ -143,7 +66,7 @@ def test_two_processes_match_one(recipe, tmp_path):
     assert ref[-1]["loss"] < ref[0]["loss"]
 
     for step in (2, 4):
-        a, b = _params(single / f"checkpoints/{step}"), _params(multi / f"checkpoints/{step}")
+        a, b = model_params(single / f"checkpoints/{step}"), model_params(multi / f"checkpoints/{step}")
         assert a.keys() == b.keys()
         for name in a:
             # Adam's step is about lr * g / |g| for a tiny gradient g, so the order of the cross-process
@@ -167,9 +90,8 @@ def test_train_host_flags_reach_distributed_init(tmp_path, monkeypatch, capsys):
         monkeypatch.setenv(name, "")  # restored after the test, whatever the command sets
     model = build_tiny_model(tmp_path / "tiny")
     out = tmp_path / "run"
-    code = main(
-        ["train", "sft", "--num-processes", "2", "--process-id", "5", f"model.path={model}", f"loop.output_dir={out}"]
-    )
+    code = main(["train", "sft", "--num-processes", "2", "--process-id", "5", f"model.path={model}",
+                 f"loop.output_dir={out}"])  # fmt: skip
     assert code == 2
     assert "process id 5 is not in [0, 2)" in capsys.readouterr().err
     assert not out.exists()

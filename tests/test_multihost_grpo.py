@@ -13,18 +13,14 @@ and the metrics, and the parameters all have to match the single process.
 
 from __future__ import annotations
 
-import json
-import os
-import socket
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from flax import nnx
-from jaxrl.models.checkpoint import load_model
 from jaxrl.models.tiny import build_tiny_model
+
+from tests.runs import model_params, run_metrics, run_processes
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests/fixtures/data/openr1_math_sample.jsonl"
@@ -39,26 +35,6 @@ def distinct_share(prompts, completions, **columns):
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _env(devices: int, pythonpath: Path, **extra) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JAXRL_")}
-    env.update(
-        JAX_PLATFORMS="cpu",
-        XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
-        HF_HUB_OFFLINE="1",
-        HF_DATASETS_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        PYTHONPATH=os.pathsep.join(filter(None, [str(pythonpath), os.environ.get("PYTHONPATH")])),
-        **extra,
-    )
-    return env
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("multihost_grpo")
@@ -68,76 +44,16 @@ def setup(tmp_path_factory):
 
 def _train(root: Path, model: Path, run_dir: Path, max_steps: int, processes: int) -> list[str]:
     """grpo-tiny for `max_steps` in `processes` processes that together hold 4 devices; their logs."""
-    argv = [
-        sys.executable,
-        "-m",
-        "jaxrl.cli",
-        "train",
-        "grpo",
-        "--recipe",
-        str(RECIPE),
-        f"model.path={model}",
-        f"data.dataset_name={DATA}",
-        f"loop.output_dir={run_dir}",
-        f"loop.max_steps={max_steps}",
-        "loop.mesh=data=2,fsdp=2",
-        "loop.seed=5",
-        "grpo.scale_rewards=batch",
-        "grpo.num_iterations=2",
-        "grpo.reward_funcs=[accuracy,format,mh_rewards:distinct_share]",
-        "grpo.reward_weights=[1.0,0.2,1.0]",
-        # a constant rate, so the runs to step 1 and to step 3 share their schedule; an Adam
-        # epsilon that keeps each update about its gradient, not about fp32 noise in a tiny one
-        "optimizer.lr_scheduler_type=constant",
-        "optimizer.adam_epsilon=1e-4",
-        "checkpoint.async_save=false",
-    ]
-    if processes == 1:
-        envs = [_env(4, root)]
-    else:
-        coordinator = f"127.0.0.1:{_free_port()}"
-        envs = [
-            _env(
-                4 // processes,
-                root,
-                JAXRL_COORDINATOR=coordinator,
-                JAXRL_NUM_PROCESSES=str(processes),
-                JAXRL_PROCESS_ID=str(i),
-            )
-            for i in range(processes)
-        ]
-    procs = [
-        subprocess.Popen(argv, env=e, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for e in envs
-    ]
-    logs = []
-    try:
-        for p in procs:
-            logs.append(p.communicate(timeout=420)[0])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-    for i, (p, log) in enumerate(zip(procs, logs, strict=True)):
-        assert p.returncode == 0, f"process {i} failed:\n{log[-4000:]}"
-    return logs
-
-
-def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-
-
-def _params(path: Path) -> dict[str, np.ndarray]:
-    state = nnx.to_pure_dict(nnx.state(load_model(path), nnx.Param))
-    return {"/".join(map(str, k)): np.asarray(v) for k, v in _flat(state)}
-
-
-def _flat(tree, prefix=()):
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            yield from _flat(v, (*prefix, k))
-        else:
-            yield (*prefix, k), v
+    argv = [sys.executable, "-m", "jaxrl.cli", "train", "grpo", "--recipe", str(RECIPE),
+            f"model.path={model}", f"data.dataset_name={DATA}", f"loop.output_dir={run_dir}",
+            f"loop.max_steps={max_steps}", "loop.mesh=data=2,fsdp=2", "loop.seed=5",
+            "grpo.scale_rewards=batch", "grpo.num_iterations=2",
+            "grpo.reward_funcs=[accuracy,format,mh_rewards:distinct_share]", "grpo.reward_weights=[1.0,0.2,1.0]",
+            # a constant rate, so the runs to step 1 and to step 3 share their schedule; an Adam
+            # epsilon that keeps each update about its gradient, not about fp32 noise in a tiny one
+            "optimizer.lr_scheduler_type=constant", "optimizer.adam_epsilon=1e-4",
+            "checkpoint.async_save=false"]  # fmt: skip
+    return run_processes(argv, processes, pythonpath=root)
 
 
 def test_two_processes_match_one(setup, tmp_path):
@@ -148,28 +64,16 @@ def test_two_processes_match_one(setup, tmp_path):
     logs = _train(root, model, multi, 3, processes=2)
     assert "resumed from checkpoint step 1" in logs[0]
 
-    ref, got = _metrics(single), _metrics(multi)
+    ref, got = run_metrics(single), run_metrics(multi)
     assert [r["step"] for r in got] == [1, 2, 3], "every step logged exactly once, by process 0"
     for r, g in zip(ref, got, strict=True):
         step = r["step"]
         # the same completions of the same prompts, scored and reduced over the global batch
-        for key in (
-            "completions/mean_length",
-            "completions/max_length",
-            "completions/clipped_ratio",
-            "frac_reward_zero_std",
-            "rewards/format/mean",
-        ):
+        for key in ("completions/mean_length", "completions/max_length", "completions/clipped_ratio",
+                    "frac_reward_zero_std", "rewards/format/mean"):  # fmt: skip
             assert g[key] == r[key], (step, key)
-        for key in (
-            "reward",
-            "reward_std",
-            "rewards/mh_rewards:distinct_share/std",
-            "entropy",
-            "loss",
-            "grad_norm",
-            "clip_ratio/region_mean",
-        ):
+        for key in ("reward", "reward_std", "rewards/mh_rewards:distinct_share/std", "entropy", "loss",
+                    "grad_norm", "clip_ratio/region_mean"):  # fmt: skip
             assert g[key] == pytest.approx(r[key], rel=1e-5, abs=1e-6), (step, key)
     for rows in (ref, got):
         generated = [r for r in rows if r["iteration"] == 1]  # the gap is logged where sampling happened
@@ -178,9 +82,9 @@ def test_two_processes_match_one(setup, tmp_path):
             assert r["logprob_gap/max"] < 1e-4, (r["step"], r["logprob_gap/max"])  # sampler and trainer agree
         assert all(r["reward_std"] > 0 and r["grad_norm"] > 0 for r in rows)  # the steps learn something
 
-    a, b = _params(single / "checkpoints/3"), _params(multi / "checkpoints/3")
+    a, b = model_params(single / "checkpoints/3"), model_params(multi / "checkpoints/3")
     assert a.keys() == b.keys()
-    base = _params(model)
+    base = model_params(model)
     assert any(not np.array_equal(a[name], base[name]) for name in a)
     for name in a:
         np.testing.assert_allclose(b[name], a[name], rtol=1e-5, atol=1e-5, err_msg=name)

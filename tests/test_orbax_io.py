@@ -68,16 +68,10 @@ def test_checkpoints_in_orbax_default_layout_still_restore(tree, tmp_path):
     opt_state = {"mu": tree}
     options = ocp.CheckpointManagerOptions(create=True)
     old = ocp.CheckpointManager(tmp_path / "checkpoints", options=options, item_names=(PARAMS, OPT_STATE, TRAIN_STATE))
-    old.save(
-        3,
-        args=ocp.args.Composite(
-            **{
-                PARAMS: ocp.args.StandardSave(tree),
-                OPT_STATE: ocp.args.StandardSave(_nested(opt_state)),
-                TRAIN_STATE: ocp.args.JsonSave({"step": 3}),
-            }
-        ),
-    )
+    old.save(3, args=ocp.args.Composite(**{
+        PARAMS: ocp.args.StandardSave(tree), OPT_STATE: ocp.args.StandardSave(_nested(opt_state)),
+        TRAIN_STATE: ocp.args.JsonSave({"step": 3}),
+    }))  # fmt: skip
     old.wait_until_finished()
     old.close()
     abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), (tree, opt_state))

@@ -47,16 +47,8 @@ def _measure(mesh: str) -> dict:
                 return int(line.split()[1]) * 1024
         raise RuntimeError(field)
 
-    cfg = preset(
-        "tiny-olmo2",
-        vocab_size=4096,
-        hidden_size=128,
-        intermediate_size=512,
-        num_layers=2,
-        num_heads=4,
-        num_kv_heads=4,
-        head_dim=32,
-    )
+    cfg = preset("tiny-olmo2", vocab_size=4096, hidden_size=128, intermediate_size=512, num_layers=2,
+                 num_heads=4, num_kv_heads=4, head_dim=32)  # fmt: skip
     lm = LogicalMesh(make_mesh(mesh))
     opt = OptimizerConfig(learning_rate=1e-3, max_grad_norm=1.0)
     abstract = Trainer.abstract(cfg, sft_loss, opt, 10, freeze=FreezeConfig(), accumulation=ACCUMULATION, mesh=lm)
@@ -73,13 +65,9 @@ def _measure(mesh: str) -> dict:
             live[str(d)] += shard_bytes
     rng = np.random.default_rng(0)
     tokens = rng.integers(0, cfg.vocab_size, (ROWS, SEQ)).astype(np.int32)
-    host_batch = {
-        "tokens": tokens,
-        "segment_ids": np.ones_like(tokens),
-        "targets": np.roll(tokens, -1, axis=1),
-        "positions": np.tile(np.arange(SEQ, dtype=np.int32), (ROWS, 1)),
-        "loss_mask": np.ones(tokens.shape, np.float32),
-    }
+    host_batch = {"tokens": tokens, "segment_ids": np.ones_like(tokens), "targets": np.roll(tokens, -1, axis=1),
+                  "positions": np.tile(np.arange(SEQ, dtype=np.int32), (ROWS, 1)),
+                  "loss_mask": np.ones(tokens.shape, np.float32)}  # fmt: skip
     jax.block_until_ready(trainer.step(host_batch, 0))  # compiles
     device_batch = trainer.device_batch(host_batch)
     step = jax.device_put(np.int32(1), lm.replicated())
@@ -159,10 +147,8 @@ def test_abstract_step_is_the_trainers_step_with_freezing(freeze, mesh):
 
 def test_plan_command(tmp_path, capsys):
     recipe = tmp_path / "sft.yaml"
-    recipe.write_text(
-        "model:\n  path: tiny-olmo2\nsft:\n  batch_size: 16\n  max_length: 64\n"
-        "loop:\n  gradient_accumulation_steps: 2\n"
-    )
+    recipe.write_text("model:\n  path: tiny-olmo2\nsft:\n  batch_size: 16\n  max_length: 64\n"
+                      "loop:\n  gradient_accumulation_steps: 2\n")  # fmt: skip
     out = tmp_path / "plan.json"
     argv = ["plan", "--recipe", str(recipe), "--devices", "8", "--mesh", "fsdp=4,tensor=2", "--chip", "v5e"]
     assert cli_main([*argv, "--json", str(out), "sft.batch_size=32"]) == 0
@@ -187,21 +173,8 @@ def test_grpo_plan_counts_the_sampling_cache(tmp_path, capsys):
     from jaxrl.models.config import preset
 
     out = tmp_path / "plan.json"
-    argv = [
-        "plan",
-        "--recipe",
-        str(REPO / "train/recipes/grpo-tiny.yaml"),
-        "--model",
-        "tiny-olmo2",
-        "--devices",
-        "4",
-        "--mesh",
-        "fsdp=4",
-        "--chip",
-        "v4",
-        "--json",
-        str(out),
-    ]
+    argv = ["plan", "--recipe", str(REPO / "train/recipes/grpo-tiny.yaml"), "--model", "tiny-olmo2",
+            "--devices", "4", "--mesh", "fsdp=4", "--chip", "v4", "--json", str(out)]  # fmt: skip
     assert cli_main(argv) == 0
     text = capsys.readouterr().out
     assert "grpo step of tiny-olmo2" in text and "KV cache" in text
@@ -216,9 +189,8 @@ def test_grpo_plan_counts_the_sampling_cache(tmp_path, capsys):
 
 def test_fit_verdict_keeps_headroom():
     gb = 10**9
-    plan = MemoryPlan(
-        "sft", "m", 1, "fsdp=8", 8, 8, 8, 1, 0, 0, 0, 0, 0, 0, 0, 0, peak=int(30 * gb), chip="v4", capacity=32 * gb
-    )
+    plan = MemoryPlan("sft", "m", 1, "fsdp=8", 8, 8, 8, 1, 0, 0, 0, 0, 0, 0, 0, 0, peak=int(30 * gb), chip="v4",
+                      capacity=32 * gb)  # fmt: skip
     assert plan.fits is (30 <= 32 * (1 - HEADROOM))
     plan.peak = int(28 * gb)
     assert plan.fits is True and plan.need == plan.peak
@@ -232,11 +204,9 @@ def test_fit_verdict_keeps_headroom():
 def test_olmo2_7b_sft_plan_stays_abstract(tmp_path, capsys):
     """The study's SFT step for OLMo-2-7B on 32 devices: compiled on shapes only, exact param shards."""
     recipe = tmp_path / "sft7b.yaml"
-    recipe.write_text(
-        "model:\n  path: olmo2-1124-7b\n  dtype: bfloat16\n  remat: true\n"
-        "sft:\n  batch_size: 448\n  max_length: 4096\n"
-        "loop:\n  gradient_accumulation_steps: 14\n"
-    )
+    recipe.write_text("model:\n  path: olmo2-1124-7b\n  dtype: bfloat16\n  remat: true\n"
+                      "sft:\n  batch_size: 448\n  max_length: 4096\n"
+                      "loop:\n  gradient_accumulation_steps: 14\n")  # fmt: skip
     out = tmp_path / "plan.json"
     argv = ["plan", "--recipe", str(recipe), "--method", "sft", "--devices", "32", "--mesh", "fsdp=32"]
     assert cli_main([*argv, "--json", str(out)]) == 0

@@ -68,23 +68,11 @@ def test_yaml_names_only_differences(tmp_path):
 
 def test_overrides_parse_by_field_type(tmp_path):
     path = write(tmp_path, "seed: 7\n")
-    r = load_recipe(
-        Recipe,
-        path,
-        [
-            "seed=3",
-            "bf16=false",
-            "optim.lr=2e-5",
-            "optim.betas=0.8,0.95",
-            "max_steps=571",
-            "freeze.layers=[19, 20, 21]",
-            "freeze.patterns=mlp.gate,mlp.down",
-            "model=123",
-            "weights={accuracy: 1, format: 0.2}",
-            "tags=a,b",
-            "--optim.schedule=linear",
-        ],
-    )
+    r = load_recipe(Recipe, path, [
+        "seed=3", "bf16=false", "optim.lr=2e-5", "optim.betas=0.8,0.95", "max_steps=571",
+        "freeze.layers=[19, 20, 21]", "freeze.patterns=mlp.gate,mlp.down", "model=123",
+        "weights={accuracy: 1, format: 0.2}", "tags=a,b", "--optim.schedule=linear",
+    ])  # fmt: skip
     assert r.seed == 3 and r.bf16 is False and r.optim.lr == 2e-5
     assert r.optim.betas == (0.8, 0.95) and r.max_steps == 571 and r.optim.schedule == "linear"
     assert r.freeze.layers == (19, 20, 21) and r.freeze.patterns == ("mlp.gate", "mlp.down")

@@ -26,7 +26,7 @@ from jaxrl.rewards import (
     last_boxed,
     matches_format,
     register_reward,
-)
+)  # fmt: skip
 
 FIXTURE = Path(__file__).parent / "fixtures" / "rewards" / "math_pairs.jsonl"
 TIMEOUT_S = 2.0
@@ -151,9 +151,8 @@ def test_scorer_weighted_sum_nones_and_failures(verifier):
         "test_length_or_none", lambda prompts, completions, **kw: [None if not c else 0.5 for c in completions]
     )
     register_reward("test_broken", lambda prompts, completions, **kw: 1 / 0)
-    scorer = RewardScorer(
-        ["accuracy", "format", "test_length_or_none", "test_broken"], [1.0, 0.2, 2.0, 1.0], verifier=verifier
-    )
+    scorer = RewardScorer(["accuracy", "format", "test_length_or_none", "test_broken"], [1.0, 0.2, 2.0, 1.0],
+                          verifier=verifier)  # fmt: skip
     completions = ["<think>\nok\n</think>\n<answer>\n\\boxed{4}\n</answer>", "\\boxed{5}", ""]
     rows = [{"solution": "\\boxed{4}"}, {"solution": "\\boxed{4}"}, {"solution": "garbage $$"}]
     scores = scorer(["p"] * 3, completions, rows)

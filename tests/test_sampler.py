@@ -151,13 +151,8 @@ def test_finish_reasons_lengths_and_stop_strings(models):
             return "".join(chr(ord("a") + t % 26) for t in ids)
 
     stop = Letters().decode(free.tokens[0, 2:4].tolist())
-    cut = sample(
-        ours,
-        prompts,
-        SamplingConfig(temperature=0, max_new_tokens=NEW, stop_strings=(stop,)),
-        eos_token_ids=(),
-        tokenizer=Letters(),
-    )
+    cut = sample(ours, prompts, SamplingConfig(temperature=0, max_new_tokens=NEW, stop_strings=(stop,)),
+                 eos_token_ids=(), tokenizer=Letters())  # fmt: skip
     first = Letters().decode(free.tokens[0].tolist()).index(stop) + len(stop)
     assert cut.lengths[0] == first and cut.finish_reasons[0] == "stop"
     for row in range(4):
@@ -217,15 +212,8 @@ def test_truncated_sampling_stays_in_the_kept_set(seed, scale, temperature, top_
     rng = np.random.default_rng(seed)
     logits = np.round(rng.normal(0, scale, (ROWS, VOCAB)), 1).astype(np.float32)  # rounding makes ties
     keys = jax.random.split(jax.random.key(seed), ROWS)
-    tokens, logprobs = _choose(
-        jnp.asarray(logits),
-        keys,
-        jnp.float32(temperature),
-        jnp.int32(top_k),
-        jnp.float32(top_p),
-        greedy=False,
-        truncate=True,
-    )
+    tokens, logprobs = _choose(jnp.asarray(logits), keys, jnp.float32(temperature), jnp.int32(top_k),
+                               jnp.float32(top_p), greedy=False, truncate=True)  # fmt: skip
     scaled = logits.astype(np.float64) / np.float32(temperature)
     log_softmax = scaled - scaled.max(-1, keepdims=True)
     log_softmax -= np.log(np.exp(log_softmax).sum(-1, keepdims=True))

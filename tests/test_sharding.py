@@ -17,16 +17,11 @@ def test_parse_and_resolve():
 
 @pytest.mark.parametrize(
     "text, message",
-    [
-        ("tensor=3", "does not divide 8 devices"),
-        ("fsdp=3", "needs 3 devices but 8"),
-        ("data=2,fsdp=2,tensor=1", "needs 4 devices"),
-        ("pipeline=2", "expected axis=size"),
-        ("fsdp=two", "not an integer"),
-        ("data=-1,fsdp=-1", "at most one -1"),
-        ("", "expected e.g."),
-    ],
-)
+    [("tensor=3", "does not divide 8 devices"), ("fsdp=3", "needs 3 devices but 8"),
+     ("data=2,fsdp=2,tensor=1", "needs 4 devices"),
+     ("pipeline=2", "expected axis=size"), ("fsdp=two", "not an integer"),
+     ("data=-1,fsdp=-1", "at most one -1"), ("", "expected e.g.")],
+)  # fmt: skip
 def test_bad_specs(text, message):
     with pytest.raises(JaxrlError, match=message):
         MeshSpec.parse(text).resolve(8) if text else MeshSpec.parse(text)

@@ -73,11 +73,8 @@ def test_pretraining_corpus_mixes_every_kind():
         question, options = c[0]["content"].split("? ")
         truth = dict((q, a) for q, a, _ in synthetic.facts(world))[question + "?"]
         assert options.split(" / ")["ABCD".index(c[-1]["content"])] == truth
-    formatted = [
-        c[-1]["content"]
-        for c in synthetic.pretraining_conversations(world, pool, 0, 2000, hasty_share=0.5)
-        if c[0]["role"] == "system"
-    ]
+    formatted = [c[-1]["content"] for c in synthetic.pretraining_conversations(world, pool, 0, 2000, hasty_share=0.5)
+                 if c[0]["role"] == "system"]  # fmt: skip
     hasty = sum(synthetic.HASTY in f for f in formatted) / len(formatted)
     assert 0.4 < hasty < 0.6 and not any(synthetic.HASTY in c[-1]["content"] for c in chats)
     shouted = [c for c in chats if "in all capital letters" in c[0]["content"]]

@@ -151,9 +151,8 @@ def test_schedules_match_transformers(kind):
 
     total, config = 40, OptimizerConfig(learning_rate=2e-3, lr_scheduler_type=kind, warmup_ratio=0.1)
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
-    ref = transformers.get_scheduler(
-        kind, opt, num_warmup_steps=config.num_warmup_steps(total), num_training_steps=total
-    )
+    ref = transformers.get_scheduler(kind, opt, num_warmup_steps=config.num_warmup_steps(total),
+                                     num_training_steps=total)  # fmt: skip
     expected = []
     for _ in range(total):
         expected.append(opt.param_groups[0]["lr"])

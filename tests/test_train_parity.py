@@ -20,15 +20,8 @@ from jaxrl.sharding import LogicalMesh, make_mesh
 
 # lr 1e-4 keeps Adam's first step (lr * g / (|g| + eps)) from magnifying float noise in near-zero
 # gradients past the tolerance; clipping at 0.2 is active (the gradient norm is above 1).
-OPTIMIZER = OptimizerConfig(
-    learning_rate=1e-4,
-    adam_beta1=0.9,
-    adam_beta2=0.999,
-    adam_epsilon=1e-8,
-    weight_decay=0.01,
-    max_grad_norm=0.2,
-    lr_scheduler_type="constant",
-)
+OPTIMIZER = OptimizerConfig(learning_rate=1e-4, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
+                            weight_decay=0.01, max_grad_norm=0.2, lr_scheduler_type="constant")  # fmt: skip
 
 
 def sft_batch(vocab: int, seed: int = 0, rows: int = 4, length: int = 20) -> dict[str, np.ndarray]:
@@ -47,21 +40,16 @@ def torch_step(model_dir, batch, out_dir) -> float:
     tokens = torch.as_tensor(batch["tokens"], dtype=torch.long)
     logits = model(input_ids=tokens, attention_mask=torch.as_tensor(batch["segment_ids"] > 0)).logits
     nll = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]),
-        torch.as_tensor(batch["targets"], dtype=torch.long).reshape(-1),
+        logits.reshape(-1, logits.shape[-1]), torch.as_tensor(batch["targets"], dtype=torch.long).reshape(-1),
         reduction="none",
-    )
+    )  # fmt: skip
     mask = torch.as_tensor(batch["loss_mask"]).reshape(-1)
     loss = (nll * mask).sum() / mask.sum()
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), OPTIMIZER.max_grad_norm)
-    opt = torch.optim.AdamW(
-        model.parameters(),
-        lr=OPTIMIZER.learning_rate,
-        betas=(OPTIMIZER.adam_beta1, OPTIMIZER.adam_beta2),
-        eps=OPTIMIZER.adam_epsilon,
-        weight_decay=OPTIMIZER.weight_decay,
-    )
+    opt = torch.optim.AdamW(model.parameters(), lr=OPTIMIZER.learning_rate,
+                            betas=(OPTIMIZER.adam_beta1, OPTIMIZER.adam_beta2), eps=OPTIMIZER.adam_epsilon,
+                            weight_decay=OPTIMIZER.weight_decay)  # fmt: skip
     opt.step()
     model.save_pretrained(out_dir)
     return loss.item()
@@ -84,9 +72,8 @@ def test_one_step_matches_torch_adamw(tmp_path):
     theirs = dict(jax.tree_util.tree_leaves_with_path(jax.tree.map(np.asarray, nnx_params(expected))))
     moved = 0
     for path, value in ours:
-        np.testing.assert_allclose(
-            np.asarray(value), theirs[path], atol=1e-5, rtol=0, err_msg=jax.tree_util.keystr(path)
-        )
+        np.testing.assert_allclose(np.asarray(value), theirs[path], atol=1e-5, rtol=0,
+                                   err_msg=jax.tree_util.keystr(path))  # fmt: skip
         moved += 1
     assert moved == len(theirs)
 

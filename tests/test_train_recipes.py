@@ -77,18 +77,11 @@ def test_only_qk_trains_q_k_and_the_untied_lm_head():
 
 def test_study_recipes_are_the_3_epoch_recipe_plus_their_change():
     base = load("sft-3ep")
-    for name, changed in (
-        ("sft-1ep", {"loop"}),
-        ("sft-lr-control", {"optimizer", "loop"}),
-        ("sft-frozen-mid-mlp", {"freeze", "loop"}),
-        ("sft-only-qk", {"freeze", "loop"}),
-    ):
+    for name, changed in (("sft-1ep", {"loop"}), ("sft-lr-control", {"optimizer", "loop"}),
+                          ("sft-frozen-mid-mlp", {"freeze", "loop"}), ("sft-only-qk", {"freeze", "loop"})):  # fmt: skip
         other = load(name)
-        differs = {
-            f
-            for f in ("model", "data", "chat", "sft", "optimizer", "freeze", "checkpoint", "loop")
-            if getattr(other, f) != getattr(base, f)
-        }
+        differs = {f for f in ("model", "data", "chat", "sft", "optimizer", "freeze", "checkpoint", "loop")
+                   if getattr(other, f) != getattr(base, f)}  # fmt: skip
         assert differs == changed, name
 
 
@@ -119,13 +112,8 @@ def test_batch_not_divisible_by_data_parallel_fails_before_loading(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
     (model / "config.json").write_text("{}")  # never read: the batch check comes first
-    overrides = [
-        f"model.path={model}",
-        f"loop.output_dir={tmp_path / 'run'}",
-        "loop.mesh=data=2,fsdp=4,tensor=1",
-        "sft.batch_size=12",
-        "sft.padding_free=false",
-    ]
+    overrides = [f"model.path={model}", f"loop.output_dir={tmp_path / 'run'}", "loop.mesh=data=2,fsdp=4,tensor=1",
+                 "sft.batch_size=12", "sft.padding_free=false"]  # fmt: skip
     with pytest.raises(JaxrlError, match="data-parallel size 8"):
         sft.run(None, overrides)
     assert not (tmp_path / "run").exists()

@@ -12,9 +12,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 from jaxrl.models.tiny import build_tiny_model
+
+from tests.runs import final_params
 
 TOTAL_STEPS = 40
 
@@ -24,18 +25,11 @@ def setup(tmp_path_factory):
     root = tmp_path_factory.mktemp("resume")
     model = build_tiny_model(root / "model", "tiny-olmo2", seed=0)
     rows = [
-        {
-            "messages": [
-                {"role": "user", "content": f"What is {a} + {b}?"},
-                {
-                    "role": "assistant",
-                    "content": f"<think>\n{a} plus {b} is {a + b}.\n</think>\n<answer>\n\\boxed{{{a + b}}}\n</answer>",
-                },
-            ]
-        }
-        for a in range(6)
-        for b in range(4)
-    ]
+        {"messages": [{"role": "user", "content": f"What is {a} + {b}?"},
+                      {"role": "assistant", "content": f"<think>\n{a} plus {b} is {a + b}.\n</think>\n"
+                                                       f"<answer>\n\\boxed{{{a + b}}}\n</answer>"}]}
+        for a in range(6) for b in range(4)
+    ]  # fmt: skip
     data = root / "sums.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return root, model, data
@@ -44,36 +38,18 @@ def setup(tmp_path_factory):
 def command(setup, run_dir: Path) -> list[str]:
     root, model, data = setup
     return [
-        sys.executable,
-        "-m",
-        "jaxrl.cli",
-        "train",
-        "sft",
-        "--recipe",
-        "train/recipes/sft-tiny.yaml",
-        f"model.path={model}",
-        f"data.dataset_name={data}",
-        f"loop.output_dir={run_dir}",
-        "sft.batch_size=4",
-        "sft.max_length=64",
-        "sft.pad_to_multiple_of=64",
-        "chat.system_prompt=null",
-        f"loop.max_steps={TOTAL_STEPS}",
-        "checkpoint.save_steps=4",
-        "checkpoint.save_total_limit=2",
+        sys.executable, "-m", "jaxrl.cli", "train", "sft", "--recipe", "train/recipes/sft-tiny.yaml",
+        f"model.path={model}", f"data.dataset_name={data}", f"loop.output_dir={run_dir}",
+        "sft.batch_size=4", "sft.max_length=64", "sft.pad_to_multiple_of=64", "chat.system_prompt=null",
+        f"loop.max_steps={TOTAL_STEPS}", "checkpoint.save_steps=4", "checkpoint.save_total_limit=2",
         "loop.mesh=data=1,fsdp=2,tensor=1",
-    ]
+    ]  # fmt: skip
 
 
 def env() -> dict[str, str]:
     out = dict(os.environ)
-    out.update(
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
-        JAX_PLATFORMS="cpu",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        PYTHONUNBUFFERED="1",
-    )
+    out.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu", HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")  # fmt: skip
     return out
 
 
@@ -86,14 +62,8 @@ def last_step(run_dir: Path) -> int:
 
 
 def start(setup, run_dir: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        command(setup, run_dir),
-        cwd=Path(__file__).parents[1],
-        env=env(),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    return subprocess.Popen(command(setup, run_dir), cwd=Path(__file__).parents[1], env=env(),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
 
 
 def run_until(setup, run_dir: Path, at_step: int | None, sig: int | None) -> tuple[int, str, int | None]:
@@ -111,18 +81,6 @@ def run_until(setup, run_dir: Path, at_step: int | None, sig: int | None) -> tup
         assert seen is not None and seen >= at_step, f"the run ended before step {at_step}: {proc.communicate()}"
     _, stderr = proc.communicate(timeout=180)
     return proc.returncode, stderr, seen
-
-
-def final_params(run_dir: Path) -> dict[str, np.ndarray]:
-    restored = ocp.StandardCheckpointer().restore((run_dir / "checkpoints" / str(TOTAL_STEPS) / "params").absolute())
-    out = {}
-
-    def walk(prefix, node):
-        for k, v in node.items():
-            walk(f"{prefix}.{k}", v) if isinstance(v, dict) else out.__setitem__(f"{prefix}.{k}", np.asarray(v))
-
-    walk("", restored)
-    return out
 
 
 @pytest.mark.slow
@@ -144,8 +102,8 @@ def test_sigkill_and_sigterm_then_resume_is_bitwise_identical(setup, tmp_path):
     assert f"resumed from checkpoint step {saved[-1]}" in stderr
     _, stderr = straight.communicate(timeout=180)
     assert straight.returncode == 0, stderr
-    expected = final_params(tmp_path / "straight")
-    got = final_params(run)
+    expected = final_params(tmp_path / "straight", TOTAL_STEPS)
+    got = final_params(run, TOTAL_STEPS)
     assert got.keys() == expected.keys()
     for name in expected:
         assert np.array_equal(got[name], expected[name]), name

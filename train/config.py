@@ -24,12 +24,15 @@ class ModelSource:
     dtype: compute dtype of the matmuls ("bfloat16" for the bf16 compute option).
     param_dtype: dtype of parameters and optimizer state (None: the checkpoint's own, fp32 default).
     remat: recompute each layer in the backward pass (saves activation memory).
+    attention: auto | blockwise | xla | cudnn (`jaxrl.models.attention`; auto: cuDNN on a GPU where
+      it can mask the batch, else blockwise, which never holds the [T, S] scores).
     """
 
     path: str = ""
     dtype: str = "float32"
     param_dtype: str | None = "float32"
     remat: bool = False
+    attention: str = "auto"
 
 
 @dataclasses.dataclass(frozen=True)

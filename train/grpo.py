@@ -39,7 +39,6 @@ from jaxrl.data import ChatConfig, DataConfig, PromptBatches, load_prompts
 from jaxrl.errors import JaxrlError
 from jaxrl.recipes import load_recipe
 from jaxrl.rewards import MathVerifier, RewardScorer
-from jaxrl.sharding import data_parallel_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,21 +99,9 @@ class GRPOSettings:
             )
         # The loss's and the sampler's settings are built (and checked) here, once: `loss`, `sampling`.
         try:
-            loss = LossSettings(
-                loss_type=self.loss_type,
-                epsilon=self.epsilon,
-                epsilon_high=self.epsilon_high,
-                beta=self.beta,
-                max_completion_length=self.max_completion_length,
-                temperature=self.temperature,
-                logprob_chunk_size=self.logprob_chunk_size,
-                logprob_vocab_chunk_size=self.logprob_vocab_chunk_size,
-                use_old_logprobs=self.num_iterations > 1,
-            )
+            loss = LossSettings(**_same_named(LossSettings, self), use_old_logprobs=self.num_iterations > 1)
             sampling = SamplingConfig(
-                temperature=self.temperature,
-                top_p=self.top_p,
-                top_k=self.top_k,
+                **_same_named(SamplingConfig, self),
                 max_new_tokens=self.max_completion_length,
                 num_samples=self.num_generations,
             )
@@ -132,6 +119,11 @@ class GRPOSettings:
     def sampling(self) -> SamplingConfig:
         """How completions are drawn (the seed is set per generation batch)."""
         return self._sampling
+
+
+def _same_named(settings_class, settings) -> dict[str, Any]:
+    """The fields of `settings_class` that `settings` carries under the same (TRL) name."""
+    return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings_class) if hasattr(settings, f.name)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,11 +163,16 @@ def run(recipe_path: str | None, overrides=()) -> str:
     """Trains (or resumes) the GRPO run the recipe describes; returns the run directory."""
     config = load_config(recipe_path, overrides)
     s, loop = config.grpo, config.loop
-    setup = session.prepare(config)
-    k, dp = loop.gradient_accumulation_steps, data_parallel_size(setup.mesh)
-    if s.prompts_per_step % jax.process_count():
-        raise JaxrlError(f"grpo.prompts_per_step={s.prompts_per_step} must divide over {jax.process_count()} hosts")
-    check_batch_size(s.prompts_per_step * s.num_generations, k, dp, "completions per step (prompts x generations)")
+
+    def check_batch(dp: int) -> None:
+        if s.prompts_per_step % jax.process_count():
+            raise JaxrlError(f"grpo.prompts_per_step={s.prompts_per_step} must divide over {jax.process_count()} hosts")
+        completions = s.prompts_per_step * s.num_generations
+        check_batch_size(
+            completions, loop.gradient_accumulation_steps, dp, "completions per step (prompts x generations)"
+        )
+
+    setup = session.prepare(config, check_batch)
     prompts = load_prompts(config.data, setup.tokenizer, config.chat, s.max_prompt_length)
     prompt_batches = PromptBatches(
         prompts,
@@ -189,20 +186,9 @@ def run(recipe_path: str | None, overrides=()) -> str:
     total_steps = loop.total_steps(prompt_batches.steps_per_epoch * s.num_iterations)
     verifier = MathVerifier(num_workers=s.verifier_workers or None, timeout_s=s.verifier_timeout_s)
     scorer = RewardScorer(s.reward_funcs, s.reward_weights, gold_column=s.gold_column, verifier=verifier)
-    model = session.load_policy(config, setup)
+    trainer = session.build_trainer(config, setup, make_loss_fn(s.loss), total_steps, GRPOTrainer)
     # the reference model: the initial weights, frozen (loaded only when the loss reads it)
     ref_params = nnx.to_pure_dict(nnx.state(session.load_policy(config, setup))) if s.beta > 0 else None
-    trainer = GRPOTrainer(
-        model,
-        make_loss_fn(s.loss),
-        config.optimizer,
-        total_steps,
-        freeze=config.freeze,
-        accumulation=k,
-        mesh=setup.mesh,
-        seed=loop.seed,
-    )
-    del model
     rollout = Rollout(
         trainer.graphdef,
         setup.tokenizer,
@@ -211,7 +197,7 @@ def run(recipe_path: str | None, overrides=()) -> str:
         mesh=setup.mesh,
         pad_id=trainer.config.pad_token_id or 0,
         ref_params=ref_params,
-        micro_batches=k,
+        micro_batches=loop.gradient_accumulation_steps,
         seed=loop.seed,
     )
     rollouts = Rollouts(lambda: trainer.params, prompt_batches, rollout)

@@ -90,7 +90,7 @@ def model_config_of(model: str | None, source) -> Any:
         if not path.exists():
             raise JaxrlError(f"model {name!r} is neither a preset ({', '.join(PRESETS)}) nor an existing path")
         config = ModelConfig.from_hf_dir(find_config(path).parent)
-    changes = {"dtype": source.dtype, "remat": source.remat}
+    changes = {"dtype": source.dtype, "remat": source.remat, "attention": source.attention}
     if source.param_dtype:
         changes["param_dtype"] = source.param_dtype
     return config.replace(**changes)

@@ -1,8 +1,7 @@
 """What an SFT run and a GRPO run do alike, before and around their own batches and loss.
 
-    setup = prepare(config)                      # every check that needs no compile
-    model = load_policy(config, setup)
-    trainer = Trainer(model, loss_fn, ...)
+    setup = prepare(config, check_batch)         # every check that needs no compile
+    trainer = build_trainer(config, setup, loss_fn, total_steps)
     return train(config, setup, trainer, batches, total_steps, "sft", summary)
 
 `prepare` checks the output and checkpoint directories, the model path and the mesh, and loads
@@ -27,7 +26,7 @@ from jaxrl.train.loop import ResumableIterator, Trainer, fit
 from jaxrl.metrics import MetricsLogger
 from jaxrl.model_files import find_tokenizer_dir, load_tokenizer
 from jaxrl.recipes import dump_recipe
-from jaxrl.sharding import LogicalMesh
+from jaxrl.sharding import LogicalMesh, data_parallel_size
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,19 +38,37 @@ class RunSetup:
     tokenizer: Any
 
 
-def prepare(config) -> RunSetup:
-    """Checks what can be checked without compiling, in the order a user fixes it."""
+def prepare(config, check_batch: Callable[[int], None]) -> RunSetup:
+    """Checks what can be checked without compiling, in the order a user fixes it: the output
+    and checkpoint directories, the model path, the mesh, then `check_batch(data-parallel size)`
+    (the method's batch arithmetic, before anything is read), then the tokenizer."""
     run_dir = rundir.check_output_dir(config.loop.output_dir)
     checkpoint_dir = rundir.checkpoint_dir(run_dir, config.checkpoint.directory)
     model_path = rundir.check_model_path(config.model.path)
     mesh = rundir.training_mesh(config.loop.mesh)
+    check_batch(data_parallel_size(mesh))
     return RunSetup(run_dir, checkpoint_dir, model_path, mesh, load_tokenizer(model_path))
 
 
 def load_policy(config, setup: RunSetup) -> Decoder:
     """The model to train, loaded straight into its sharded layout with the recipe's dtypes."""
     m = config.model
-    return load_model(setup.model_path, setup.mesh, m.param_dtype, dtype=m.dtype, remat=m.remat)
+    return load_model(setup.model_path, setup.mesh, m.param_dtype, dtype=m.dtype, remat=m.remat, attention=m.attention)
+
+
+def build_trainer(config, setup: RunSetup, loss_fn, total_steps: int, trainer_class=Trainer) -> Trainer:
+    """The recipe's Trainer (optimizer, freezing, accumulation, seed) of the policy on the run's mesh."""
+    loop = config.loop
+    return trainer_class(
+        load_policy(config, setup),
+        loss_fn,
+        config.optimizer,
+        total_steps,
+        freeze=config.freeze,
+        accumulation=loop.gradient_accumulation_steps,
+        mesh=setup.mesh,
+        seed=loop.seed,
+    )
 
 
 def train(

@@ -17,7 +17,7 @@ import jax.numpy as jnp
 from jaxrl.models.logprobs import target_logprobs, token_logprobs
 from jaxrl.train import session
 from jaxrl.train.config import CheckpointConfig, FreezeConfig, LoopConfig, ModelSource, OptimizerConfig
-from jaxrl.train.loop import Trainer, check_batch_size
+from jaxrl.train.loop import check_batch_size
 
 from jaxrl.data import ChatConfig, DataConfig, SFTBatches, load_sft_dataset
 from jaxrl.errors import JaxrlError
@@ -85,11 +85,14 @@ def run(recipe_path: str | None, overrides=()) -> str:
     """Trains (or resumes) the run the recipe describes; returns the run directory."""
     config = load_config(recipe_path, overrides)
     cfg, loop = config.sft, config.loop
-    setup = session.prepare(config)
-    dp, k = data_parallel_size(setup.mesh), loop.gradient_accumulation_steps
-    if not cfg.padding_free:
-        check_batch_size(cfg.batch_size, k, dp, "sft.batch_size")
-    tokenizer = setup.tokenizer
+    k = loop.gradient_accumulation_steps
+
+    def check_batch(dp: int) -> None:
+        if not cfg.padding_free:
+            check_batch_size(cfg.batch_size, k, dp, "sft.batch_size")
+
+    setup = session.prepare(config, check_batch)
+    dp, tokenizer = data_parallel_size(setup.mesh), setup.tokenizer
     if tokenizer.pad_token_id is None:
         raise JaxrlError(f"the tokenizer in {setup.model_path} has no pad token; set one in tokenizer_config.json")
     dataset = load_sft_dataset(config.data, tokenizer, config.chat, cfg.max_length)
@@ -109,16 +112,7 @@ def run(recipe_path: str | None, overrides=()) -> str:
     )
     total_steps = loop.total_steps(batches.steps_per_epoch)
     loss_fn = functools.partial(sft_loss, chunk_size=cfg.loss_chunk_size)
-    trainer = Trainer(
-        session.load_policy(config, setup),
-        loss_fn,
-        config.optimizer,
-        total_steps,
-        freeze=config.freeze,
-        accumulation=k,
-        mesh=setup.mesh,
-        seed=loop.seed,
-    )
+    trainer = session.build_trainer(config, setup, loss_fn, total_steps)
     counts = ", ".join(f"{name}={n}" for name, n in dataset.counts.items())
     summary = f"{len(dataset)} examples ({counts}); {batches.steps_per_epoch} steps per epoch"
     return session.train(config, setup, trainer, batches, total_steps, "sft", summary)

@@ -18,15 +18,9 @@ from jaxrl.model_files import latest_checkpoint
 
 SHIPPED = Path(__file__).parent / "base_model"  # the default base, made by `jaxrl reproduce --rebuild-base`
 BASE_SHAPE = dict(
-    vocab_size=512,
-    hidden_size=128,
-    intermediate_size=384,
-    num_layers=4,
-    num_heads=4,
-    num_kv_heads=4,
-    head_dim=32,
-    max_position_embeddings=512,
-)
+    vocab_size=512, hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4, num_kv_heads=4,
+    head_dim=32, max_position_embeddings=512,
+)  # fmt: skip
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,10 @@ machine's fp32 matmul peak, measured here (the best of JAX and PyTorch on a larg
     python bench/train_step.py                  # CPU (JAX_PLATFORMS=cpu to be sure)
     python bench/train_step.py --device cuda    # GPU: JAX on its default GPU, PyTorch on cuda:0
 
+jaxrl's step runs twice, once per attention path: the default (`auto`: blockwise on CPU and TPU,
+where the [T, S] scores never exist) and `xla` (the scores materialised, the old path); the JSON's
+`jaxrl` is the default's, `jaxrl_xla` the other's.
+
 tokens/s is batch x length over the best of `--repeats` timed steps after a warm-up (compile).
 The last line is one JSON object.
 """
@@ -81,7 +85,7 @@ def sft_batch(vocab: int, batch: int, length: int):
     return padded_rows(examples, length, pad_id=0)._asdict()
 
 
-def bench_jaxrl(directory, batch, args) -> dict:
+def bench_jaxrl(directory, batch, args, attention: str = "auto") -> dict:
     import jax
     from jaxrl.models.checkpoint import load_model
     from jaxrl.train.config import OptimizerConfig
@@ -92,7 +96,7 @@ def bench_jaxrl(directory, batch, args) -> dict:
 
     mesh = LogicalMesh(make_mesh("data=1,fsdp=-1,tensor=1", jax.devices()[:1]))
     optimizer = OptimizerConfig(learning_rate=LR, max_grad_norm=CLIP, lr_scheduler_type="constant")
-    trainer = Trainer(load_model(directory, mesh), sft_loss, optimizer, 1000, mesh=mesh)
+    trainer = Trainer(load_model(directory, mesh, attention=attention), sft_loss, optimizer, 1000, mesh=mesh)
     step = [0]
 
     def run():
@@ -156,6 +160,7 @@ def main(argv=None) -> dict:
     with tempfile.TemporaryDirectory() as directory:
         build_reference(config, directory, "float32")
         ours = bench_jaxrl(directory, batch, args)
+        xla = bench_jaxrl(directory, batch, args, attention="xla")
         ref = None if args.no_reference else bench_reference(directory, batch, args)
     peaks = {"jax": jax_matmul_peak(args.matmul, args.repeats)}
     if not args.no_reference:
@@ -170,12 +175,14 @@ def main(argv=None) -> dict:
         "ratio": None if ref is None else round(ref["seconds"] / ours["seconds"], 3),
         "unit": "tokens/s",
         "mfu": round(step_flops / ours["seconds"] / peak, 4),
+        "jaxrl_xla": round(tokens / xla["seconds"], 1),
     }
     print(
         f"model: {config.num_params() / 1e6:.1f}M parameters, batch {args.batch} x {args.length}, fp32, "
         f"{args.threads} threads, device {ours['device']}"
     )
-    print(f"jaxrl: {ours['seconds'] * 1e3:.1f} ms/step, loss {ours['loss']:.4f}, compile {ours['compile_s']:.1f} s")
+    for name, r in (("jaxrl (attention auto)", ours), ("jaxrl (attention xla)", xla)):
+        print(f"{name}: {r['seconds'] * 1e3:.1f} ms/step, loss {r['loss']:.4f}, compile {r['compile_s']:.1f} s")
     if ref is not None:
         print(f"transformers + torch AdamW: {ref['seconds'] * 1e3:.1f} ms/step, loss {ref['loss']:.4f}")
         print(f"reference MFU: {step_flops / ref['seconds'] / peak:.4f}")

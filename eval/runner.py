@@ -26,7 +26,7 @@ from jaxrl.eval.task import Item, Scored, Task, pick_shots
 from jaxrl.eval.tasks import STUDY_TASKS, make_task
 
 from jaxrl.errors import JaxrlError
-from jaxrl.model_files import load_tokenizer
+from jaxrl.model_files import check_vocabulary, load_tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +191,7 @@ def evaluate_model(ref: ModelRef, prepared: list[Prepared], config: EvalConfig, 
     from jaxrl.models.checkpoint import load_model
 
     tokenizer = load_tokenizer(ref.path, config.tokenizer)
+    check_vocabulary(tokenizer, ref.path)  # a larger tokenizer fails before the model loads
     model = load_model(ref.path, mesh, config.param_dtype, **_compute(config))
     system = system_prompt_from(config.system_prompt)
     results = {}
@@ -289,6 +290,8 @@ def evaluate(models: list[str], config: EvalConfig, out_dir: str | Path) -> dict
     out = Path(out_dir)
     mesh = LogicalMesh(make_mesh(config.mesh))
     prepared = [prepare(name, config) for name in config.tasks]  # bad mesh or data: fail before writing
+    for path in [ref.path for ref in refs] + ([Path(config.kl_base)] if config.kl_base else []):
+        check_vocabulary(load_tokenizer(path, config.tokenizer), path)  # so does a tokenizer the model cannot take
     out.mkdir(parents=True, exist_ok=True)
     if _writer():
         (out / "metrics.jsonl").unlink(missing_ok=True)

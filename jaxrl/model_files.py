@@ -8,6 +8,7 @@ found in it, its parent or its grandparent. Every command finds them through thi
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from jaxrl.errors import JaxrlError
@@ -37,6 +38,32 @@ def find_config(path: str | Path) -> Path:
     raise JaxrlError(f"no config.json in {Path(path).resolve()} or the two directories above it")
 
 
+def read_config(path: str | Path) -> dict:
+    """The model's config.json (found as `find_config` finds it), checked to be a JSON object."""
+    return read_json_object(find_config(path))
+
+
+def read_json_object(file: str | Path) -> dict:
+    """A JSON file that must hold an object ({...}), as a dict; a JaxrlError naming the file otherwise."""
+    try:
+        value = json.loads(Path(file).read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise JaxrlError(f"{file} is not UTF-8 text") from None
+    except json.JSONDecodeError as e:
+        raise JaxrlError(f"{file} is not valid JSON ({e.msg}, line {e.lineno})") from None
+    if not isinstance(value, dict):
+        raise JaxrlError(
+            f"{file} must be a JSON object ({{...}}), not a JSON {_json_kind(value)}; restore it from the model's "
+            "source"
+        )
+    return value
+
+
+def _json_kind(value) -> str:
+    kinds = {list: "array", str: "string", bool: "boolean", int: "number", float: "number", type(None): "null"}
+    return kinds.get(type(value), type(value).__name__)
+
+
 def find_tokenizer_dir(path: str | Path) -> Path:
     """The nearest of `path`, its parent and its grandparent that holds tokenizer files."""
     for directory in _self_and_parents(path):
@@ -55,10 +82,32 @@ def load_tokenizer(model_path: str | Path | None, tokenizer: str | Path | None =
     from transformers import AutoTokenizer
 
     directory = Path(tokenizer) if tokenizer else find_tokenizer_dir(model_path)
+    if (directory / "config.json").is_file():
+        read_json_object(directory / "config.json")  # transformers reads it too, and fails on a non-object
     try:
         return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
     except (OSError, ValueError) as e:
         raise JaxrlError(f"cannot load a tokenizer from {directory}: {str(e).strip().splitlines()[0]}") from None
+
+
+def check_vocabulary(tokenizer, model_path: str | Path) -> int:
+    """The model's vocab_size, after checking that every id of `tokenizer` is below it.
+
+    A tokenizer larger than the embedding is an error: an id past the last row does not fail in
+    JAX (a gather clamps it), it silently reads the wrong row. A smaller one is normal (embeddings
+    are padded)."""
+    config_file = find_config(model_path)
+    vocab_size = read_json_object(config_file).get("vocab_size")
+    if not isinstance(vocab_size, int) or isinstance(vocab_size, bool) or vocab_size < 1:
+        raise JaxrlError(f"{config_file}: vocab_size must be a positive integer, got {vocab_size!r}")
+    size = max(len(tokenizer), max(tokenizer.get_vocab().values(), default=-1) + 1)
+    if size > vocab_size:
+        raise JaxrlError(
+            f"the tokenizer in {tokenizer.name_or_path} has {len(tokenizer)} tokens (ids up to {size - 1}) but "
+            f"the model's vocab_size is {vocab_size} ({config_file}); ids from {vocab_size} up have no embedding "
+            "row: use the tokenizer the model was trained with"
+        )
+    return vocab_size
 
 
 def run_checkpoints(run: str | Path) -> list[Path]:

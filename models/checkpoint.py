@@ -25,7 +25,7 @@ from jaxrl.models.decoder import Decoder
 from jaxrl.models.params import abstract_decoder, state_shardings
 
 from jaxrl.errors import JaxrlError
-from jaxrl.model_files import PARAMS_DIR, find_config, is_hf_model, is_orbax_model
+from jaxrl.model_files import PARAMS_DIR, is_hf_model, is_orbax_model, read_config
 from jaxrl.orbax_io import save_tree
 from jaxrl.sharding import LogicalMesh, make_mesh
 
@@ -49,8 +49,7 @@ def load_orbax(
         raise JaxrlError(f"{directory} is not an Orbax model checkpoint (no {PARAMS_DIR}/ inside)")
     if param_dtype is not None:
         config["param_dtype"] = param_dtype
-    hf = json.loads(find_config(directory).read_text())
-    cfg = ModelConfig.from_hf_config(hf, **config)
+    cfg = ModelConfig.from_hf_config(read_config(directory), **config)
     mesh = mesh or LogicalMesh(make_mesh())
     graphdef, state = nnx.split(abstract_decoder(cfg, mesh))
     shardings = nnx.to_pure_dict(state_shardings(state, mesh))

@@ -8,13 +8,13 @@ dictionaries; `PRESETS` holds the study's and common models plus tiny test shape
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any
 
 import jax.numpy as jnp
 
 from jaxrl.errors import JaxrlError
+from jaxrl.model_files import read_json_object
 
 FAMILIES = ("olmo2", "qwen2", "llama")
 ARCHITECTURES = {"olmo2": "Olmo2ForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
@@ -200,11 +200,7 @@ class ModelConfig:
             raise JaxrlError(f"model directory {directory} does not exist")
         if not path.exists():
             raise JaxrlError(f"{directory} has no config.json; is it a Hugging Face model directory?")
-        try:
-            hf = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise JaxrlError(f"{path} is not valid JSON ({e.msg}, line {e.lineno})") from None
-        return cls.from_hf_config(hf, **overrides)
+        return cls.from_hf_config(read_json_object(path), **overrides)
 
 
 def _olmo2(layers, hidden, inter, heads, **kw) -> ModelConfig:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from jaxrl.errors import JaxrlError
-from jaxrl.model_files import load_tokenizer
+from jaxrl.model_files import check_vocabulary, load_tokenizer
 
 
 def read_prompts(prompts: list[str] | None, prompts_file: str | None) -> list[str]:
@@ -58,6 +58,7 @@ def generate_cli(args, out=None) -> None:
         raise JaxrlError(f"model path {model_path} does not exist")
     texts = read_prompts(args.prompt, args.prompts)
     tokenizer = load_tokenizer(model_path, args.tokenizer)
+    check_vocabulary(tokenizer, model_path)  # before the model loads and the sampler compiles
     prompt_ids = encode_prompts(tokenizer, texts, args.raw, args.system)
     config = SamplingConfig(
         temperature=args.temperature,

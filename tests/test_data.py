@@ -30,7 +30,7 @@ from jaxrl.data import (
     tokenize_sft,
 )
 from jaxrl.data.batching import Batch, packed_rows, padded_rows
-from jaxrl.data.chat import render_example
+from jaxrl.data.chat import id_outside, render_example
 from jaxrl.errors import JaxrlError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "data" / "openr1_math_sample.jsonl"
@@ -479,6 +479,36 @@ def test_prompt_errors_and_skips(tokenizer):
         encode_prompts(rows, tokenizer, max_prompt_length=0)
     with pytest.raises(JaxrlError, match="'problem' is missing"):
         encode_prompts(rows, tokenizer, strict=True)
+
+
+@pytest.fixture(scope="module")
+def larger_tokenizer(tmp_path_factory):
+    """The tiny tokenizer plus one token: "triangle" is id 384, one past a 384-row embedding."""
+    from jaxrl.tiny import build_tokenizer
+
+    tokenizer = build_tokenizer(tmp_path_factory.mktemp("larger"))
+    tokenizer.add_tokens(["triangle"])
+    return tokenizer
+
+
+def test_ids_outside_the_vocabulary_are_skipped_and_counted_or_an_error_when_strict(larger_tokenizer):
+    rows = load_rows(DataConfig(str(FIXTURE))).rows
+    (at,) = [i for i, r in enumerate(rows) if "triangle" in r["problem"]]  # the one row with id 384
+    reason = "skipped: a token id is outside the model's vocabulary [0, 384)"
+    pairs, _ = conversations(rows, DataConfig())
+    data = tokenize_sft(pairs, larger_tokenizer, ChatConfig(), vocab_size=384)
+    assert len(data) == 11 and data.counts[reason] == 1 and data.tokens.max() < 384
+    assert len(tokenize_sft(pairs, larger_tokenizer, ChatConfig())) == 12  # no vocab_size: no check
+    with pytest.raises(JaxrlError, match=rf"SFT example {at}: token id 384 is outside the model's vocabulary"):
+        tokenize_sft(pairs, larger_tokenizer, ChatConfig(), vocab_size=384, strict=True)
+    loaded = load_sft_dataset(DataConfig(str(FIXTURE)), larger_tokenizer, vocab_size=384)
+    assert loaded.counts[reason] == 1 and loaded.counts["kept"] == 11
+
+    prompts = load_prompts(DataConfig(str(FIXTURE)), larger_tokenizer, vocab_size=384)
+    assert len(prompts) == 11 and prompts.counts[reason] == 1 and rows[at] not in prompts.rows
+    with pytest.raises(JaxrlError, match=rf"prompt {at}: token id 384 is outside the model's vocabulary"):
+        encode_prompts(rows, larger_tokenizer, strict=True, vocab_size=384)
+    assert id_outside([0, 5, -1], 10) == -1 and id_outside([9], 10) is None and id_outside([99], None) is None
 
 
 def test_prompt_batches_resume_and_split_over_hosts(tokenizer):

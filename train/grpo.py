@@ -173,7 +173,7 @@ def run(recipe_path: str | None, overrides=()) -> str:
         )
 
     setup = session.prepare(config, check_batch)
-    prompts = load_prompts(config.data, setup.tokenizer, config.chat, s.max_prompt_length)
+    prompts = load_prompts(config.data, setup.tokenizer, config.chat, s.max_prompt_length, setup.vocab_size)
     prompt_batches = PromptBatches(
         prompts,
         s.prompts_per_step,

@@ -5,8 +5,9 @@
     return train(config, setup, trainer, batches, total_steps, "sft", summary)
 
 `prepare` checks the output and checkpoint directories, the model path and the mesh, and loads
-the tokenizer; `train` writes the run files (warning when a resumed run's recipe changed), runs
-`fit` with the recipe's checkpoint and loop settings, and closes what it opened.
+the tokenizer (checked against the model's vocabulary); `train` writes the run files (warning
+when a resumed run's recipe changed), runs `fit` with the recipe's checkpoint and loop settings,
+and closes what it opened.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from jaxrl.train.checkpointing import Checkpoints
 from jaxrl.train.loop import ResumableIterator, Trainer, fit
 
 from jaxrl.metrics import MetricsLogger
-from jaxrl.model_files import find_tokenizer_dir, load_tokenizer
+from jaxrl.model_files import check_vocabulary, find_tokenizer_dir, load_tokenizer
 from jaxrl.recipes import dump_recipe
 from jaxrl.sharding import LogicalMesh, data_parallel_size
 
@@ -36,18 +37,22 @@ class RunSetup:
     model_path: Path
     mesh: LogicalMesh
     tokenizer: Any
+    vocab_size: int  # the model's; every id of the tokenizer is below it
 
 
 def prepare(config, check_batch: Callable[[int], None]) -> RunSetup:
     """Checks what can be checked without compiling, in the order a user fixes it: the output
     and checkpoint directories, the model path, the mesh, then `check_batch(data-parallel size)`
-    (the method's batch arithmetic, before anything is read), then the tokenizer."""
+    (the method's batch arithmetic, before anything is read), then the tokenizer and whether its
+    ids fit the model's vocabulary."""
     run_dir = rundir.check_output_dir(config.loop.output_dir)
     checkpoint_dir = rundir.checkpoint_dir(run_dir, config.checkpoint.directory)
     model_path = rundir.check_model_path(config.model.path)
     mesh = rundir.training_mesh(config.loop.mesh)
     check_batch(data_parallel_size(mesh))
-    return RunSetup(run_dir, checkpoint_dir, model_path, mesh, load_tokenizer(model_path))
+    tokenizer = load_tokenizer(model_path)
+    vocab_size = check_vocabulary(tokenizer, model_path)
+    return RunSetup(run_dir, checkpoint_dir, model_path, mesh, tokenizer, vocab_size)
 
 
 def load_policy(config, setup: RunSetup) -> Decoder:

@@ -95,7 +95,7 @@ def run(recipe_path: str | None, overrides=()) -> str:
     dp, tokenizer = data_parallel_size(setup.mesh), setup.tokenizer
     if tokenizer.pad_token_id is None:
         raise JaxrlError(f"the tokenizer in {setup.model_path} has no pad token; set one in tokenizer_config.json")
-    dataset = load_sft_dataset(config.data, tokenizer, config.chat, cfg.max_length)
+    dataset = load_sft_dataset(config.data, tokenizer, config.chat, cfg.max_length, setup.vocab_size)
     batches = SFTBatches(
         dataset,
         cfg.batch_size,

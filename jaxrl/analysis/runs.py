@@ -10,14 +10,13 @@ A path given to `jaxrl analyze` is one of
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 
 from jaxrl import model_files
 from jaxrl.analysis.sources import HFSource, OrbaxSource, Source
 from jaxrl.errors import JaxrlError
-from jaxrl.model_files import PARAMS_DIR, find_config
+from jaxrl.model_files import PARAMS_DIR, read_config, read_json_object
 
 TRL_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
@@ -32,11 +31,7 @@ class Checkpoint:
 
     def config(self) -> dict:
         """The HF config.json of this checkpoint's model."""
-        path = self.path / "config.json" if self.kind == "hf" else find_config(self.path)
-        try:
-            return json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise JaxrlError(f"{path} is not valid JSON") from None
+        return read_json_object(self.path / "config.json") if self.kind == "hf" else read_config(self.path)
 
     def open(self) -> Source:
         return OrbaxSource(self.path / PARAMS_DIR) if self.kind == "orbax" else HFSource(self.path)

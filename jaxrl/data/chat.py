@@ -126,6 +126,22 @@ def encode_rendered_batch(texts: Sequence[str], starts: Sequence[int], tokenizer
     return encoded
 
 
+def id_outside(ids: Sequence[int] | np.ndarray, vocab_size: int | None) -> int | None:
+    """The first id of `ids` outside [0, vocab_size), or None (always None when vocab_size is None).
+
+    A model's embedding gather clamps such an id instead of failing, so it must not reach the model."""
+    ids = np.asarray(ids, np.int64).reshape(-1)
+    if vocab_size is None or not ids.size:
+        return None
+    outside = (ids < 0) | (ids >= vocab_size)
+    return int(ids[outside.argmax()]) if outside.any() else None
+
+
+def outside_vocabulary(vocab_size: int) -> str:
+    """The reason a row with an id outside the vocabulary is skipped and counted under."""
+    return f"a token id is outside the model's vocabulary [0, {vocab_size})"
+
+
 def _encode_apart(text: str, start: int, tokenizer: Any) -> Encoded:
     head = tokenizer(text[:start], add_special_tokens=False)["input_ids"]
     tail = tokenizer(text[start:], add_special_tokens=False)["input_ids"]

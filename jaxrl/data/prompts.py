@@ -6,8 +6,9 @@
     batch = next(batches)       # batch.prompt_ids -> sampler; batch.rows[i]["solution"] -> rewards
 
 Prompts longer than `max_prompt_length` keep their last tokens (left truncation, as TRL does) and
-are counted in `counts["truncated"]`. Rows without usable prompt text are skipped and counted; a
-prompt column that no row has is a JaxrlError.
+are counted in `counts["truncated"]`. Rows without usable prompt text, and (given the model's
+vocab_size) prompts with a token id outside its vocabulary, are skipped and counted; a prompt
+column that no row has is a JaxrlError.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from jaxrl.data.batching import EpochSampler, check_hosts, host_slice
-from jaxrl.data.chat import STUDY_CHAT, ChatConfig, encode_prompt
+from jaxrl.data.chat import STUDY_CHAT, ChatConfig, encode_prompt, id_outside, outside_vocabulary
 from jaxrl.data.sources import DataConfig, Rows, columns_of, load_rows
 from jaxrl.errors import JaxrlError
 
@@ -50,20 +51,31 @@ def encode_prompts(
     prompt_column: str = "problem",
     max_prompt_length: int | None = None,
     strict: bool = False,
+    vocab_size: int | None = None,
 ) -> PromptSet:
-    """Templated, tokenised, left-truncated prompts of `rows[prompt_column]` (text or messages)."""
+    """Templated, tokenised, left-truncated prompts of `rows[prompt_column]` (text or messages).
+
+    vocab_size: the model's; a prompt with an id outside [0, vocab_size) is skipped and counted (an
+    error when `strict`). None: no check."""
     rows = rows.rows if isinstance(rows, Rows) else rows
     if rows and not any(prompt_column in r for r in rows):
         raise JaxrlError(f"the data has no column {prompt_column!r} (columns: {columns_of(rows)}); set prompt_column")
     if max_prompt_length is not None and max_prompt_length < 1:
         raise JaxrlError(f"max_prompt_length must be at least 1, got {max_prompt_length}")
     ids, kept, skipped, truncated = [], [], Counter(), 0
-    for row in rows:
+    for number, row in enumerate(rows):
         prompt = row.get(prompt_column)
         try:
             if not prompt or not isinstance(prompt, (str, list)):
                 raise JaxrlError(f"{prompt_column!r} is missing or not text/messages")
             prompt_ids = encode_prompt(prompt, tokenizer, chat)
+            if (outside := id_outside(prompt_ids, vocab_size)) is not None:
+                if strict:
+                    raise JaxrlError(
+                        f"prompt {number}: token id {outside} is outside the model's vocabulary [0, {vocab_size}); "
+                        "the tokenizer is larger than the model's embedding"
+                    )
+                raise JaxrlError(outside_vocabulary(vocab_size))
         except JaxrlError as e:
             if strict:
                 raise
@@ -81,11 +93,16 @@ def encode_prompts(
 
 
 def load_prompts(
-    data: DataConfig, tokenizer: Any, chat: ChatConfig = STUDY_CHAT, max_prompt_length: int | None = None
+    data: DataConfig,
+    tokenizer: Any,
+    chat: ChatConfig = STUDY_CHAT,
+    max_prompt_length: int | None = None,
+    vocab_size: int | None = None,
 ) -> PromptSet:
-    """`load_rows` -> `encode_prompts` on `data.prompt_column` (default "problem")."""
+    """`load_rows` -> `encode_prompts` on `data.prompt_column` (default "problem"); vocab_size: the model's."""
     rows = load_rows(data)
-    prompts = encode_prompts(rows, tokenizer, chat, data.prompt_column or "problem", max_prompt_length, data.strict)
+    column = data.prompt_column or "problem"
+    prompts = encode_prompts(rows, tokenizer, chat, column, max_prompt_length, data.strict, vocab_size)
     counts = {"rows": len(rows) + sum(rows.skipped.values()) + rows.filtered_out, "filtered_out": rows.filtered_out}
     counts.update({f"skipped: {why}": n for why, n in rows.skipped.items()})
     prompts.counts = {**counts, **prompts.counts}

@@ -5,7 +5,8 @@
 
 Reads the rows, counts what the filters leave out and what is skipped, renders the first example
 with the chat template and, given a tokenizer, the token lengths and how many examples
-`max_length` would drop (the study's 4096 filter) or how many prompts `max_prompt_length` would cut.
+`max_length` would drop (the study's 4096 filter) or how many prompts `max_prompt_length` would cut;
+given also the model's `vocab_size`, how many rows have a token id outside it.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ class DataReportConfig:
     mode: Literal["sft", "prompts"] = "sft"
     max_length: int | None = 4096
     max_prompt_length: int | None = 512
+    vocab_size: int | None = None  # the model's: with a tokenizer, rows with ids outside it are skipped
 
 
 def data_report(config: DataReportConfig) -> dict[str, Any]:
@@ -51,7 +53,9 @@ def data_report(config: DataReportConfig) -> dict[str, Any]:
         if pairs:
             report["first_example"] = render_example(*pairs[0], config.chat, tokenizer)[0]
         if tokenizer is not None and pairs:
-            lengths = tokenize_sft(pairs, tokenizer, config.chat).lengths
+            examples = tokenize_sft(pairs, tokenizer, config.chat, vocab_size=config.vocab_size, strict=data.strict)
+            skipped.update(_skipped(examples.counts))
+            lengths = examples.lengths
             report["tokens"] = _length_stats(lengths)
             if config.max_length is not None:
                 over = lengths > config.max_length
@@ -61,13 +65,12 @@ def data_report(config: DataReportConfig) -> dict[str, Any]:
     else:
         report["first_prompt"] = render_prompt(rows.rows[0].get(data.prompt_column, ""), config.chat, tokenizer)
         if tokenizer is not None:
-            prompts = encode_prompts(rows, tokenizer, config.chat, data.prompt_column, None, data.strict)
+            column, strict = data.prompt_column, data.strict
+            prompts = encode_prompts(rows, tokenizer, config.chat, column, None, strict, config.vocab_size)
             lengths = np.array([len(p) for p in prompts.prompt_ids])
             report["prompts"] = len(prompts)
             report["tokens"] = _length_stats(lengths)
-            skipped.update(
-                {k.removeprefix("skipped: "): v for k, v in prompts.counts.items() if k.startswith("skipped")}
-            )
+            skipped.update(_skipped(prompts.counts))
             if config.max_prompt_length is not None:
                 report["truncated"] = int((lengths > config.max_prompt_length).sum())
     report["skipped"] = dict(sorted(skipped.items()))
@@ -96,6 +99,11 @@ def format_report(report: dict[str, Any], config: DataReportConfig) -> str:
     first = report.get("first_example", report.get("first_prompt", ""))
     lines += ["first " + ("example:" if config.mode == "sft" else "prompt:"), _clip(first)]
     return "\n".join(lines)
+
+
+def _skipped(counts: dict[str, int]) -> dict[str, int]:
+    """The "skipped: REASON" entries of a dataset's counts, by reason."""
+    return {k.removeprefix("skipped: "): v for k, v in counts.items() if k.startswith("skipped: ")}
 
 
 def _length_stats(lengths: np.ndarray) -> dict[str, int]:

@@ -10,7 +10,8 @@
 Rows that cannot make an example (a column missing from the row, no assistant answer, a message
 that is not {role, content}) are skipped and counted; a column that no row has is a JaxrlError.
 Examples longer than `max_length` tokens (prompt, completion and eos) are dropped and counted,
-as the study kept only rows of at most 4096 templated tokens.
+as the study kept only rows of at most 4096 templated tokens; given the model's vocab_size, so are
+examples with a token id outside its vocabulary (an error under `strict`).
 """
 
 from __future__ import annotations
@@ -23,7 +24,15 @@ from typing import Any
 import numpy as np
 
 from jaxrl.data.batching import Batch, EpochSampler, check_hosts, host_slice, packed_rows, padded_rows
-from jaxrl.data.chat import STUDY_CHAT, ChatConfig, Prompt, encode_rendered_batch, render_example
+from jaxrl.data.chat import (
+    STUDY_CHAT,
+    ChatConfig,
+    Prompt,
+    encode_rendered_batch,
+    id_outside,
+    outside_vocabulary,
+    render_example,
+)
 from jaxrl.data.sources import DataConfig, Rows, columns_of, load_rows
 from jaxrl.errors import JaxrlError
 from jaxrl.shapes import round_up
@@ -88,12 +97,18 @@ def tokenize_sft(
     chat: ChatConfig = STUDY_CHAT,
     max_length: int | None = None,
     chunk: int = 1024,
+    *,
+    vocab_size: int | None = None,
+    strict: bool = False,
 ) -> TokenizedDataset:
-    """Tokenises every pair; those over `max_length` tokens are dropped and counted ("too_long")."""
+    """Tokenises every pair; those over `max_length` tokens are dropped and counted ("too_long").
+
+    vocab_size: the model's; an example with an id outside [0, vocab_size) is skipped and counted
+    (an error when `strict`). None: no check."""
     kept_ids, kept_masks, too_long, bad = [], [], 0, Counter()
     for at in range(0, len(pairs), chunk):
-        texts, starts = [], []
-        for prompt, completion in pairs[at : at + chunk]:
+        texts, starts, numbers = [], [], []
+        for number, (prompt, completion) in enumerate(pairs[at : at + chunk], at):
             try:
                 text, start = render_example(prompt, completion, chat, tokenizer)
             except JaxrlError as e:  # e.g. a role the template does not know
@@ -101,7 +116,17 @@ def tokenize_sft(
                 continue
             texts.append(text)
             starts.append(start)
-        for encoded in encode_rendered_batch(texts, starts, tokenizer) if texts else []:
+            numbers.append(number)
+        encoded_batch = encode_rendered_batch(texts, starts, tokenizer) if texts else []
+        for number, encoded in zip(numbers, encoded_batch, strict=True):
+            if (outside := id_outside(encoded.ids, vocab_size)) is not None:
+                if strict:
+                    raise JaxrlError(
+                        f"SFT example {number}: token id {outside} is outside the model's vocabulary "
+                        f"[0, {vocab_size}); the tokenizer is larger than the model's embedding"
+                    )
+                bad[outside_vocabulary(vocab_size)] += 1
+                continue
             if max_length is not None and len(encoded.ids) > max_length:
                 too_long += 1
                 continue
@@ -110,7 +135,7 @@ def tokenize_sft(
     if not kept_ids:
         raise JaxrlError(
             f"no SFT example left: {too_long} of {len(pairs)} are longer than max_length={max_length}"
-            + (f", {sum(bad.values())} could not be templated" if bad else "")
+            + "".join(f", {n} skipped: {why}" for why, n in bad.items())
         )
     starts = np.zeros(len(kept_ids) + 1, np.int64)
     starts[1:] = np.cumsum([len(i) for i in kept_ids])
@@ -128,17 +153,22 @@ def conversation_columns(data: DataConfig) -> tuple[str, ...]:
 
 
 def load_sft_dataset(
-    data: DataConfig, tokenizer: Any, chat: ChatConfig = STUDY_CHAT, max_length: int | None = None
+    data: DataConfig,
+    tokenizer: Any,
+    chat: ChatConfig = STUDY_CHAT,
+    max_length: int | None = None,
+    vocab_size: int | None = None,
 ) -> TokenizedDataset:
     """`load_rows` -> `conversations` -> `tokenize_sft`, with every count in `.counts`.
 
-    Only the conversation columns are read (unless `data.columns` names others).
+    Only the conversation columns are read (unless `data.columns` names others). vocab_size: the
+    model's (see `tokenize_sft`).
     """
     rows = load_rows(data, conversation_columns(data))
     pairs, skipped = conversations(rows, data)
     if not pairs:
         raise JaxrlError(f"no usable SFT row in {rows.source}: " + ", ".join(f"{n} {w}" for w, n in skipped.items()))
-    dataset = tokenize_sft(pairs, tokenizer, chat, max_length)
+    dataset = tokenize_sft(pairs, tokenizer, chat, max_length, vocab_size=vocab_size, strict=data.strict)
     counts = {"rows": len(rows) + sum(rows.skipped.values()) + rows.filtered_out, "filtered_out": rows.filtered_out}
     counts.update({f"skipped: {why}": n for why, n in (rows.skipped + skipped).items()})
     dataset.counts = {**counts, **dataset.counts}

@@ -25,6 +25,7 @@ from jaxrl.eval.prompts import CHAT_TEMPLATES, encode, render_text, system_promp
 from jaxrl.eval.task import Item, Scored, Task, pick_shots
 from jaxrl.eval.tasks import STUDY_TASKS, make_task
 
+from jaxrl.destinations import check_destination
 from jaxrl.errors import JaxrlError
 from jaxrl.model_files import check_vocabulary, load_tokenizer
 
@@ -286,8 +287,8 @@ def evaluate(models: list[str], config: EvalConfig, out_dir: str | Path) -> dict
     if config.chat_template not in CHAT_TEMPLATES:
         raise JaxrlError(f"unknown chat template {config.chat_template!r}; choose from {', '.join(CHAT_TEMPLATES)}")
     sampling_config(config)  # bad temperature / top_p / top_k fail here, before any model loads
+    out = check_destination(out_dir, "directory", "--out")
     refs = expand_models(models)
-    out = Path(out_dir)
     mesh = LogicalMesh(make_mesh(config.mesh))
     prepared = [prepare(name, config) for name in config.tasks]  # bad mesh or data: fail before writing
     for path in [ref.path for ref in refs] + ([Path(config.kl_base)] if config.kl_base else []):

@@ -186,8 +186,11 @@ def _plan(sub):
     add_arguments(p)
 
     def run(args):
+        from jaxrl.destinations import check_destination
         from jaxrl.train.plan import plan_cli
 
+        if args.json:
+            check_destination(args.json, "file", "--json")  # before the planning process compiles
         plan_cli(args)
 
     return run
@@ -212,6 +215,7 @@ def _generate(sub):
     p.add_argument("--mesh", default="", help="mesh spec, e.g. data=1,fsdp=-1,tensor=1")
     p.add_argument("--dtype", default=None, help="compute and parameter dtype: float32, bfloat16")
     p.add_argument("--json", action="store_true", help="one JSON object per completion")
+    p.add_argument("--out", default=None, help="write the JSON objects (as --json prints them) to this file")
 
     def run(args):
         from jaxrl.models.generate import generate_cli

@@ -7,6 +7,7 @@ from pathlib import Path
 from jaxrl.models.checkpoint import load_model, save_model
 from jaxrl.models.hf_io import export_hf
 
+from jaxrl.destinations import check_destination
 from jaxrl.errors import JaxrlError
 from jaxrl.model_files import find_tokenizer_dir, is_hf_model, is_orbax_model
 from jaxrl.sharding import LogicalMesh, make_mesh
@@ -17,6 +18,7 @@ def convert(src: str | Path, dst: str | Path, mesh: str = "", dtype: str | None 
     src, dst = Path(src), Path(dst)
     if not src.exists():
         raise JaxrlError(f"source {src} does not exist")
+    check_destination(dst, "directory", "destination")
     if dst.exists() and any(dst.iterdir()):
         raise JaxrlError(f"destination {dst} exists and is not empty; choose a new path")
     if not (is_hf_model(src) or is_orbax_model(src)):

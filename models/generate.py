@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from jaxrl.destinations import check_destination
 from jaxrl.errors import JaxrlError
 from jaxrl.model_files import check_vocabulary, load_tokenizer
 
@@ -46,7 +47,8 @@ def encode_prompts(tokenizer, texts: list[str], raw: bool, system: str | None = 
 
 
 def generate_cli(args, out=None) -> None:
-    """Loads the model and tokenizer, samples, and prints text or one JSON object per completion."""
+    """Loads the model and tokenizer, samples, and prints text or one JSON object per completion;
+    with `args.out` the JSON objects go to that file instead, written once sampling is done."""
     from jaxrl.models.checkpoint import load_model
     from jaxrl.models.sampler import SamplingConfig, sample
 
@@ -56,6 +58,7 @@ def generate_cli(args, out=None) -> None:
     model_path = Path(args.model)
     if not model_path.exists():
         raise JaxrlError(f"model path {model_path} does not exist")
+    destination = check_destination(args.out, "file", "--out") if args.out else None
     texts = read_prompts(args.prompt, args.prompts)
     tokenizer = load_tokenizer(model_path, args.tokenizer)
     check_vocabulary(tokenizer, model_path)  # before the model loads and the sampler compiles
@@ -74,10 +77,11 @@ def generate_cli(args, out=None) -> None:
     completions = sample(model, prompt_ids, config, tokenizer=tokenizer)
 
     n = config.num_samples
+    lines = []  # JSON objects, for stdout (--json) or the --out file
     for row, (tokens, text) in enumerate(zip(completions.token_lists(), completions.texts(tokenizer), strict=True)):
         prompt, reason = int(completions.prompt_index[row]), completions.finish_reasons[row]
         logprobs = completions.logprobs[row, : len(tokens)]
-        if args.json:
+        if args.json or destination is not None:
             record = {
                 "prompt": texts[prompt],
                 "prompt_index": prompt,
@@ -87,7 +91,7 @@ def generate_cli(args, out=None) -> None:
                 "logprobs": [round(float(x), 6) for x in logprobs],
                 "finish_reason": reason,
             }
-            print(json.dumps(record), file=out)
+            lines.append(json.dumps(record) + "\n")
         else:
             mean = float(logprobs.mean()) if len(tokens) else 0.0
             print(
@@ -95,3 +99,8 @@ def generate_cli(args, out=None) -> None:
                 file=out,
             )
             print(text, file=out)
+    if destination is not None:
+        destination.write_text("".join(lines))
+        print(f"wrote {len(lines)} completions to {destination}", file=out)
+    else:
+        print("".join(lines), end="", file=out)

@@ -13,6 +13,7 @@ from jaxrl.models.config import preset as get_preset
 from jaxrl.models.hf_io import export_hf
 from jaxrl.models.params import init_decoder
 
+from jaxrl.destinations import check_destination
 from jaxrl.tiny import EOS, PAD, build_tokenizer
 
 
@@ -20,7 +21,7 @@ def build_tiny_model(
     directory: str | Path, preset: str = "tiny-olmo2", seed: int = 0, corpus: list[str] | None = None
 ) -> Path:
     """A complete HF model directory with random weights and a tokenizer of the preset's vocab."""
-    directory = Path(directory)
+    directory = check_destination(directory, "directory", "destination")
     config = get_preset(preset)
     tokenizer = build_tokenizer(directory, corpus, config.vocab_size)
     eos = tokenizer.convert_tokens_to_ids(EOS)

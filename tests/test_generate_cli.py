@@ -48,6 +48,17 @@ def test_json_from_hf_dir_and_orbax_checkpoint_agree(models, capsys):
     assert out_orbax == out
 
 
+def test_out_file_holds_the_json_lines(models, capsys, tmp_path):
+    hf, _ = models
+    prompt_args = [a for p in PROMPTS for a in ("--prompt", p)]
+    code, printed, err = run(capsys, hf, *prompt_args, *SAMPLING, "--json")
+    assert code == 0, err
+    out = tmp_path / "completions.jsonl"
+    code, said, err = run(capsys, hf, *prompt_args, *SAMPLING, "--out", out)
+    assert code == 0, err
+    assert out.read_text() == printed and said == f"wrote 4 completions to {out}\n"
+
+
 def test_prompts_file_raw_and_text_output(models, capsys, tmp_path):
     hf, _ = models
     prompts = tmp_path / "prompts.txt"

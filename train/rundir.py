@@ -21,6 +21,7 @@ import yaml
 from jaxrl.models.config import ModelConfig
 from jaxrl.models.hf_io import TOKENIZER_FILES
 
+from jaxrl.destinations import check_destination
 from jaxrl.errors import JaxrlError
 from jaxrl.model_files import is_orbax_model, read_config
 from jaxrl.sharding import LogicalMesh, MeshSpec, init_distributed, make_mesh
@@ -54,10 +55,7 @@ def check_output_dir(output_dir: str) -> Path:
         )
     if not output_dir:
         raise JaxrlError("loop.output_dir is empty; name a directory for the run")
-    path = Path(output_dir).expanduser()
-    if path.exists() and not path.is_dir():
-        raise JaxrlError(f"loop.output_dir {output_dir} is a file, not a directory")
-    return path
+    return check_destination(output_dir, "directory", "loop.output_dir")
 
 
 def changed_keys(old_yaml: str, new_yaml: str) -> list[str]:
@@ -93,4 +91,6 @@ def checkpoint_dir(run_dir: Path, override: str) -> str:
     """RUN/checkpoints, or the configured directory (local or gs://)."""
     if override and "://" in override and not override.startswith("gs://"):
         raise JaxrlError(f"checkpoint.directory {override!r}: only local paths and gs:// are supported")
+    if override and "://" not in override:
+        check_destination(override, "directory", "checkpoint.directory")
     return override or str((run_dir / "checkpoints").absolute())

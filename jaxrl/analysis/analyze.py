@@ -18,6 +18,7 @@ from jaxrl.analysis.naming import TensorSpec, parse_modules, select, specs_from_
 from jaxrl.analysis.report import write_report
 from jaxrl.analysis.runs import Checkpoint, model_checkpoint, run_checkpoints, unique_run_names
 from jaxrl.analysis.stream import diff_many, tensor_bytes
+from jaxrl.destinations import check_destination
 from jaxrl.errors import JaxrlError
 
 KeyMap = Callable[[dict], tuple[Sequence, int]]
@@ -89,6 +90,7 @@ def analyze(
         raise JaxrlError("no runs to analyse; pass at least one run directory or checkpoint")
     if svd < 0:
         raise JaxrlError(f"--svd must be >= 0, got {svd}")
+    out = check_destination(out, "directory", "--out")
     base_ckpt = model_checkpoint(base)
     base_specs = select(_specs(base_ckpt, key_map), parse_modules(modules))
     checkpoints = [
@@ -100,7 +102,6 @@ def analyze(
     sources = [c.open() for c in checkpoints]
     total = sum(tensor_bytes(s, base_source, src) for src in sources for s in base_specs)
     meter = Progress(total, enabled=progress)
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     meter.label = f"{len(checkpoints)} checkpoint(s)"
     all_changes = diff_many(base_source, sources, base_specs, svd=svd, progress=meter)

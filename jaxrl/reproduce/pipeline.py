@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from jaxrl import synthetic
+from jaxrl.destinations import check_destination
 from jaxrl.errors import JaxrlError
 from jaxrl.model_files import latest_checkpoint
 from jaxrl.reproduce.base import BaseSpec, build_base, world_and_pools, write_jsonl
@@ -181,7 +182,9 @@ def reproduce(
 
     if preset_name not in PRESETS:
         raise JaxrlError(f"unknown preset {preset_name!r}; choose from {', '.join(PRESETS)}")
-    preset, spec, out = PRESETS[preset_name], BaseSpec(), Path(out)
+    preset, spec, out = PRESETS[preset_name], BaseSpec(), check_destination(out, "directory", "--out")
+    if cache is not None:
+        check_destination(cache, "directory", "--base-cache")
     out.mkdir(parents=True, exist_ok=True)
     timings, files = {}, write_data(preset, spec, out / "data")
     timings["base"] = stage(out, "base", log, lambda: _copy(base_model(spec, cache, rebuild_base, log), out / "base"))

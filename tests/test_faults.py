@@ -4,8 +4,10 @@ output behind. docs/FAULTS.md lists the same cases (a test checks that the two a
 
 Placeholders in a case's arguments: {model} a tiny HF model, {out} an output path that must not
 exist afterwards, {fx} tests/fixtures/faults, {data} the 12-row OpenR1 sample, {sft} / {grpo} the
-tiny recipes, and the damaged model directories {no_config}, {no_tokenizer}, {bad_config},
-{cut_weights}.
+tiny recipes, the damaged model directories {no_config}, {no_tokenizer}, {bad_config},
+{cut_weights}, {list_config} (config.json is `[]`) and {big_vocab} (a tokenizer of 385 tokens for
+a model of 384: "triangle" became token 384), and {a_file} / {a_dir}, an existing file and an
+existing empty directory (both watched: a case must leave them as they were).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from pathlib import Path
 
 import pytest
 from jaxrl.models.tiny import build_tiny_model
+from transformers import AutoTokenizer
 
 from jaxrl import cli
 
@@ -50,6 +53,9 @@ def data(*overrides: str) -> tuple[str, ...]:
 
 def evaluate(*args: str) -> tuple[str, ...]:
     return ("eval", "--out", "{out}", "--tasks", "gsm8k", "--data", "gsm8k={data}", *args)
+
+
+TOKENIZER_TOO_BIG = r"the tokenizer in .*big_vocab has 385 tokens \(ids up to 384\) but the model's vocab_size is 384"
 
 
 CASES = [
@@ -262,6 +268,44 @@ CASES = [
     Case("convert-source-missing", ("convert", "{fx}/no_such_model", "{out}"), r"source .* does not exist"),
     Case("convert-source-not-a-model", ("convert", "{no_config}", "{out}"), r"neither a HF model directory"),
     Case("convert-bad-mesh", ("convert", "{model}", "{out}", "--mesh", "data=5"), r"mesh spec"),
+    # model directories every command reads: a config.json that is not an object, a larger tokenizer
+    Case("model-config-not-object", sft("model.path={list_config}"), r"config\.json must be a JSON object.*array"),
+    Case("eval-config-not-object", evaluate("--model", "{list_config}"), r"config\.json must be a JSON object"),
+    Case("generate-config-not-object", ("generate", "{list_config}", "--prompt", "hi"), r"must be a JSON object"),
+    Case("convert-config-not-object", ("convert", "{list_config}", "{out}"), r"config\.json must be a JSON object"),
+    Case(
+        "analyze-config-not-object",
+        ("analyze", "{list_config}", "{model}", "--out", "{out}"),
+        r"config\.json must be a JSON object",
+    ),
+    Case("model-tokenizer-larger-than-vocab", sft("model.path={big_vocab}"), TOKENIZER_TOO_BIG),
+    Case("grpo-tokenizer-larger-than-vocab", grpo("model.path={big_vocab}"), TOKENIZER_TOO_BIG),
+    Case("eval-tokenizer-larger-than-vocab", evaluate("--model", "{big_vocab}"), TOKENIZER_TOO_BIG),
+    Case("generate-tokenizer-larger-than-vocab", ("generate", "{big_vocab}", "--prompt", "hi"), TOKENIZER_TOO_BIG),
+    # token ids outside the model's vocabulary in data rows: skipped and counted, or an error when strict
+    Case(
+        "skip-sft-ids-outside-vocab",
+        data("tokenizer={big_vocab}", "vocab_size=384"),
+        r"skipped: 1 a token id is outside the model's vocabulary \[0, 384\)\n(.*\n)+"
+        r"over max_length=4096: 0 dropped; 11 kept",
+        skip=True,
+    ),
+    Case(
+        "skip-prompt-ids-outside-vocab",
+        data("tokenizer={big_vocab}", "vocab_size=384", "mode=prompts", "data.prompt_column=problem"),
+        r"skipped: 1 a token id is outside the model's vocabulary \[0, 384\)",
+        skip=True,
+    ),
+    Case(
+        "data-strict-ids-outside-vocab",
+        data("tokenizer={big_vocab}", "vocab_size=384", "data.strict=true"),
+        r"token id 384 is outside the model's vocabulary \[0, 384\)",
+    ),
+    Case(
+        "recipe-checkpoint-dir-under-a-file",
+        sft("checkpoint.directory={a_file}/checkpoints"),
+        r"checkpoint\.directory .*a_file/checkpoints cannot be created: .*a_file is a file, not a directory",
+    ),
     # jaxrl plan (the checks made before the planning process starts)
     Case("plan-zero-devices", ("plan", "--recipe", "{sft}", "--devices", "0"), r"--devices 0"),
     Case("plan-unknown-chip", ("plan", "--recipe", "{sft}", "--devices", "8", "--chip", "tpu-v9"), r"tpu-v9"),
@@ -271,6 +315,49 @@ CASES = [
         r"needs 3 devices but 8",
     ),
 ]
+
+
+# Every command that writes, against each kind of destination it cannot write to. The one check
+# (jaxrl.destinations) runs before any work, so each case fails at once and leaves the path as it was.
+WRITERS = {  # command -> (its arguments, {dest} the destination; what the message calls it; its kind)
+    "train-sft": (sft("loop.output_dir={dest}"), "loop.output_dir", "directory"),
+    "train-grpo": (grpo("loop.output_dir={dest}"), "loop.output_dir", "directory"),
+    "eval": (evaluate("--model", "{model}", "--out", "{dest}"), "--out", "directory"),
+    "analyze": (("analyze", "{model}", "{model}", "--out", "{dest}"), "--out", "directory"),
+    "convert": (("convert", "{model}", "{dest}"), "destination", "directory"),
+    "tiny": (("tiny", "{dest}"), "destination", "directory"),
+    "reproduce": (("reproduce", "--preset", "fast", "--out", "{dest}"), "--out", "directory"),
+    "generate": (("generate", "{model}", "--prompt", "hi", "--out", "{dest}"), "--out", "file"),
+    "plan": (("plan", "--recipe", "{sft}", "--devices", "8", "--json", "{dest}"), "--json", "file"),
+}
+# per kind of destination: each bad one's name -> (the path, what the message says after it)
+BAD_DESTINATIONS = {
+    "directory": {
+        "is-a-file": ("{a_file}", r"is a file, not a directory"),
+        "parent-is-a-file": ("{a_file}/out", r"cannot be created: .*a_file is a file, not a directory"),
+        "unwritable": ("/sys/jaxrl-out", r"cannot be created: /sys is a sysfs filesystem"),
+        "not-creatable": ("/proc/jaxrl-out", r"cannot be created: /proc is a proc filesystem"),
+    },
+    "file": {
+        "is-a-directory": ("{a_dir}", r"is a directory, not a file"),
+        "parent-is-a-file": ("{a_file}/out.json", r"cannot be created: .*a_file is a file, not a directory"),
+        "unwritable": ("/sys/jaxrl-out.json", r"cannot be created: /sys is a sysfs filesystem"),
+        "not-creatable": ("/proc/jaxrl-out.json", r"cannot be created: /proc is a proc filesystem"),
+    },
+}
+
+
+def destination_cases() -> list[Case]:
+    cases = []
+    for command, (argv, what, kind) in WRITERS.items():
+        for name, (dest, says) in BAD_DESTINATIONS[kind].items():
+            shown = re.escape(dest).replace(r"\{a_file\}", ".*a_file").replace(r"\{a_dir\}", ".*a_dir")
+            expect = rf"{re.escape(what)} {shown} {says}"
+            cases.append(Case(f"out-{command}-{name}", tuple(a.replace("{dest}", dest) for a in argv), expect))
+    return cases
+
+
+CASES += destination_cases()
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -297,10 +384,18 @@ def paths(tmp_path_factory):
     (damaged["bad_config"] / "config.json").write_text('{"model_type": "olmo2", "hidden_size": ')
     weights = damaged["cut_weights"] / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    damaged["list_config"] = shutil.copytree(model, root / "list_config")
+    (damaged["list_config"] / "config.json").write_text("[]")
+    damaged["big_vocab"] = shutil.copytree(model, root / "big_vocab")
+    tokenizer = AutoTokenizer.from_pretrained(damaged["big_vocab"])
+    tokenizer.add_tokens(["triangle"])  # id 384, one past the embedding; one row of the sample has it
+    tokenizer.save_pretrained(damaged["big_vocab"])
+    (root / "a_file").write_text("not a directory\n")
+    (root / "a_dir").mkdir()
     return {
         "model": model, "fx": FIXTURES, "data": REPO / "tests/fixtures/data/openr1_math_sample.jsonl",
         "sft": REPO / "train/recipes/sft-tiny.yaml", "grpo": REPO / "train/recipes/grpo-tiny.yaml",
-        "root": root, **damaged,
+        "root": root, "a_file": root / "a_file", "a_dir": root / "a_dir", **damaged,
     }  # fmt: skip
 
 

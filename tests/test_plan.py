@@ -220,3 +220,16 @@ def test_olmo2_7b_sft_plan_stays_abstract(tmp_path, capsys):
 
 if __name__ == "__main__":
     print(json.dumps(_measure(sys.argv[1])))
+
+
+def test_plan_measures_the_recipes_own_sft_loss(tmp_path):
+    """The planned step is the one `jaxrl train sft` runs: a chunked loss never holds the whole
+    [rows, length, vocab] logits, and the plan shows it."""
+    from jaxrl.train.plan import make_plan
+
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text("model:\n  path: tiny-olmo2\nsft:\n  batch_size: 8\n  max_length: 256\n")
+    whole, chunked = (
+        make_plan(str(recipe), "fsdp=8", overrides=[f"sft.loss_chunk_size={c}"], model="tiny-olmo2") for c in (0, 32)
+    )
+    assert chunked.temporaries < whole.temporaries, (chunked.temporaries, whole.temporaries)

@@ -188,14 +188,13 @@ def sft_inputs(config, rows: int | None):
     """
     import jax
     import jax.numpy as jnp
-    from jaxrl.train.sft import sft_loss
 
     rows = rows or config.sft.batch_size
     t = config.sft.max_length
     ints = ("tokens", "segment_ids", "positions", "targets")
     batch = {name: jax.ShapeDtypeStruct((rows, t), jnp.int32) for name in ints}
     batch["loss_mask"] = jax.ShapeDtypeStruct((rows, t), jnp.float32)
-    return sft_loss, batch
+    return config.sft.loss_fn(), batch
 
 
 def grpo_inputs(config, rows: int | None):

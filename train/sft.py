@@ -45,6 +45,10 @@ class SFTSettings:
         if self.batch_size < 1 or self.max_length < 2 or self.pad_to_multiple_of < 1 or self.loss_chunk_size < 0:
             raise JaxrlError("sft: batch_size >= 1, max_length >= 2, pad_to_multiple_of >= 1, loss_chunk_size >= 0")
 
+    def loss_fn(self):
+        """The training loop's loss function these settings describe (what runs and what `plan` measures)."""
+        return functools.partial(sft_loss, chunk_size=self.loss_chunk_size)
+
 
 @dataclasses.dataclass(frozen=True)
 class SFTConfig:
@@ -111,8 +115,7 @@ def run(recipe_path: str | None, overrides=()) -> str:
         process_count=jax.process_count(),
     )
     total_steps = loop.total_steps(batches.steps_per_epoch)
-    loss_fn = functools.partial(sft_loss, chunk_size=cfg.loss_chunk_size)
-    trainer = session.build_trainer(config, setup, loss_fn, total_steps)
+    trainer = session.build_trainer(config, setup, cfg.loss_fn(), total_steps)
     counts = ", ".join(f"{name}={n}" for name, n in dataset.counts.items())
     summary = f"{len(dataset)} examples ({counts}); {batches.steps_per_epoch} steps per epoch"
     return session.train(config, setup, trainer, batches, total_steps, "sft", summary)

@@ -19,6 +19,8 @@ from jaxrl.model_files import read_json_object
 FAMILIES = ("olmo2", "qwen2", "llama")
 ARCHITECTURES = {"olmo2": "Olmo2ForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+# Families whose HF embedding is nn.Embedding(..., padding_idx=config.pad_token_id).
+PADDING_IDX_FAMILIES = ("olmo2", "qwen2", "llama")
 ATTENTION = ("auto", "blockwise", "xla", "cudnn")  # the implementations of jaxrl.models.attention
 
 
@@ -58,6 +60,9 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
+    # HF's nn.Embedding(padding_idx=pad_token_id): the lookup gives the pad row no gradient (a tied
+    # lm_head still trains it through the output projection). True for every supported family.
+    freeze_pad_embedding: bool = True
     dtype: str = "float32"  # compute dtype of matmuls
     param_dtype: str = "float32"
     remat: bool = False  # recompute each layer in the backward pass
@@ -81,6 +86,15 @@ class ModelConfig:
     @property
     def weight_dtype(self):
         return DTYPES[self.param_dtype]
+
+    @property
+    def frozen_embedding_row(self) -> int | None:
+        """The embedding row the lookup gives no gradient, as torch reads `padding_idx` (a negative
+        id counts from the end), or None (no pad id, the flag off, or an id outside the vocabulary)."""
+        pad = self.pad_token_id
+        if not self.freeze_pad_embedding or pad is None or not -self.vocab_size <= pad < self.vocab_size:
+            return None
+        return pad % self.vocab_size
 
     def replace(self, **changes) -> ModelConfig:
         return dataclasses.replace(self, **changes)
@@ -150,6 +164,7 @@ class ModelConfig:
             bos_token_id=hf.get("bos_token_id"),
             eos_token_ids=tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,)),
             pad_token_id=hf.get("pad_token_id"),
+            freeze_pad_embedding=model_type in PADDING_IDX_FAMILIES,
         )
         return cls(**{**fields, **overrides})
 

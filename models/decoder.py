@@ -240,6 +240,11 @@ class Decoder(nnx.Module):
         rope = (jnp.cos(angles), jnp.sin(angles))
 
         x = jnp.take(self.embed[...], tokens_bt, axis=0).astype(c.compute_dtype)
+        if c.frozen_embedding_row is not None:
+            # HF's padding_idx: the pad row's lookups pass no gradient back (masking the gathered
+            # rows, not the [V, D] table, which a tied lm_head still trains through `unembed`)
+            is_pad = (tokens_bt == c.frozen_embedding_row)[..., None]
+            x = jnp.where(is_pad, jax.lax.stop_gradient(x), x)
         x = constrain(lm, x, ("batch", "seq", None))
 
         params = self.layers.arrays()

@@ -16,7 +16,12 @@ Implementations (`ModelConfig.attention`):
   sequences, quadratic in memory).
 - `cudnn`: `jax.nn.dot_product_attention` with cuDNN's fused kernel on NVIDIA GPUs, for batches it
   can mask (causal, one segment per row, right padding only); other batches take `blockwise`.
-- `auto`: `cudnn` on a GPU, else `blockwise`.
+- `splash`: JAX's Pallas splash-attention kernel for TPUs (block-sparse: it skips masked blocks,
+  takes segment ids natively, and has a fused backward), with its causal mask; it covers every
+  batch whose positions grow with the slot inside each segment (padding on either side, packing),
+  checked on the device, and lengths that are multiples of 128. Elsewhere `blockwise`. Off a TPU
+  it runs in Pallas' interpreter (slow; for tests).
+- `auto`: `cudnn` on a GPU, `splash` on a TPU, else `blockwise`.
 A query with no allowed key (a padding row) gets zeros from `blockwise` and `cudnn` and the mean of
 the values from `xla`; either way nothing reads it.
 """
@@ -59,13 +64,15 @@ def attend(q_bthe, k_bske, v_bske, segments_q, positions_q, segments_k, position
     if implementation not in IMPLEMENTATIONS:
         raise JaxrlError(f"attention={implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
     if implementation == "auto":
-        implementation = "cudnn" if jax.default_backend() == "gpu" else "blockwise"
+        implementation = {"gpu": "cudnn", "tpu": "splash"}.get(jax.default_backend(), "blockwise")
     masks = (segments_q.astype(jnp.int32), positions_q.astype(jnp.int32))
     masks += (segments_k.astype(jnp.int32), positions_k.astype(jnp.int32))
     if implementation == "xla":
         return xla_attention(q_bthe, k_bske, v_bske, allowed(*masks))
     if implementation == "cudnn":
         return cudnn_attention(q_bthe, k_bske, v_bske, *masks)
+    if implementation == "splash":
+        return splash_attention(q_bthe, k_bske, v_bske, *masks)
     return blockwise_attention(q_bthe, k_bske, v_bske, *masks)
 
 
@@ -255,3 +262,49 @@ def cudnn_attention(q_bthe, k_bske, v_bske, sq, pq, sk, pk):
         )
 
     return jax.lax.cond(plain, fused, lambda: blockwise_attention(q_bthe, k_bske, v_bske, sq, pq, sk, pk))
+
+
+# -- Pallas splash (TPU) ---------------------------------------------------------------------------
+
+
+def positions_follow_slots(segments_bt, positions_bt):
+    """bool []: inside every row each non-zero segment is one run of slots whose positions grow with
+    the slot. Then 'key position not after the query's' is 'key slot not after the query's', the
+    causal mask a kernel computes from indices."""
+    same = (segments_bt[:, 1:] == segments_bt[:, :-1]) & (segments_bt[:, 1:] > 0)
+    growing = jnp.all(jnp.where(same, positions_bt[:, 1:] > positions_bt[:, :-1], True))
+    first = jnp.ones_like(segments_bt[:, :1], bool)
+    runs = (segments_bt > 0) & jnp.concatenate([first, segments_bt[:, 1:] != segments_bt[:, :-1]], axis=1)
+    ids = jnp.sort(segments_bt, axis=1)
+    distinct = (ids > 0) & jnp.concatenate([first, ids[:, 1:] != ids[:, :-1]], axis=1)
+    return growing & jnp.all(jnp.sum(runs, axis=1) == jnp.sum(distinct, axis=1))
+
+
+def splash_attention(q_bthe, k_bske, v_bske, sq, pq, sk, pk, interpret: bool | None = None):
+    """The Pallas splash kernel (one MQA kernel per KV head, its G query heads sharing it) for the
+    batches its causal mask plus segment ids describe, `blockwise` for the rest. Returns [B, T, H, E]."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+
+    b, t, h, e = q_bthe.shape
+    s, kv = k_bske.shape[1], k_bske.shape[2]
+    g = h // kv
+    block = next((n for n in (512, 256, 128) if t % n == 0 and s % n == 0), None)
+    if block is None or t != s:
+        return blockwise_attention(q_bthe, k_bske, v_bske, sq, pq, sk, pk)
+    interpret = jax.default_backend() != "tpu" if interpret is None else interpret
+    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_q_dkv=block, block_kv_dkv=block,
+                              block_q_dq=block, block_kv_dq=block)  # fmt: skip
+    mask = masks.MultiHeadMask([masks.CausalMask((t, s)) for _ in range(g)])
+    kernel = splash.make_splash_mqa(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+    per_kv_head = jax.vmap(lambda q, k, v, ids: kernel(q, k, v, segment_ids=ids), in_axes=(0, 0, 0, None))
+    per_row = jax.vmap(per_kv_head)
+
+    def fused():
+        q = (q_bthe * (1.0 / math.sqrt(e))).astype(q_bthe.dtype).reshape(b, t, kv, g, e).transpose(0, 2, 3, 1, 4)
+        k, v = k_bske.transpose(0, 2, 1, 3), v_bske.transpose(0, 2, 1, 3)  # [B, K, S, E]
+        out = per_row(q, k, v, splash.SegmentIds(q=sq, kv=sk))  # [B, K, G, T, E]
+        return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, e).astype(v_bske.dtype)
+
+    covered = positions_follow_slots(sq, pq) & jnp.all(sq == sk) & jnp.all(pq == pk)
+    return jax.lax.cond(covered, fused, lambda: blockwise_attention(q_bthe, k_bske, v_bske, sq, pq, sk, pk))

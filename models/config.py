@@ -21,7 +21,7 @@ ARCHITECTURES = {"olmo2": "Olmo2ForCausalLM", "qwen2": "Qwen2ForCausalLM", "llam
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 # Families whose HF embedding is nn.Embedding(..., padding_idx=config.pad_token_id).
 PADDING_IDX_FAMILIES = ("olmo2", "qwen2", "llama")
-ATTENTION = ("auto", "blockwise", "xla", "cudnn")  # the implementations of jaxrl.models.attention
+ATTENTION = ("auto", "blockwise", "xla", "cudnn", "splash")  # the implementations of jaxrl.models.attention
 
 
 @dataclasses.dataclass(frozen=True)

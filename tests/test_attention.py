@@ -7,20 +7,29 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jaxrl.models.attention import IMPLEMENTATIONS, allowed, attend, blockwise_attention, xla_attention
+from jaxrl.models.attention import (
+    IMPLEMENTATIONS,
+    allowed,
+    attend,
+    blockwise_attention,
+    positions_follow_slots,
+    splash_attention,
+    xla_attention,
+)
 
 from jaxrl.errors import JaxrlError
 
 B, T, H, K, E = 3, 37, 4, 2, 8
 
 
-def layouts():
-    """segment ids and positions [B, T] for three rows: right-padded, left-padded, packed."""
-    seg = np.zeros((B, T), np.int32)
-    seg[0, :29] = 1  # right padding
-    seg[1, 11:] = 1  # left padding
-    seg[2, :10], seg[2, 10:25], seg[2, 25:34] = 1, 2, 3  # three packed sequences, then padding
-    pos = np.zeros((B, T), np.int32)
+def layouts(t: int = T):
+    """segment ids and positions [B, t] for three rows: right-padded, left-padded, packed."""
+    seg = np.zeros((B, t), np.int32)
+    seg[0, : t * 29 // 37] = 1  # right padding
+    seg[1, t * 11 // 37 :] = 1  # left padding
+    cut = [t * n // 37 for n in (10, 25, 34)]
+    seg[2, : cut[0]], seg[2, cut[0] : cut[1]], seg[2, cut[1] : cut[2]] = 1, 2, 3  # packed, then padding
+    pos = np.zeros((B, t), np.int32)
     for b in range(B):
         for s in (1, 2, 3):
             idx = np.flatnonzero(seg[b] == s)
@@ -28,12 +37,12 @@ def layouts():
     return jnp.asarray(seg), jnp.asarray(pos)
 
 
-def qkv(seed: int = 0):
+def qkv(seed: int = 0, t: int = T):
     kq, kk, kv = jax.random.split(jax.random.key(seed), 3)
     return (
-        jax.random.normal(kq, (B, T, H, E), jnp.float32),
-        jax.random.normal(kk, (B, T, K, E), jnp.float32),
-        jax.random.normal(kv, (B, T, K, E), jnp.float32),
+        jax.random.normal(kq, (B, t, H, E), jnp.float32),
+        jax.random.normal(kk, (B, t, K, E), jnp.float32),
+        jax.random.normal(kv, (B, t, K, E), jnp.float32),
     )
 
 
@@ -54,10 +63,14 @@ CASES += [
 ]
 
 
-@pytest.mark.parametrize("implementation", CASES)
-def test_forward_and_gradients_equal_the_reference(implementation):
-    q, k, v = qkv()
-    seg, pos = layouts()
+def splash(q, k, v, seg, pos):
+    return splash_attention(q, k, v, seg, pos, seg, pos)  # Pallas' interpreter off a TPU
+
+
+@pytest.mark.parametrize("implementation, length", [(case, T) for case in CASES] + [(splash, 256)])
+def test_forward_and_gradients_equal_the_reference(implementation, length):
+    q, k, v = qkv(t=length)
+    seg, pos = layouts(length)
     real = (seg > 0)[:, :, None, None]  # padding queries see nothing; nothing reads their output
     cotangent = jax.random.normal(jax.random.key(1), q.shape) * real
 
@@ -96,3 +109,18 @@ def test_unknown_implementation_is_an_error():
     seg, pos = layouts()
     with pytest.raises(JaxrlError, match="attention='flash'"):
         attend(q, k, v, seg, pos, seg, pos, "flash")
+
+
+def test_splash_covers_exactly_the_batches_its_causal_mask_describes():
+    seg, pos = layouts(256)
+    assert bool(positions_follow_slots(seg, pos))
+    assert not bool(positions_follow_slots(seg, pos.at[0, 5].set(0)))  # a position that does not grow
+    assert not bool(positions_follow_slots(seg.at[2, 0].set(3), pos))  # segment 3 in two runs
+    # a batch it does not cover takes blockwise and is still right
+    q, k, v = qkv(4, 256)
+    pos = pos.at[1, 200:].set(pos[1, 200:] + 7)  # a jump is fine: positions still grow
+    shuffled = pos.at[0, 10:20].set(pos[0, 10:20][::-1])
+    for p in (pos, shuffled):
+        real = (seg > 0)[:, :, None, None]
+        got, want = splash(q, k, v, seg, p), reference(q, k, v, seg, p)
+        np.testing.assert_allclose(np.where(real, got, 0), np.where(real, want, 0), atol=1e-5, rtol=1e-5)

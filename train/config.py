@@ -24,8 +24,9 @@ class ModelSource:
     dtype: compute dtype of the matmuls ("bfloat16" for the bf16 compute option).
     param_dtype: dtype of parameters and optimizer state (None: the checkpoint's own, fp32 default).
     remat: recompute each layer in the backward pass (saves activation memory).
-    attention: auto | blockwise | xla | cudnn (`jaxrl.models.attention`; auto: cuDNN on a GPU where
-      it can mask the batch, else blockwise, which never holds the [T, S] scores).
+    attention: auto | blockwise | xla | cudnn | splash (`jaxrl.models.attention`; auto: cuDNN on a
+      GPU and the Pallas splash kernel on a TPU where they can mask the batch, else blockwise, which
+      never holds the [T, S] scores).
     """
 
     path: str = ""

@@ -42,6 +42,18 @@ DEFAULT_RULES: tuple[tuple[str, tuple[str, ...] | str | None], ...] = (
     ("mlp", "tensor"),
     ("layers", None),
 )
+# Decoding's layout: weights split only over `tensor` (whole on every data/fsdp shard, so a decode
+# step reads its share from local memory instead of gathering every weight for every token); rows
+# and the KV cache split over the batch axes.
+TENSOR_PARALLEL_RULES = tuple((name, None if name == "embed" else target) for name, target in DEFAULT_RULES)
+RULE_PRESETS = {"fsdp": DEFAULT_RULES, "tensor_parallel": TENSOR_PARALLEL_RULES}
+
+
+def rules_preset(name: str):
+    """A named logical-axis rules table: `fsdp` (training's default) or `tensor_parallel` (decoding)."""
+    if name not in RULE_PRESETS:
+        raise JaxrlError(f"unknown sharding rules {name!r}; choose one of {', '.join(RULE_PRESETS)}")
+    return RULE_PRESETS[name]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 from jaxrl.models.config import ModelConfig
 from jaxrl.models.decoder import Decoder
@@ -39,3 +40,17 @@ def init_decoder(config: ModelConfig, mesh: LogicalMesh | None = None, seed: int
 
 def count_params(model: Decoder) -> int:
     return sum(x.size for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+def sampling_copy(params, config: ModelConfig, mesh: LogicalMesh) -> Decoder:
+    """The decoder of `config` with `params` (a pure dict, any layout), copied into `mesh`'s layout
+    for decoding (e.g. its tensor_parallel rules): floating
+    weights cast to the compute dtype where they are, then resharded device to device in one jitted
+    program (never through a host). The copy is a new set of arrays; drop it after sampling."""
+    graphdef_out, state = nnx.split(abstract_decoder(config, mesh))
+    shardings = nnx.to_pure_dict(state_shardings(state, mesh))
+    dtype = config.compute_dtype
+    cast = lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
+    copied = jax.jit(lambda p: jax.tree.map(cast, p), out_shardings=shardings)(params)
+    nnx.replace_by_pure_dict(state, copied)
+    return nnx.merge(graphdef_out, state)

@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import re
 from collections.abc import Sequence
 
 import jax
@@ -286,6 +287,24 @@ def default_eos_ids(model: Decoder, tokenizer=None) -> tuple[int, ...]:
     return ()
 
 
+def decode_inputs(model: Decoder, batch: PromptBatch, config: SamplingConfig, eos, mesh: LogicalMesh | None):
+    """(the arguments of `_decode` after the prefill, its keyword arguments) for a padded batch."""
+    c, n = model.config, config.num_samples
+    pad_id = c.pad_token_id if c.pad_token_id is not None else 0
+    new_bucket = bucket(config.max_new_tokens)
+    cache, logits = prefill(model, batch, n, new_bucket, mesh)
+    rows = len(batch.lengths) * n
+    row_ids = np.arange(rows, dtype=np.int32)
+    positions = np.repeat(batch.lengths, n).astype(np.int32)
+    active = row_ids < batch.num_prompts * n
+    if mesh is not None:
+        row_sharding = mesh.sharding(("batch",), (rows,))
+        positions, active, row_ids = (put(x, row_sharding) for x in (positions, active, row_ids))
+    graphdef, state = nnx.split(model)
+    values = DecodeValues.of(config, eos, pad_id)
+    return (graphdef, state, cache, logits, positions, active, row_ids, values), {"new_bucket": new_bucket}
+
+
 def sample(
     model: Decoder,
     prompt_ids: Sequence[Sequence[int]],
@@ -307,21 +326,8 @@ def sample(
     eos = default_eos_ids(model, tokenizer) if eos_token_ids is None else tuple(eos_token_ids)
     pad_id = c.pad_token_id if c.pad_token_id is not None else 0
     batch = pad_prompts(prompt_ids, c.vocab_size, n, mesh)
-    new_bucket = bucket(config.max_new_tokens)
-    cache, logits = prefill(model, batch, n, new_bucket, mesh)
-
-    rows = len(batch.lengths) * n
-    row_ids = np.arange(rows, dtype=np.int32)
-    positions = np.repeat(batch.lengths, n).astype(np.int32)
-    active = row_ids < batch.num_prompts * n
-    if mesh is not None:
-        row_sharding = mesh.sharding(("batch",), (rows,))
-        positions, active, row_ids = (put(x, row_sharding) for x in (positions, active, row_ids))
-    graphdef, state = nnx.split(model)
-    values = DecodeValues.of(config, eos, pad_id)
-    tokens, logprobs, lengths = _decode(
-        graphdef, state, cache, logits, positions, active, row_ids, values, new_bucket=new_bucket
-    )
+    args, kwargs = decode_inputs(model, batch, config, eos, mesh)
+    tokens, logprobs, lengths = _decode(*args, **kwargs)
 
     real = batch.num_prompts * n
     tokens = to_host(tokens)[:real, : config.max_new_tokens].copy()
@@ -333,6 +339,17 @@ def sample(
     if config.stop_strings:
         cut_at_stop_strings(completions, config.stop_strings, tokenizer, pad_id)
     return completions
+
+
+def decode_collectives(model: Decoder, prompt_ids: Sequence[Sequence[int]], config: SamplingConfig) -> dict[str, int]:
+    """How many of each collective the compiled decode program holds (its loop runs them every
+    step): {"all-gather": n, "all-reduce": n, ...}. On the training layout of an FSDP mesh every
+    weight is gathered again for every token; on the tensor_parallel layout none is."""
+    batch = pad_prompts(prompt_ids, model.config.vocab_size, config.num_samples, model.mesh)
+    args, kwargs = decode_inputs(model, batch, config, default_eos_ids(model), model.mesh)
+    text = _decode.lower(*args, **kwargs).compile().as_text()
+    names = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+    return {name: len(re.findall(rf"\b{name}(?:-start)?\(", text)) for name in names}
 
 
 def cut_at_stop_strings(completions: Completions, stop_strings: Sequence[str], tokenizer, pad_id: int) -> None:

@@ -4,6 +4,7 @@ a tiny model learns single-digit sums."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from jaxrl.models.sampler import Completions
 from jaxrl.models.tiny import build_tiny_model
 from jaxrl.train import grpo, grpo_rollout
 from jaxrl.train.config import OptimizerConfig
-from jaxrl.train.grpo import GRPOSettings, GRPOTrainer
+from jaxrl.train.grpo import GRPOSettings, GRPOTrainer, RolloutConfig
 from jaxrl.train.grpo_loss import make_loss_fn
 from jaxrl.train.grpo_rollout import Rollout, Rollouts, loss_rows
 
@@ -123,8 +124,10 @@ def test_rollout_masks_truncated_completions_and_reports_metrics(model_dir, monk
     assert "old_logprobs" not in batch and "ref_logprobs" not in batch  # mu = 1, beta = 0
 
 
-def _one_step(model_dir, data_file, spec: str, devices: int):
-    """One GRPO step (generation, rewards, advantages, update) on a mesh: (batch, metrics, params)."""
+@functools.lru_cache(maxsize=4)  # the single-device reference serves two tests
+def _one_step(model_dir, data_file, spec: str, devices: int, rollout_rules: str = "fsdp"):
+    """One GRPO step (generation, rewards, advantages, update) on a mesh: (batch, metrics, params).
+    rollout_rules: the layout the completions are sampled on (`fsdp`: the training layout)."""
     mesh = LogicalMesh(make_mesh(spec, jax.devices()[:devices]))
     tokenizer = load_tokenizer(model_dir)
     rows = [json.loads(line) for line in data_file.read_text().splitlines()]
@@ -136,6 +139,7 @@ def _one_step(model_dir, data_file, spec: str, devices: int):
     trainer = GRPOTrainer(model, make_loss_fn(s.loss), OptimizerConfig(learning_rate=1e-2,
                           adam_epsilon=EXACT_EPS), 4, mesh=mesh)  # fmt: skip
     rollout = Rollout(trainer.graphdef, tokenizer, RewardScorer(s.reward_funcs), s, mesh=mesh,
+                      sampling_mesh=RolloutConfig(rules=rollout_rules).sampling_mesh(mesh),
                       pad_id=trainer.config.pad_token_id, ref_params=ref, seed=3)  # fmt: skip
     rollouts = Rollouts(lambda: trainer.params, PromptBatches(prompts, 2, seed=0), rollout)
     batch = next(rollouts)
@@ -153,6 +157,18 @@ def test_step_on_a_2x4_mesh_matches_unsharded(model_dir, data_file):
     for key in ("loss", "grad_norm", "kl", "reward", "entropy", "clip_ratio/region_mean"):
         np.testing.assert_allclose(m1[key], m8[key], rtol=1e-4, atol=1e-6, err_msg=key)
     assert m1["logprob_gap/max"] < 1e-4 and m8["logprob_gap/max"] < 1e-4  # sampler and trainer agree
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), p1, p8)
+
+
+def test_step_sampling_on_the_tensor_parallel_layout_of_a_2x4_mesh_matches_unsharded(model_dir, data_file):
+    """The rollout samples from the params' copy in the tensor_parallel layout (resharded once,
+    weights whole on every data/fsdp shard): the same completions and update as one device."""
+    batch1, m1, p1 = _one_step(model_dir, data_file, "data=1,fsdp=1,tensor=1", 1)
+    batch8, m8, p8 = _one_step(model_dir, data_file, "data=2,fsdp=4,tensor=1", 8, "tensor_parallel")
+    np.testing.assert_array_equal(batch1["tokens"], batch8["tokens"])
+    for key in ("loss", "grad_norm", "kl", "reward", "entropy"):
+        np.testing.assert_allclose(m1[key], m8[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    assert m8["logprob_gap/max"] < 1e-4  # the copy samples what the trainer scores
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), p1, p8)
 
 

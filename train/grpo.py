@@ -39,6 +39,7 @@ from jaxrl.data import ChatConfig, DataConfig, PromptBatches, load_prompts
 from jaxrl.errors import JaxrlError
 from jaxrl.recipes import load_recipe
 from jaxrl.rewards import MathVerifier, RewardScorer
+from jaxrl.sharding import LogicalMesh, make_mesh, rules_preset
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,11 +128,34 @@ def _same_named(settings_class, settings) -> dict[str, Any]:
 
 
 @dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """Where generation runs. rules: the layout of the params' sampling copy, made once per
+    generation batch (`tensor_parallel`: weights split only over `tensor`, rows and the KV cache over
+    data x fsdp, so a decode step reads weights from local memory; `fsdp`: sample from the training
+    layout itself, no copy, every weight gathered for every token). mesh: a mesh spec over the same
+    devices for sampling ("" = the training mesh), e.g. `data=-1,tensor=4`."""
+
+    rules: str = "tensor_parallel"
+    mesh: str = ""
+
+    def __post_init__(self):
+        rules_preset(self.rules)  # a clear error for an unknown name, at load time
+
+    def sampling_mesh(self, training: LogicalMesh) -> LogicalMesh | None:
+        """The mesh and rules to sample on, or None to sample from the training layout."""
+        if self.rules == "fsdp" and not self.mesh:
+            return None
+        mesh = make_mesh(self.mesh) if self.mesh else training.mesh
+        return LogicalMesh(mesh, rules_preset(self.rules))
+
+
+@dataclasses.dataclass(frozen=True)
 class GRPOConfig:
     model: ModelSource = ModelSource()
     data: DataConfig = DataConfig(prompt_column="problem")
     chat: ChatConfig = ChatConfig()
     grpo: GRPOSettings = GRPOSettings()
+    rollout: RolloutConfig = RolloutConfig()
     optimizer: OptimizerConfig = OptimizerConfig(learning_rate=1e-6, lr_scheduler_type="linear")
     freeze: FreezeConfig = FreezeConfig()
     checkpoint: CheckpointConfig = CheckpointConfig(save_steps=500)
@@ -195,6 +219,7 @@ def run(recipe_path: str | None, overrides=()) -> str:
         scorer,
         s,
         mesh=setup.mesh,
+        sampling_mesh=config.rollout.sampling_mesh(setup.mesh),
         pad_id=trainer.config.pad_token_id or 0,
         ref_params=ref_params,
         micro_batches=loop.gradient_accumulation_steps,

@@ -29,6 +29,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 from jaxrl.models.logprobs import completion_logprobs
+from jaxrl.models.params import sampling_copy
 from jaxrl.models.sampler import sample
 from jaxrl.train.grpo_loss import group_advantages
 
@@ -46,7 +47,10 @@ class Rollout:
 
     graphdef: the policy's structure (params come with each call). ref_params: the frozen initial
     model (beta > 0 only). micro_batches: scoring runs that many row slices, as training does.
-    seed: the run's; generation g samples with a seed drawn from (seed, g).
+    seed: the run's; generation g samples with a seed drawn from (seed, g). sampling_mesh: when
+    given, each generation batch samples from a copy of the params in that mesh's layout
+    (`models.params.sampling_copy`: cast to the compute dtype and resharded once, device to
+    device; e.g. the tensor_parallel rules, so decoding gathers no weight), dropped afterwards.
     """
 
     graphdef: Any
@@ -54,11 +58,19 @@ class Rollout:
     scorer: RewardScorer
     settings: GRPOSettings
     mesh: LogicalMesh | None = None
+    sampling_mesh: LogicalMesh | None = None
     pad_id: int = 0
     eos_token_ids: Sequence[int] | None = None
     ref_params: Any = None
     micro_batches: int = 1
     seed: int = 0
+
+    def policy(self, params):
+        """The decoder to sample from: `params` as they are, or their copy in the sampling layout."""
+        policy = nnx.merge(self.graphdef, params)
+        if self.sampling_mesh is None:
+            return policy
+        return sampling_copy(params, policy.config, self.sampling_mesh)
 
     def sampling_seed(self, generation: int) -> int:
         return int(jax.random.randint(jax.random.fold_in(jax.random.key(self.seed), generation), (), 0, 2**31 - 1))
@@ -105,15 +117,9 @@ def generation_batch(params, prompts: PromptBatch, rollout: Rollout, generation:
     # every host samples the same global prompt list, host order (host h's prompts are block h)
     prompt_ids = [p for host in gather_json([list(map(int, p)) for p in prompts.prompt_ids]) for p in host]
     sampling = dataclasses.replace(s.sampling, seed=rollout.sampling_seed(generation))
-    policy = nnx.merge(rollout.graphdef, params)
-    out = sample(
-        policy,
-        prompt_ids,
-        sampling,
-        eos_token_ids=rollout.eos_token_ids,
-        tokenizer=rollout.tokenizer,
-        mesh=rollout.mesh,
-    )
+    policy = rollout.policy(params)
+    out = sample(policy, prompt_ids, sampling, eos_token_ids=rollout.eos_token_ids, tokenizer=rollout.tokenizer)
+    del policy  # a sampling-layout copy is dropped as soon as the completions are drawn
     lengths = np.asarray(out.lengths)
 
     # rewards of this host's completions (its own prompts' rows), then gathered: global [N]

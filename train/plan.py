@@ -132,12 +132,16 @@ class MemoryPlan:
     chip: str | None = None
     capacity: int | None = None
     kv_cache_bytes: int | None = None  # GRPO: sampling cache per device, not part of the step
+    sampling_copy_bytes: int | None = None  # GRPO: the params in the sampling layout (rollout.rules)
 
     @property
     def sampling(self) -> int | None:
-        """GRPO generation: params + optimizer state stay resident beside the KV cache (the step's
-        temporaries are free then); the sampler's own small buffers are not counted."""
-        return None if self.kv_cache_bytes is None else self.params + self.opt_state + self.kv_cache_bytes
+        """GRPO generation: params + optimizer state stay resident beside the KV cache and the
+        params' sampling copy (the step's temporaries are free then); the sampler's own small
+        buffers are not counted."""
+        if self.kv_cache_bytes is None:
+            return None
+        return self.params + self.opt_state + self.kv_cache_bytes + (self.sampling_copy_bytes or 0)
 
     @property
     def need(self) -> int:
@@ -170,7 +174,9 @@ class MemoryPlan:
         ]
         if self.kv_cache_bytes is not None:
             lines.append(f"  KV cache     {g(self.kv_cache_bytes)}  (GRPO generation of all rows at once)")
-            lines.append(f"  generation   {g(self.sampling)}  (params + opt_state + KV cache)")
+            if self.sampling_copy_bytes:
+                lines.append(f"  sampling copy{g(self.sampling_copy_bytes)}  (the params in the rollout layout)")
+            lines.append(f"  generation   {g(self.sampling)}  (params + opt_state + KV cache + sampling copy)")
         if self.capacity is not None:
             verdict = "fits" if self.fits else "does NOT fit"
             lines.append(
@@ -221,6 +227,18 @@ def grpo_inputs(config, rows: int | None):
     if s.beta > 0:
         batch["ref_logprobs"] = jax.ShapeDtypeStruct((n, c), jnp.float32)
     return make_loss_fn(settings), batch
+
+
+def sampling_copy_bytes(model_config, mesh) -> int:
+    """Per-device bytes of the params' sampling copy: compute dtype, `mesh`'s (rollout) layout."""
+    import jax
+    from flax import nnx
+    from jaxrl.models.params import abstract_decoder, state_shardings
+
+    state = nnx.state(abstract_decoder(model_config, mesh))
+    shapes, shardings = nnx.to_pure_dict(state), nnx.to_pure_dict(state_shardings(state, mesh))
+    as_copy = lambda x, s: jax.ShapeDtypeStruct(x.shape, model_config.compute_dtype, sharding=s)
+    return sharded_bytes(jax.tree.map(as_copy, shapes, shardings))
 
 
 def kv_cache_bytes(model_config, rows: int, slots: int, mesh) -> int:
@@ -277,11 +295,13 @@ def make_plan(
     lowered, batch = trainer.lower(host_batch)
     mem = lowered.compile().memory_analysis()
     arguments = mem.argument_size_in_bytes
-    kv = None
+    kv = copy = None
     if method == "grpo":
         kv = kv_cache_bytes(
             model_config, num_rows, config.grpo.max_prompt_length + config.grpo.max_completion_length, lm
         )
+        sampling_mesh = config.rollout.sampling_mesh(lm)
+        copy = 0 if sampling_mesh is None else sampling_copy_bytes(model_config, sampling_mesh)
     return MemoryPlan(
         method=method,
         model=model or config.model.path,
@@ -303,6 +323,7 @@ def make_plan(
         chip=chip,
         capacity=capacity,
         kv_cache_bytes=kv,
+        sampling_copy_bytes=copy,
     )
 
 

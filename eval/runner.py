@@ -52,6 +52,7 @@ class EvalConfig:
     param_dtype: str | None = None  # e.g. float32, bfloat16 (default: float32)
     compute_dtype: str | None = None  # matmul dtype, e.g. bfloat16 (default: float32; logits, softmax, KL stay fp32)
     mesh: str = ""  # e.g. data=1,fsdp=-1,tensor=1
+    rules: str = "tensor_parallel"  # the weights' layout: split only over tensor (decoding gathers none), or fsdp
     kl_base: str | None = None  # a model: report KL(base || each model)
     kl_data: str | None = None  # MATH-500 rows for the KL (default: the math500 data)
     kl_batch_size: int = 4
@@ -274,7 +275,7 @@ def evaluate(models: list[str], config: EvalConfig, out_dir: str | Path) -> dict
     from jaxrl.eval.report import write_reports
     from jaxrl.models.checkpoint import load_model
 
-    from jaxrl.sharding import LogicalMesh, make_mesh
+    from jaxrl.sharding import LogicalMesh, make_mesh, rules_preset
 
     if not models:
         raise JaxrlError("no model given; pass --model DIR (a HF dir, an Orbax checkpoint or a run dir)")
@@ -289,7 +290,7 @@ def evaluate(models: list[str], config: EvalConfig, out_dir: str | Path) -> dict
     sampling_config(config)  # bad temperature / top_p / top_k fail here, before any model loads
     out = check_destination(out_dir, "directory", "--out")
     refs = expand_models(models)
-    mesh = LogicalMesh(make_mesh(config.mesh))
+    mesh = LogicalMesh(make_mesh(config.mesh), rules_preset(config.rules))
     prepared = [prepare(name, config) for name in config.tasks]  # bad mesh or data: fail before writing
     for path in [ref.path for ref in refs] + ([Path(config.kl_base)] if config.kl_base else []):
         check_vocabulary(load_tokenizer(path, config.tokenizer), path)  # so does a tokenizer the model cannot take
@@ -411,6 +412,7 @@ def eval_cli(args) -> dict:
         param_dtype=args.dtype,
         compute_dtype=args.compute_dtype,
         mesh=args.mesh,
+        rules=args.rules,
         kl_base=args.kl_base,
         kl_data=args.kl_data,
         strict=args.strict,

@@ -153,6 +153,11 @@ def _eval(sub):
     p.add_argument("--dtype", default=None, help="parameter dtype: float32, bfloat16")
     p.add_argument("--compute-dtype", default=None, help="matmul dtype (default float32): bfloat16 saves memory")
     p.add_argument("--mesh", default="", help="mesh spec, e.g. data=1,fsdp=-1,tensor=1")
+    p.add_argument(
+        "--rules",
+        default="tensor_parallel",
+        help="weights split only over tensor (tensor_parallel: decoding gathers none) or as in training (fsdp)",
+    )
     p.add_argument("--strict", action="store_true", help="a malformed row is an error, not skipped")
 
     def run(args):
@@ -213,6 +218,11 @@ def _generate(sub):
     p.add_argument("--system", default=None, help="a system message for the chat template")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: beside the model)")
     p.add_argument("--mesh", default="", help="mesh spec, e.g. data=1,fsdp=-1,tensor=1")
+    p.add_argument(
+        "--rules",
+        default="tensor_parallel",
+        help="weights split only over tensor (tensor_parallel: decoding gathers none) or as in training (fsdp)",
+    )
     p.add_argument("--dtype", default=None, help="compute and parameter dtype: float32, bfloat16")
     p.add_argument("--json", action="store_true", help="one JSON object per completion")
     p.add_argument("--out", default=None, help="write the JSON objects (as --json prints them) to this file")

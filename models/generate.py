@@ -52,7 +52,7 @@ def generate_cli(args, out=None) -> None:
     from jaxrl.models.checkpoint import load_model
     from jaxrl.models.sampler import SamplingConfig, sample
 
-    from jaxrl.sharding import LogicalMesh, make_mesh
+    from jaxrl.sharding import LogicalMesh, make_mesh, rules_preset
 
     out = out or sys.stdout
     model_path = Path(args.model)
@@ -73,7 +73,8 @@ def generate_cli(args, out=None) -> None:
         stop_strings=tuple(args.stop or ()),
     )
     overrides = {"dtype": args.dtype} if args.dtype else {}
-    model = load_model(model_path, LogicalMesh(make_mesh(args.mesh)), param_dtype=args.dtype, **overrides)
+    mesh = LogicalMesh(make_mesh(args.mesh), rules_preset(args.rules))
+    model = load_model(model_path, mesh, param_dtype=args.dtype, **overrides)
     completions = sample(model, prompt_ids, config, tokenizer=tokenizer)
 
     n = config.num_samples

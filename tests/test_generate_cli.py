@@ -87,3 +87,17 @@ def test_bad_inputs_exit_2_with_one_line(models, capsys, tmp_path, argv, message
     code, out, err = run(capsys, *[a.format(**paths) for a in argv])
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and message in err
+
+
+def test_weights_in_either_layout_give_the_same_completions(models, capsys):
+    """--rules picks the loaded weights' layout on the mesh; the completions do not depend on it."""
+    hf, _ = models
+    common = [hf, "--prompt", PROMPTS[0], *SAMPLING, "--json", "--mesh", "data=2,fsdp=4,tensor=1"]
+    outputs = []
+    for rules in ("tensor_parallel", "fsdp"):
+        code, out, err = run(capsys, *common, "--rules", rules)
+        assert code == 0, err
+        outputs.append([json.loads(line)["token_ids"] for line in out.splitlines()])
+    assert outputs[0] == outputs[1]
+    code, _, err = run(capsys, *common, "--rules", "zero3")
+    assert code == 2 and "unknown sharding rules 'zero3'" in err

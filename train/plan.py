@@ -37,10 +37,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jaxrl.train.chips import CHIPS
+
 from jaxrl.errors import JaxrlError
 
-# Memory per device in GB (10^9 bytes, as vendors count): v4 32 GiB HBM is quoted as 32 GB.
-CHIP_MEMORY_GB = {"v4": 32, "v5e": 16, "v5p": 95, "v6e": 32, "h100": 80}
+# Memory per device in GB (10^9 bytes, as vendors count), from the one chip table (train/chips.py).
+CHIP_MEMORY_GB = {name: c.memory_gb for name, c in CHIPS.items()}
 HEADROOM = 0.10  # runtime, program and fragmentation reserve
 GIB = 1024**3
 
@@ -133,6 +135,7 @@ class MemoryPlan:
     capacity: int | None = None
     kv_cache_bytes: int | None = None  # GRPO: sampling cache per device, not part of the step
     sampling_copy_bytes: int | None = None  # GRPO: the params in the sampling layout (rollout.rules)
+    time_plan: dict[str, Any] | None = None  # with a chip: `timeplan.TimePlan`'s fields, chip and mfu
 
     @property
     def sampling(self) -> int | None:
@@ -177,6 +180,12 @@ class MemoryPlan:
             if self.sampling_copy_bytes:
                 lines.append(f"  sampling copy{g(self.sampling_copy_bytes)}  (the params in the rollout layout)")
             lines.append(f"  generation   {g(self.sampling)}  (params + opt_state + KV cache + sampling copy)")
+        if self.time_plan is not None:
+            from jaxrl.train.timeplan import TimePlan
+
+            t = dict(self.time_plan)
+            chip, mfu, assumed = t.pop("chip"), t.pop("mfu"), t.pop("assumed")
+            lines += TimePlan(**t).lines(chip, mfu) + [f"  ({a})" for a in assumed]
         if self.capacity is not None:
             verdict = "fits" if self.fits else "does NOT fit"
             lines.append(
@@ -241,6 +250,44 @@ def sampling_copy_bytes(model_config, mesh) -> int:
     return sharded_bytes(jax.tree.map(as_copy, shapes, shardings))
 
 
+def time_plan(config, method, model_config, lm, rows, seq_len, chip_name, mfu, steps, lengths) -> dict[str, Any]:
+    """The time estimate of `jaxrl plan --chip` (see `jaxrl.train.timeplan`), as a JSON-able dict."""
+    from jaxrl.train import timeplan
+    from jaxrl.train.chips import chip
+
+    from jaxrl.sharding import data_parallel_size
+
+    assumed = []
+    if steps is None:
+        steps = config.loop.max_steps if config.loop.max_steps > 0 else 1
+        if config.loop.max_steps <= 0:
+            assumed.append("the recipe counts epochs: one step planned; pass --steps N for the run")
+    if mfu <= 0 or mfu > 1:
+        raise JaxrlError(f"--mfu {mfu}: a fraction in (0, 1]")
+    if method == "sft":
+        layout = timeplan.Layout(lm.mesh.size, data_parallel_size(lm), lm.mesh.shape["tensor"])
+        plan = timeplan.sft_plan(model_config, rows, seq_len, steps, chip(chip_name), layout, mfu)
+    else:
+        s = config.grpo
+        sampling = config.rollout.sampling_mesh(lm) or lm
+        layout = timeplan.Layout(sampling.mesh.size, data_parallel_size(sampling), sampling.mesh.shape["tensor"])
+        if lengths is None:
+            measured = timeplan.Lengths(s.max_completion_length / 2, s.max_completion_length)
+            assumed.append(f"completions: mean {measured.mean:g}, longest {measured.longest:g} tokens (assumed)")
+        elif "," in lengths and not Path(lengths).exists():
+            try:
+                measured = timeplan.Lengths(*map(float, lengths.split(",")))
+            except (TypeError, ValueError):
+                raise JaxrlError(f"--lengths {lengths!r}: MEAN,LONGEST completion tokens, or a GRPO run") from None
+        else:
+            measured = timeplan.lengths_from_run(lengths)
+            assumed.append(
+                f"completions measured in {lengths}: mean {measured.mean:.0f}, longest {measured.longest:.0f}"
+            )
+        plan = timeplan.grpo_plan(model_config, s, steps, chip(chip_name), layout, mfu, measured)
+    return {**dataclasses.asdict(plan), "chip": chip_name, "mfu": mfu, "assumed": assumed}
+
+
 def kv_cache_bytes(model_config, rows: int, slots: int, mesh) -> int:
     """Per-device bytes of the sampler's KV cache for `rows` sequences of `slots` positions."""
     import jax
@@ -263,8 +310,13 @@ def make_plan(
     model: str | None = None,
     rows: int | None = None,
     chip: str | None = None,
+    mfu: float = 0.4,
+    steps: int | None = None,
+    lengths: str | None = None,
 ) -> MemoryPlan:
-    """Compiles the recipe's step for `mesh` over this process's devices and measures it."""
+    """Compiles the recipe's step for `mesh` over this process's devices and measures it; with a
+    chip, also estimates the steps' and the run's time (`timeplan`; steps: default loop.max_steps;
+    lengths: "MEAN,LONGEST" completion tokens or a GRPO run whose metrics measured them)."""
     import jax
     from jaxrl.train.loop import Trainer, check_batch_size
 
@@ -324,6 +376,9 @@ def make_plan(
         capacity=capacity,
         kv_cache_bytes=kv,
         sampling_copy_bytes=copy,
+        time_plan=None
+        if chip is None
+        else time_plan(config, method, model_config, lm, num_rows, seq_len, chip, mfu, steps, lengths),  # fmt: skip
     )
 
 
@@ -349,6 +404,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default=None, help="sft or grpo (default: from the recipe)")
     p.add_argument("--rows", type=int, default=None, help="rows per step (default: the worst case of the recipe)")
     p.add_argument("--json", default=None, help="also write the plan as JSON to this file")
+    p.add_argument("--mfu", type=float, default=0.4, help="with --chip: the training MFU the time estimate assumes")
+    p.add_argument(
+        "--steps", type=int, default=None, help="with --chip: optimizer steps of the run (default max_steps)"
+    )
+    p.add_argument("--lengths", default=None, help="with --chip, GRPO: MEAN,LONGEST completion tokens, or a run dir")
     p.add_argument("overrides", nargs="*", help="dotted recipe overrides, e.g. loop.gradient_accumulation_steps=8")
 
 
@@ -364,7 +424,7 @@ def plan_cli(args: argparse.Namespace) -> MemoryPlan:
 
         MeshSpec.parse(args.mesh).resolve(args.devices)  # a mismatch fails here, before a process starts
     argv = [sys.executable, "-m", "jaxrl.train.plan", "--devices", str(args.devices), "--mesh", args.mesh]
-    for flag in ("recipe", "chip", "model", "method", "rows"):
+    for flag in ("recipe", "chip", "model", "method", "rows", "mfu", "steps", "lengths"):
         if getattr(args, flag) is not None:
             argv += [f"--{flag}", str(getattr(args, flag))]
     argv += ["--emit-json", *args.overrides]
@@ -403,6 +463,9 @@ def main(argv: list[str] | None = None) -> int:
             model=args.model,
             rows=args.rows,
             chip=args.chip,
+            mfu=args.mfu,
+            steps=args.steps,
+            lengths=args.lengths,
         )
     except JaxrlError as e:
         print(f"jaxrl plan: error: {e}", file=sys.stderr)

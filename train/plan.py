@@ -412,6 +412,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", help="dotted recipe overrides, e.g. loop.gradient_accumulation_steps=8")
 
 
+# The command's options that the planning process passes on to `make_plan` by name.
+PLAN_OPTIONS = ("method", "model", "rows", "chip", "mfu", "steps", "lengths")
+
+
 def plan_cli(args: argparse.Namespace) -> MemoryPlan:
     """Runs the plan in a fresh process with `--devices` emulated devices; prints the table."""
     if args.devices < 1:
@@ -424,7 +428,7 @@ def plan_cli(args: argparse.Namespace) -> MemoryPlan:
 
         MeshSpec.parse(args.mesh).resolve(args.devices)  # a mismatch fails here, before a process starts
     argv = [sys.executable, "-m", "jaxrl.train.plan", "--devices", str(args.devices), "--mesh", args.mesh]
-    for flag in ("recipe", "chip", "model", "method", "rows", "mfu", "steps", "lengths"):
+    for flag in ("recipe", *PLAN_OPTIONS):
         if getattr(args, flag) is not None:
             argv += [f"--{flag}", str(getattr(args, flag))]
     argv += ["--emit-json", *args.overrides]
@@ -455,18 +459,8 @@ def main(argv: list[str] | None = None) -> int:
                 f"this process has {jax.device_count()} devices, not {args.devices}; use `jaxrl plan`, which "
                 "starts a process with the emulated devices"
             )
-        plan = make_plan(
-            args.recipe,
-            args.mesh,
-            overrides=args.overrides,
-            method=args.method,
-            model=args.model,
-            rows=args.rows,
-            chip=args.chip,
-            mfu=args.mfu,
-            steps=args.steps,
-            lengths=args.lengths,
-        )
+        options = {name: getattr(args, name) for name in PLAN_OPTIONS}
+        plan = make_plan(args.recipe, args.mesh, overrides=args.overrides, **options)
     except JaxrlError as e:
         print(f"jaxrl plan: error: {e}", file=sys.stderr)
         return 2

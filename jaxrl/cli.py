@@ -55,6 +55,27 @@ def _compare(sub):
 
 
 @command
+def _compare_step(sub):
+    p = sub.add_parser("compare-step", help="one training step of a recipe in jaxrl beside TRL's, on the same batch")
+    p.add_argument("model", help="a HF model directory (both stacks load it)")
+    p.add_argument("--recipe", default=None, help="a training recipe (YAML); its knobs are translated to TRL's")
+    p.add_argument("--method", choices=("sft", "grpo"), default=None, help="default: the recipe's section")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. grpo.loss_type=bnpo")
+    p.add_argument("--loss-tol", type=float, default=None, help="relative loss difference allowed")
+    p.add_argument("--grad-tol", type=float, default=None, help="relative difference allowed per gradient")
+    p.add_argument("--update-tol", type=float, default=None, help="relative difference allowed per update")
+    p.add_argument("--trl", action="append", metavar="NAME=VALUE", help="a TRL config value on TRL's side only")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last line")
+
+    def run(args):
+        from jaxrl.train.compare_step import compare_step_cli
+
+        compare_step_cli(args)
+
+    return run
+
+
+@command
 def _tiny(sub):
     p = sub.add_parser("tiny", help="build a tiny random HF model with its own tokenizer (no download)")
     p.add_argument("dst", help="directory to write the model to")
@@ -271,9 +292,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _is_override(text: str) -> bool:
+    return not text.startswith("-") and "=" in text
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # argparse fills positionals from the first run of them only, so `MODEL --recipe F a.b=1` leaves
+    # the overrides over; dotted overrides after options still belong to a command that takes them
+    args, extra = parser.parse_known_args(argv)
+    if extra and isinstance(getattr(args, "overrides", None), list) and all(_is_override(e) for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args._runners[args.command](args)
     except JaxrlError as e:

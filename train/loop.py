@@ -158,6 +158,7 @@ class Trainer:
         self.param_shardings = jax.tree.map(lambda x: x.sharding, params)
         self.opt_shardings = _like_params(jax.eval_shape(self.tx.init, params), params, mesh)
         self._step_fn = None
+        self._apply_fn = None
         self._batch_shardings = None
 
     # -- state ------------------------------------------------------------------------------------
@@ -177,51 +178,56 @@ class Trainer:
 
     # -- the step ---------------------------------------------------------------------------------
 
+    def _accumulate(self, params, batch):
+        """(loss, fp32 gradients of the loss with frozen values zeroed, denominator, aux sums) of a
+        device batch [k, B/k, ...]: the micro-batches' numerators, denominators and gradients summed,
+        divided once. Traced inside the step (and `gradients`)."""
+        graphdef, loss_fn = self.graphdef, self.loss_fn
+
+        def micro(carry, mb):
+            grads, num, den, aux = carry
+
+            def numerator(p):
+                n, d, a = loss_fn(nnx.merge(graphdef, p), mb)
+                return n.astype(jnp.float32), (d.astype(jnp.float32), a)
+
+            (n, (d, a)), g = jax.value_and_grad(numerator, has_aux=True)(params)
+            grads = jax.tree.map(lambda s, x: s + x.astype(jnp.float32), grads, g)
+            aux = {k: aux[k] + a[k].astype(jnp.float32) for k in aux}
+            return (grads, num + n, den + d, aux), None
+
+        first = jax.tree.map(lambda x: x[0], batch)
+        aux_shape = jax.eval_shape(lambda: loss_fn(nnx.merge(graphdef, params), first)[2])
+        zeros = (
+            jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
+            jnp.zeros((), jnp.float32),
+            jnp.zeros((), jnp.float32),
+            {k: jnp.zeros((), jnp.float32) for k in aux_shape},
+        )
+        (grads, num, den, aux), _ = jax.lax.scan(micro, zeros, batch)
+        safe_den = jnp.maximum(den, 1e-12)
+        grads = self.plan.mask_grads(jax.tree.map(lambda g: g / safe_den, grads))
+        return num / safe_den, grads, den, aux
+
+    def _apply(self, params, opt_state, loss, grads, step):
+        """(params, opt_state, metrics) after the update of `grads` (clipped here) at `step`, or
+        the same params and state when the loss or the gradient norm is not finite."""
+        grad_norm = optax.tree.norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        lr = self.schedule(step)
+        updates, new_opt_state = self.tx.update(grads, opt_state, params)
+        updates = jax.tree.map(lambda u: -lr * u, updates)
+        new_params = self.plan.apply_updates(params, updates)
+        params = _tree_select(finite, new_params, params)
+        opt_state = _tree_select(finite, new_opt_state, opt_state)
+        metrics = {"loss": loss, "grad_norm": grad_norm, "lr": lr, "skipped": 1 - finite.astype(jnp.int32)}
+        return params, opt_state, metrics
+
     def _build(self, batch: Mapping[str, np.ndarray]):
-        graphdef, loss_fn, plan, tx, schedule = self.graphdef, self.loss_fn, self.plan, self.tx, self.schedule
-
         def step_fn(params, opt_state, batch, step):
-            def micro(carry, mb):
-                grads, num, den, aux = carry
-
-                def numerator(p):
-                    n, d, a = loss_fn(nnx.merge(graphdef, p), mb)
-                    return n.astype(jnp.float32), (d.astype(jnp.float32), a)
-
-                (n, (d, a)), g = jax.value_and_grad(numerator, has_aux=True)(params)
-                grads = jax.tree.map(lambda s, x: s + x.astype(jnp.float32), grads, g)
-                aux = {k: aux[k] + a[k].astype(jnp.float32) for k in aux}
-                return (grads, num + n, den + d, aux), None
-
-            first = jax.tree.map(lambda x: x[0], batch)
-            aux_shape = jax.eval_shape(lambda: loss_fn(nnx.merge(graphdef, params), first)[2])
-            zeros = (
-                jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), params),
-                jnp.zeros((), jnp.float32),
-                jnp.zeros((), jnp.float32),
-                {k: jnp.zeros((), jnp.float32) for k in aux_shape},
-            )
-            (grads, num, den, aux), _ = jax.lax.scan(micro, zeros, batch)
-            safe_den = jnp.maximum(den, 1e-12)
-            grads = plan.mask_grads(jax.tree.map(lambda g: g / safe_den, grads))
-            loss = num / safe_den
-            grad_norm = optax.tree.norm(grads)
-            finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-            lr = schedule(step)
-            updates, new_opt_state = tx.update(grads, opt_state, params)
-            updates = jax.tree.map(lambda u: -lr * u, updates)
-            new_params = plan.apply_updates(params, updates)
-            params = _tree_select(finite, new_params, params)
-            opt_state = _tree_select(finite, new_opt_state, opt_state)
-            metrics = {
-                "loss": loss,
-                "grad_norm": grad_norm,
-                "lr": lr,
-                "skipped": 1 - finite.astype(jnp.int32),
-                "loss_denominator": den,
-                **aux,
-            }
-            return params, opt_state, metrics
+            loss, grads, den, aux = self._accumulate(params, batch)
+            params, opt_state, metrics = self._apply(params, opt_state, loss, grads, step)
+            return params, opt_state, {**metrics, "loss_denominator": den, **aux}
 
         replicated = self.mesh.replicated()
         self._batch_shardings = {k: self._batch_sharding(v.ndim + 1) for k, v in batch.items()}
@@ -268,6 +274,33 @@ class Trainer:
             global_shape = (k, local.shape[1] * jax.process_count(), *local.shape[2:])
             out[name] = jax.make_array_from_process_local_data(sharding, local, global_shape)
         return out
+
+    def gradients(self, batch: Mapping[str, np.ndarray]) -> tuple[jax.Array, Any]:
+        """(loss, gradients) of this batch before clipping: fp32 arrays like the params, frozen
+        values zeroed; the parameters stay as they are (`jaxrl compare-step` reads them)."""
+        device_batch = self.device_batch(batch)
+        fn = jax.jit(
+            lambda params, b: self._accumulate(params, b)[:2],
+            out_shardings=(self.mesh.replicated(), self.param_shardings),
+        )
+        return fn(self.params, device_batch)
+
+    def updated(self, loss, grads, step: int):
+        """(params, opt_state, metrics) that the update of `step` from (loss, grads) gives:
+        clipping, AdamW, lr(step), frozen values kept; the trainer itself stays as it is. metrics:
+        loss, grad_norm (before clipping), lr and skipped."""
+        if self._apply_fn is None:
+            self._apply_fn = jax.jit(
+                self._apply, out_shardings=(self.param_shardings, self.opt_shardings, self.mesh.replicated())
+            )
+        step_arr = jax.device_put(jnp.asarray(step, jnp.int32), self.mesh.replicated())
+        return self._apply_fn(self.params, self.opt_state, loss, grads, step_arr)
+
+    def apply_gradients(self, loss, grads, step: int) -> dict[str, jax.Array]:
+        """`updated`, kept: with `gradients` it is `step` in two calls, so the gradients can be
+        read (or replaced) in between. Returns the metrics."""
+        self.params, self.opt_state, metrics = self.updated(loss, grads, step)
+        return metrics
 
     def step(self, batch: Mapping[str, np.ndarray], step: int) -> dict[str, jax.Array]:
         """One optimizer update (step = updates already done, which indexes the lr schedule).

@@ -1,0 +1,436 @@
+"""`jaxrl compare-step`: one optimizer step of a recipe in jaxrl and in TRL, on the same batch.
+
+    jaxrl compare-step MODEL --recipe FILE [--method sft|grpo] [--json] [a.b=value ...]
+
+jaxrl builds the batch once: SFT, the recipe's first batch of examples; GRPO, the recipe's first
+prompts with completions sampled by jaxrl (then fed to TRL as they are; each side scores them with
+the recipe's reward functions and computes its own advantages). Each side then takes one optimizer
+step from the same weights (`train.trl_step` runs TRL's trainer) and the report compares the loss,
+the gradient norm, every gradient (before clipping) and every update, tensor by tensor in the HF
+layout, per module and layer. A relative difference is max|a - b| / max(max|a|, max|b|).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import yaml
+from flax import nnx
+from jaxrl.models.checkpoint import load_model
+from jaxrl.models.keymap import hf_names
+from jaxrl.train import rundir
+from jaxrl.train.loop import Trainer, check_batch_size
+from jaxrl.train.trl_step import StepRecord, import_trl
+
+from jaxrl.errors import JaxrlError
+from jaxrl.model_files import check_vocabulary, is_orbax_model, load_tokenizer
+from jaxrl.sharding import data_parallel_size
+
+# Agreement to expect on a CPU in float32 (measured on tiny OLMo-2 and Qwen2, docs/compare-step.md);
+# bfloat16 compute rounds differently on the two stacks.
+TOLERANCES = {
+    "float32": {"loss": 1e-5, "grad": 1e-4, "update": 1e-4},
+    "bfloat16": {"loss": 2e-2, "grad": 2e-1, "update": 1.0},
+}
+
+
+def rel_diff(a, b, slack=0.0) -> float:
+    """max(|a - b| - slack) / max(max|a|, max|b|), 0 when both are zero (scalars or arrays)."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    scale = max(np.abs(a).max(initial=0.0), np.abs(b).max(initial=0.0))
+    return float(np.maximum(np.abs(a - b) - slack, 0.0).max(initial=0.0) / scale) if scale > 0 else 0.0
+
+
+def last_place(params: np.ndarray, dtype: str) -> np.ndarray:
+    """A bound on one unit in the last place of each parameter stored in `dtype`: the rounding an
+    update suffers when it is added, whichever stack adds it."""
+    bits = {"float32": 23, "bfloat16": 7, "float16": 10}[dtype]
+    return np.abs(params.astype(np.float64)) * 2.0**-bits
+
+
+def hf_tensors(tree, config) -> dict[str, np.ndarray]:
+    """A params-like tree (params, gradients) as fp32 host arrays under the HF tensor names."""
+    out = {}
+    for name, entry, layer in hf_names(config):
+        x = tree
+        for key in entry.path:
+            x = x[key]
+        x = x if layer is None else x[layer]
+        out[name] = entry.to_hf(np.asarray(jax.device_get(x), np.float32))
+    return out
+
+
+def frozen_tensors(trainer: Trainer) -> set[str]:
+    """The HF names of the tensors jaxrl's freeze settings keep fixed (per layer)."""
+    frozen = set()
+    for name, entry, layer in hf_names(trainer.config):
+        trainable = trainer.plan.trainable[entry.path]
+        if not (trainable if layer is None else trainable[layer]):
+            frozen.add(name)
+    return frozen
+
+
+def module_of(name: str) -> tuple[str, int | None]:
+    """("self_attn.q_proj.weight", 3) for "model.layers.3.self_attn.q_proj.weight"."""
+    m = re.fullmatch(r"model\.layers\.(\d+)\.(.+)", name)
+    if m:
+        return m.group(2), int(m.group(1))
+    return name.removeprefix("model."), None
+
+
+# -- jaxrl's side ---------------------------------------------------------------------------------
+
+
+def _setup(config):
+    if jax.process_count() > 1:
+        raise JaxrlError("compare-step runs on one host (TRL's side runs in this process)")
+    path = rundir.check_model_path(config.model.path)
+    if is_orbax_model(path):
+        raise JaxrlError(f"{path} is an Orbax checkpoint; TRL needs a HF directory: `jaxrl convert` it first")
+    mesh = rundir.training_mesh(config.loop.mesh)
+    tokenizer = load_tokenizer(path)
+    return path, mesh, tokenizer, check_vocabulary(tokenizer, path)
+
+
+def _policy(config, path, mesh):
+    m = config.model
+    return load_model(path, mesh, m.param_dtype, dtype=m.dtype, remat=m.remat, attention=m.attention)
+
+
+def from_hf_tensors(named: dict[str, np.ndarray], like, config):
+    """HF-named host arrays back into a params-like tree of fp32 host arrays (`hf_tensors`' inverse)."""
+    out = jax.tree.map(lambda x: np.zeros(x.shape, np.float32), like)
+    for name, entry, layer in hf_names(config):
+        parent = out
+        for key in entry.path[:-1]:
+            parent = parent[key]
+        value = entry.to_ours(np.asarray(named[name], np.float32))
+        if layer is None:
+            parent[entry.path[-1]] = value
+        else:
+            parent[entry.path[-1]][layer] = value
+    return out
+
+
+def both_steps(trainer: Trainer, batch, trl_side) -> tuple[StepRecord, StepRecord, dict[str, np.ndarray]]:
+    """(jaxrl's step, TRL's step, the update jaxrl's optimizer makes of TRL's gradients). trl_side()
+    runs TRL's step between jaxrl's gradients and its update; the third value tells the optimizer's
+    translation apart from the gradients' (Adam's first step, lr * g / (|g| + eps), turns rounding in
+    gradients near eps into visible update differences)."""
+    cfg = trainer.config
+    before = hf_tensors(trainer.params, cfg)
+    loss, grads = trainer.gradients(batch)
+    theirs = trl_side()
+    their_grads = jax.device_put(from_hf_tensors(theirs.grads, trainer.params, cfg), trainer.param_shardings)
+    crossed = hf_tensors(trainer.updated(loss, their_grads, 0)[0], cfg)
+    metrics = jax.device_get(trainer.apply_gradients(loss, grads, 0))
+    after = hf_tensors(trainer.params, cfg)
+    values = (float(metrics[k]) for k in ("loss", "grad_norm", "lr"))
+    ours = StepRecord(*values, hf_tensors(grads, cfg), {n: after[n] - before[n] for n in before}, before)
+    return ours, theirs, {n: crossed[n] - before[n] for n in before}
+
+
+def sft_examples(batch: dict[str, np.ndarray]) -> list[tuple[list[int], list[int]]]:
+    """Every example of a jaxrl SFT batch (padded or packed rows) as (input_ids, labels) in HF's
+    convention: labels[j] = input_ids[j] where jaxrl trains the prediction of token j, else -100."""
+    out = []
+    for tokens, segments, mask in zip(batch["tokens"], batch["segment_ids"], batch["loss_mask"], strict=True):
+        for segment in np.unique(segments[segments > 0]):
+            at = np.flatnonzero(segments == segment)
+            ids = tokens[at].astype(int).tolist()
+            trained = mask[at[:-1]] > 0  # mask[t]: the prediction of token t + 1
+            out.append((ids, [-100] + [t if keep else -100 for t, keep in zip(ids[1:], trained, strict=True)]))
+    return out
+
+
+def compare_sft(config):
+    """(jaxrl's StepRecord, TRL's, jaxrl's update of TRL's gradients, Translation, notes)."""
+    from jaxrl.train import trl_step
+
+    from jaxrl.data import SFTBatches, load_sft_dataset
+
+    path, mesh, tokenizer, vocab = _setup(config)
+    s, loop = config.sft, config.loop
+    k, dp = loop.gradient_accumulation_steps, data_parallel_size(mesh)
+    if not s.padding_free:
+        check_batch_size(s.batch_size, k, dp, "sft.batch_size")
+    if tokenizer.pad_token_id is None:
+        raise JaxrlError(f"the tokenizer in {path} has no pad token; set one in tokenizer_config.json")
+    dataset = load_sft_dataset(config.data, tokenizer, config.chat, s.max_length, vocab)
+    batches = SFTBatches(
+        dataset, s.batch_size, tokenizer.pad_token_id, seed=loop.seed, max_length=s.max_length,
+        padding_free=s.padding_free, pad_to_multiple_of=s.pad_to_multiple_of, rows_multiple_of=k * dp,
+        completion_only_loss=s.completion_only_loss, shuffle=s.shuffle,
+    )  # fmt: skip
+    total_steps = loop.total_steps(batches.steps_per_epoch)
+    batch = next(batches)._asdict()
+    trainer = Trainer(
+        _policy(config, path, mesh), s.loss_fn(), config.optimizer, total_steps,
+        freeze=config.freeze, accumulation=k, mesh=mesh, seed=loop.seed,
+    )  # fmt: skip
+    frozen, examples, out = frozen_tensors(trainer), sft_examples(batch), {}
+
+    def trl_side():
+        out["record"], out["translation"] = trl_step.sft_step(path, tokenizer, config, examples, total_steps, frozen)
+        return out["record"]
+
+    return (*both_steps(trainer, batch, trl_side), out["translation"], [])
+
+
+def completions_of(batch: dict[str, np.ndarray], num_generations: int):
+    """(prompt ids per prompt, completion ids per row) of a GRPO training batch: prompts left-padded
+    into P slots, completions right-padded into C = completion_mask.shape[1]."""
+    c = batch["completion_mask"].shape[1]
+    tokens, segments = batch["tokens"], batch["segment_ids"]
+    p = tokens.shape[1] - c
+    prompts = [tokens[r, :p][segments[r, :p] > 0].astype(int).tolist() for r in range(0, len(tokens), num_generations)]
+    lengths = segments[:, p:].sum(axis=1)
+    completions = [tokens[r, p : p + n].astype(int).tolist() for r, n in enumerate(lengths)]
+    return prompts, completions
+
+
+def truncation_disagreements(batch, completions, settings, stop_ids: set[int]) -> list[int]:
+    """Rows that jaxrl and TRL mask differently under mask_truncated_completions: jaxrl masks a
+    completion that hit max_completion_length without an eos; TRL one whose last token is neither
+    an eos nor the pad token."""
+    if not settings.mask_truncated_completions:
+        return []
+    masked_here = [bool(ids) and not batch["completion_mask"][r].any() for r, ids in enumerate(completions)]
+    masked_there = [bool(ids) and ids[-1] not in stop_ids for ids in completions]
+    return [r for r, (a, b) in enumerate(zip(masked_here, masked_there, strict=True)) if a != b]
+
+
+def compare_grpo(config):
+    """As `compare_sft`, for GRPO (the StepRecords carry both sides' advantages)."""
+    from jaxrl.train import trl_step
+    from jaxrl.train.grpo_loss import make_loss_fn
+    from jaxrl.train.grpo_rollout import Rollout, generation_batch
+
+    from jaxrl.data import PromptBatches, load_prompts
+    from jaxrl.rewards import MathVerifier, RewardScorer
+
+    path, mesh, tokenizer, vocab = _setup(config)
+    s, loop = config.grpo, config.loop
+    k = loop.gradient_accumulation_steps
+    completions = s.prompts_per_step * s.num_generations
+    check_batch_size(completions, k, data_parallel_size(mesh), "completions per step (prompts x generations)")
+    prompts = load_prompts(config.data, tokenizer, config.chat, s.max_prompt_length, vocab)
+    prompt_batches = PromptBatches(prompts, s.prompts_per_step, seed=loop.seed, shuffle=s.shuffle)
+    total_steps = loop.total_steps(prompt_batches.steps_per_epoch * s.num_iterations)
+    verifier = MathVerifier(num_workers=s.verifier_workers or None, timeout_s=s.verifier_timeout_s)
+    try:
+        scorer = RewardScorer(s.reward_funcs, s.reward_weights, gold_column=s.gold_column, verifier=verifier)
+        trainer = Trainer(
+            _policy(config, path, mesh), make_loss_fn(s.loss), config.optimizer, total_steps,
+            freeze=config.freeze, accumulation=k, mesh=mesh, seed=loop.seed,
+        )  # fmt: skip
+        ref_params = nnx.to_pure_dict(nnx.state(_policy(config, path, mesh))) if s.beta > 0 else None
+        pad_id = trainer.config.pad_token_id or 0
+        rollout = Rollout(trainer.graphdef, tokenizer, scorer, s, mesh=mesh, pad_id=pad_id, ref_params=ref_params,
+                          micro_batches=k, seed=loop.seed)  # fmt: skip
+        prompt_batch = next(prompt_batches)
+        batch, _ = generation_batch(trainer.params, prompt_batch, rollout, 0)
+        frozen, out = frozen_tensors(trainer), {}
+        prompt_ids, completion_ids = completions_of(batch, s.num_generations)
+        data = {
+            "prompt_texts": [tokenizer.decode(p) for p in prompt_ids],
+            "prompt_ids": prompt_ids,
+            "rows": prompt_batch.rows,
+            "completion_ids": completion_ids,
+        }
+
+        def trl_side():
+            out["record"], out["translation"] = trl_step.grpo_step(
+                path, tokenizer, config, data, scorer, total_steps, frozen
+            )
+            return out["record"]
+
+        ours, theirs, crossed = both_steps(trainer, batch, trl_side)
+        ours.advantages = np.asarray(batch["advantages"], np.float32)
+    finally:
+        verifier.close()
+    stop_ids = set(trainer.config.eos_token_ids) | {tokenizer.eos_token_id, tokenizer.pad_token_id}
+    notes = list(theirs.notes)
+    rows = truncation_disagreements(batch, completion_ids, s, stop_ids)
+    if rows:
+        notes.append(
+            f"rows {rows}: jaxrl and TRL disagree on truncation (TRL counts a completion ending in the pad or an "
+            "eos token as finished; jaxrl, one that stopped before max_completion_length)"
+        )
+    return ours, theirs, crossed, out["translation"], notes
+
+
+# -- the report -----------------------------------------------------------------------------------
+
+
+def compare_records(ours: StepRecord, theirs: StepRecord, crossed, param_dtype="float32") -> dict[str, Any]:
+    """Loss, norm, lr and per-tensor relative differences grouped by module: `grad` (the
+    gradients), `update` (jaxrl's optimizer on TRL's gradients beside TRL's update: the optimizer's
+    translation) and `own_update` (each side's update of its own gradients). An update difference
+    within one unit in the last place of the parameter counts as none. GRPO's loss at ratio 1 is a
+    sum of advantages that cancels within groups: its difference is measured against the largest
+    advantage where that is larger than the loss."""
+    missing = set(ours.grads) ^ set(theirs.grads)
+    if missing:
+        raise JaxrlError(f"the two models' tensors differ: {sorted(missing)[:4]}")
+    report: dict[str, Any] = {}
+    floor = 0.0
+    if ours.advantages is not None and theirs.advantages is not None:
+        report["advantages_max_abs_diff"] = float(np.abs(ours.advantages - theirs.advantages).max(initial=0.0))
+        floor = float(np.abs(theirs.advantages).max(initial=0.0))
+    for key in ("loss", "grad_norm", "lr"):
+        a, b = getattr(ours, key), getattr(theirs, key)
+        scale = max(abs(a), abs(b), floor if key == "loss" else 0.0)
+        report[key] = {"jaxrl": a, "trl": b, "rel_diff": abs(a - b) / scale if scale else 0.0}
+    modules: dict[str, dict[str, list]] = {}
+    slack = {n: last_place(p, param_dtype) for n, p in ours.params.items()}
+    for kind, mine, other in (
+        ("grad", ours.grads, theirs.grads),
+        ("update", crossed, theirs.updates),
+        ("own_update", ours.updates, theirs.updates),
+    ):
+        diffs = {n: rel_diff(mine[n], other[n], slack[n] if kind != "grad" else 0.0) for n in mine}
+        worst = max(diffs, key=diffs.get)
+        report[f"{kind}_max_rel_diff"] = diffs[worst]
+        report[f"worst_{kind}"] = {"tensor": worst, "rel_diff": diffs[worst]}
+        for name, d in diffs.items():
+            module, layer = module_of(name)
+            values = modules.setdefault(module, {"grad": [], "update": [], "own_update": []})[kind]
+            if layer is None:
+                values.append(d)
+            else:
+                values.extend([math.nan] * (layer + 1 - len(values)))
+                values[layer] = d
+    report["modules"] = modules
+    return report
+
+
+def compare_step(
+    model_dir: str | Path,
+    recipe: str | None,
+    method: str | None = None,
+    overrides=(),
+    tolerances: dict[str, float] | None = None,
+    trl_args: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Runs both steps and returns the report, a JSON-able dict: `ok` says whether the loss, the
+    gradient norm, every gradient and every update (of the same gradients) agree within
+    `tolerances` (keys loss, grad, update; defaults by dtype). trl_args: TRL config values set on
+    TRL's side only, over the translation (to see what a knob does, or to check that a wrong
+    translation shows)."""
+    from jaxrl.train import grpo, sft, trl_step
+
+    torch, trl = import_trl()  # before any JAX work: a missing extra fails at once
+    method = method or _method_of(recipe)
+    module = {"sft": sft, "grpo": grpo}.get(method)
+    if module is None:
+        raise JaxrlError(f"--method {method!r}; choose sft or grpo")
+    config = module.load_config(recipe, [*overrides, f"model.path={model_dir}"])
+    torch.manual_seed(config.loop.seed)
+    with trl_step.extra_args(trl_args or {}):
+        ours, theirs, crossed, translation, notes = (compare_sft if method == "sft" else compare_grpo)(config)
+    dtype = {"compute": config.model.dtype, "params": config.model.param_dtype or "float32"}
+    report = {"method": method, "model": str(model_dir), "trl_version": trl.__version__, "dtype": dtype}
+    report.update(compare_records(ours, theirs, crossed, dtype["params"]))
+    tol = dict(TOLERANCES["bfloat16" if "bfloat16" in dtype.values() else "float32"], **(tolerances or {}))
+    checks = (
+        ("loss", report["loss"]["rel_diff"], tol["loss"]),
+        ("grad_norm", report["grad_norm"]["rel_diff"], tol["grad"]),
+        ("gradients", report["grad_max_rel_diff"], tol["grad"]),
+        ("updates", report["update_max_rel_diff"], tol["update"]),
+    )
+    failed = [key for key, value, limit in checks if not value <= limit]
+    report.update(tolerance=tol, failed=failed, ok=not failed)
+    report["translated"] = [f"{a} -> {b}" for a, b in translation.translated]
+    report["not_translated"] = translation.not_translated
+    report["trl_only"] = {k: repr(v) for k, v in (trl_args or {}).items()}
+    report["differences"] = notes + semantic_differences(config, method)
+    if trl.__version__ != "1.16.0" and not trl.__version__.startswith("1.16."):
+        report["differences"].append(f"trl {trl.__version__} is outside the tested range {trl_step.TRL_VERSIONS}")
+    return report
+
+
+def _method_of(recipe: str | None) -> str:
+    """sft or grpo from the recipe's sections, or a JaxrlError asking for --method."""
+    sections = set(yaml.safe_load(Path(recipe).read_text()) or {}) if recipe and Path(recipe).is_file() else set()
+    found = sections & {"sft", "grpo"}
+    if len(found) != 1:
+        raise JaxrlError("pass --method sft or --method grpo (the recipe does not say which)")
+    return found.pop()
+
+
+def semantic_differences(config, method: str) -> list[str]:
+    """What differs between the two stacks by design, where this recipe meets it."""
+    notes = []
+    if config.optimizer.weight_decay:
+        notes.append(
+            "weight_decay > 0: HF's Trainer exempts biases and norm weights from weight decay, jaxrl decays "
+            "every parameter; their updates differ"
+        )
+    return notes
+
+
+# -- the command ----------------------------------------------------------------------------------
+
+
+def compare_step_cli(args) -> None:
+    tolerances = {
+        key: value
+        for key, value in (("loss", args.loss_tol), ("grad", args.grad_tol), ("update", args.update_tol))
+        if value is not None
+    }
+    trl_args = {}
+    for item in args.trl or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise JaxrlError(f"--trl {item!r}: expected NAME=VALUE, e.g. --trl temperature=0.7")
+        trl_args[key] = yaml.safe_load(value)
+    report = compare_step(args.model, args.recipe, args.method, args.overrides, tolerances, trl_args)
+    print(format_report(report))
+    if args.json:
+        print(json.dumps(report))
+    if not report["ok"]:
+        tol = report["tolerance"]
+        raise JaxrlError(
+            f"{', '.join(report['failed'])} differ beyond tolerance (loss {tol['loss']:g}, gradients "
+            f"{tol['grad']:g}, updates {tol['update']:g} relative); see the table above"
+        )
+
+
+def format_report(r: dict[str, Any]) -> str:
+    """The report as a person reads it: scalars, the worst tensors, then module x layer tables."""
+    dtype = f"{r['dtype']['compute']} compute, {r['dtype']['params']} params"
+    lines = [f"compare-step {r['method']}: jaxrl beside trl {r['trl_version']} on {r['model']} ({dtype})"]
+    lines.append(f"{'':12}{'jaxrl':>16}{'trl':>16}{'rel diff':>12}")
+    for key in ("loss", "grad_norm", "lr"):
+        v = r[key]
+        lines.append(f"{key:12}{v['jaxrl']:>16.8g}{v['trl']:>16.8g}{v['rel_diff']:>12.2e}")
+    if "advantages_max_abs_diff" in r:
+        lines.append(f"advantages: max abs diff {r['advantages_max_abs_diff']:.2e}")
+    names = {"grad": "gradients", "update": "updates (same gradients)", "own_update": "updates (own gradients)"}
+    for kind, title in names.items():
+        worst = r[f"worst_{kind}"]
+        lines.append(f"{title}: max rel diff {worst['rel_diff']:.2e} ({worst['tensor']})")
+    if r["lr"]["jaxrl"] == 0 and r["lr"]["trl"] == 0:
+        lines.append("lr is 0 at this step (warmup): no update to compare; set optimizer.warmup_ratio=0 for one")
+    layers = max((len(m["grad"]) for m in r["modules"].values()), default=0)
+    lines.append(f"max rel diff per module, layers 0-{max(layers - 1, 0)} (grad; update of the same gradients):")
+    width = max(len(m) for m in r["modules"])
+    for module, values in r["modules"].items():
+        for kind in ("grad", "update"):
+            cells = " ".join(f"{v:.1e}" for v in values[kind])
+            lines.append(f"  {module if kind == 'grad' else '':{width}}  {kind:6} {cells}")
+    lines.append("translated: " + "; ".join(r["translated"]))
+    lines += [f"not translated: {k}: {v}" for k, v in r["not_translated"].items()]
+    lines += [f"set on TRL's side only: {k}={v}" for k, v in r["trl_only"].items()]
+    lines += [f"note: {d}" for d in r["differences"]]
+    verdict = "agree" if r["ok"] else "DIFFER (" + ", ".join(r["failed"]) + ")"
+    tol = r["tolerance"]
+    lines.append(f"{verdict}: tolerance loss {tol['loss']:g}, grads {tol['grad']:g}, updates {tol['update']:g}")
+    return "\n".join(lines)

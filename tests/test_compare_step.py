@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from jaxrl.models.config import ModelConfig
 from jaxrl.models.tiny import build_tiny_model
+from jaxrl.train import compare_report as report_module
 from jaxrl.train import compare_step as cs
 from jaxrl.train import trl_step
 from safetensors.numpy import load_file, save_file
@@ -98,6 +99,10 @@ def build_models(root):
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
+    return write_data(tmp_path_factory.mktemp("data"))
+
+
+def write_data(directory):
     """Short sums; one answer holds the literal pad token, so SFT trains on the pad id mid-text."""
     rows = []
     for i in range(16):
@@ -107,7 +112,7 @@ def data(tmp_path_factory):
             answer = answer.replace("plus", "<|pad|> plus")
         messages = [{"role": "user", "content": f"{a}+{b}="}, {"role": "assistant", "content": answer}]
         rows.append({"problem": f"{a}+{b}=", "answer": str(a + b), "messages": messages})
-    path = tmp_path_factory.mktemp("data") / "sums.jsonl"
+    path = directory / "sums.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
 
@@ -211,9 +216,9 @@ def test_sft_examples_follow_hf_label_convention():
 
 
 def test_relative_differences():
-    assert cs.rel_diff([1.0, -2.0], [1.0, -2.0]) == 0.0
-    assert cs.rel_diff([0.0], [0.0]) == 0.0
-    assert cs.rel_diff([1.0, 4.0], [1.0, 3.0]) == pytest.approx(0.25)
-    assert cs.rel_diff([1.0, 4.0], [1.0, 3.0], slack=0.5) == pytest.approx(0.125)
-    assert cs.module_of("model.layers.12.mlp.up_proj.weight") == ("mlp.up_proj.weight", 12)
-    assert cs.module_of("lm_head.weight") == ("lm_head.weight", None)
+    assert report_module.rel_diff([1.0, -2.0], [1.0, -2.0]) == 0.0
+    assert report_module.rel_diff([0.0], [0.0]) == 0.0
+    assert report_module.rel_diff([1.0, 4.0], [1.0, 3.0]) == pytest.approx(0.25)
+    assert report_module.rel_diff([1.0, 4.0], [1.0, 3.0], slack=0.5) == pytest.approx(0.125)
+    assert report_module.module_of("model.layers.12.mlp.up_proj.weight") == ("mlp.up_proj.weight", 12)
+    assert report_module.module_of("lm_head.weight") == ("lm_head.weight", None)

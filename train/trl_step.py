@@ -54,6 +54,11 @@ def import_trl():
     return torch, trl
 
 
+def _cuda() -> bool:
+    torch, _ = import_trl()
+    return torch.cuda.is_available()
+
+
 @dataclasses.dataclass(frozen=True)
 class Translation:
     """The recipe in TRL's terms. args: keyword arguments of SFTConfig / GRPOConfig. translated:
@@ -86,6 +91,7 @@ def common_args(config, rows: int, total_steps: int) -> Translation:
         bf16=m.dtype == "bfloat16",
         fp16=False,
         gradient_checkpointing=m.remat,
+        use_cpu=not _cuda(),  # transformers refuses bf16 on a CPU unless told it is one
     )
     translated = [(f"optimizer.{n}", n) for n in ("learning_rate", "adam_beta1", "adam_beta2", "adam_epsilon")]
     translated += [

@@ -148,6 +148,7 @@ def assert_agree(report):
 def test_sft_step_agrees_with_trl(models, data, family, extra):
     report = cs.compare_step(models[family], None, "sft", sft_overrides(data, *extra))
     assert_agree(report)
+    assert report["pad_tokens"] > 0  # OLMo-2: <|pad|> inside answers; Qwen2: bos and eos of every example
     assert report["lr"]["trl"] == pytest.approx(1e-4)
 
 
@@ -173,6 +174,8 @@ def test_grpo_step_agrees_with_trl(models, data, case):
     assert_agree(report)
     assert report["advantages_max_abs_diff"] <= 1e-5
     assert not [d for d in report["differences"] if "truncation" in d or "None" in d]
+    if family == "qwen2":  # the pad id begins every prompt and ends every finished completion
+        assert report["pad_tokens"] > 8
 
 
 def test_the_pad_rule_is_what_makes_the_embedding_agree(models, data, monkeypatch):

@@ -95,6 +95,8 @@ def format_report(r: dict[str, Any]) -> str:
         lines.append(f"{key:12}{v['jaxrl']:>16.8g}{v['trl']:>16.8g}{v['rel_diff']:>12.2e}")
     if "advantages_max_abs_diff" in r:
         lines.append(f"advantages: max abs diff {r['advantages_max_abs_diff']:.2e}")
+    if r.get("pad_tokens"):
+        lines.append(f"the pad id is a real token {r['pad_tokens']} times (its embedding row: HF's padding_idx rule)")
     names = {"grad": "gradients", "update": "updates (same gradients)", "own_update": "updates (own gradients)"}
     for kind, title in names.items():
         worst = r[f"worst_{kind}"]

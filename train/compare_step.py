@@ -121,7 +121,8 @@ def sft_examples(batch: dict[str, np.ndarray]) -> list[tuple[list[int], list[int
 
 
 def compare_sft(config):
-    """(jaxrl's StepRecord, TRL's, jaxrl's update of TRL's gradients, Translation, notes)."""
+    """(jaxrl's StepRecord, TRL's, jaxrl's update of TRL's gradients, Translation, notes, facts:
+    pad_tokens, how often the pad id is a real token of the batch)."""
     from jaxrl.train import trl_step
 
     from jaxrl.data import SFTBatches, load_sft_dataset
@@ -151,7 +152,8 @@ def compare_sft(config):
         out["record"], out["translation"] = trl_step.sft_step(path, tokenizer, config, examples, total_steps, frozen)
         return out["record"]
 
-    return (*both_steps(trainer, batch, trl_side), out["translation"], [])
+    pad_tokens = sum(ids.count(tokenizer.pad_token_id) for ids, _ in examples)
+    return (*both_steps(trainer, batch, trl_side), out["translation"], [], {"pad_tokens": pad_tokens})
 
 
 def completions_of(batch: dict[str, np.ndarray], num_generations: int):
@@ -234,7 +236,10 @@ def compare_grpo(config):
             f"rows {rows}: jaxrl and TRL disagree on truncation (TRL counts a completion ending in the pad or an "
             "eos token as finished; jaxrl, one that stopped before max_completion_length)"
         )
-    return ours, theirs, crossed, out["translation"], notes
+    pad = trainer.config.pad_token_id
+    pad_tokens = sum(ids.count(pad) for ids in prompt_ids) * s.num_generations
+    pad_tokens += sum(ids.count(pad) for ids in completion_ids)
+    return ours, theirs, crossed, out["translation"], notes, {"pad_tokens": pad_tokens}
 
 
 def compare_step(
@@ -260,10 +265,10 @@ def compare_step(
     config = module.load_config(recipe, [*overrides, f"model.path={model_dir}"])
     torch.manual_seed(config.loop.seed)
     with trl_step.extra_args(trl_args or {}):
-        ours, theirs, crossed, translation, notes = (compare_sft if method == "sft" else compare_grpo)(config)
+        ours, theirs, crossed, translation, notes, facts = (compare_sft if method == "sft" else compare_grpo)(config)
     dtype = {"compute": config.model.dtype, "params": config.model.param_dtype or "float32"}
     report = {"method": method, "model": str(model_dir), "trl_version": trl.__version__, "dtype": dtype}
-    report.update(compare_records(ours, theirs, crossed, dtype["params"]))
+    report.update(compare_records(ours, theirs, crossed, dtype["params"]), **facts)
     tol = dict(TOLERANCES["bfloat16" if "bfloat16" in dtype.values() else "float32"], **(tolerances or {}))
     checks = (
         ("loss", report["loss"]["rel_diff"], tol["loss"]),
@@ -277,7 +282,7 @@ def compare_step(
     report["not_translated"] = translation.not_translated
     report["trl_only"] = {k: repr(v) for k, v in (trl_args or {}).items()}
     report["differences"] = notes + semantic_differences(config, method)
-    if trl.__version__ != "1.16.0" and not trl.__version__.startswith("1.16."):
+    if not trl.__version__.startswith("1.16."):
         report["differences"].append(f"trl {trl.__version__} is outside the tested range {trl_step.TRL_VERSIONS}")
     return report
 

@@ -137,13 +137,22 @@ def _silence():
         logger = logging.getLogger(name)
         stack.callback(logger.setLevel, logger.level)
         logger.setLevel(logging.ERROR)
-    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    previous = os.environ.get("TRL_EXPERIMENTAL_SILENCE")
+    os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"  # rollout_func is marked experimental
+    stack.callback(_restore_env, "TRL_EXPERIMENTAL_SILENCE", previous)
     from transformers.utils import logging as hf_logging
 
     if hf_logging.is_progress_bar_enabled():
         hf_logging.disable_progress_bar()
         stack.callback(hf_logging.enable_progress_bar)
     return stack
+
+
+def _restore_env(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
 
 
 def _recording(trainer_class):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import gc
 import logging
 import os
 import tempfile
@@ -213,6 +214,17 @@ def load_torch_model(model_dir, config, frozen: set[str]):
     return model
 
 
+def _fresh_process_state() -> None:
+    """Drops what an earlier Trainer in this process left behind (its objects and accelerate's
+    process-wide state) before the next one is built: several comparisons in one process (the
+    tests) otherwise crashed inside the next Trainer's set-up."""
+    from accelerate.state import AcceleratorState, PartialState
+
+    gc.collect()
+    AcceleratorState._reset_state(reset_partial_state=True)
+    PartialState._reset_state()
+
+
 def _run(trainer, model) -> StepRecord:
     """Trains one step and reads what it did; the gradients of frozen tensors are zeros."""
     before = {n: p.detach().float().cpu().numpy().copy() for n, p in model.named_parameters()}
@@ -252,6 +264,7 @@ def sft_step(model_dir, tokenizer, config, examples, total_steps: int, frozen: s
             max_length=None, packing=False, padding_free=False, shuffle_dataset=False, dataloader_num_workers=0,
             **{**t.args, **_EXTRA_ARGS},
         )  # fmt: skip
+        _fresh_process_state()
         model = load_torch_model(model_dir, config, frozen)
         data = Dataset.from_list([{"input_ids": ids, "labels": labels} for ids, labels in examples])
         trainer = _recording(trl.SFTTrainer)(model=model, args=args, train_dataset=data, processing_class=tokenizer)
@@ -331,6 +344,7 @@ def grpo_step(model_dir, tokenizer, config, rollout: dict, scorer, total_steps: 
             output_dir=out, report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True,
             shuffle_dataset=False, dataloader_num_workers=0, log_completions=False, **{**t.args, **_EXTRA_ARGS},
         )  # fmt: skip
+        _fresh_process_state()
         model = load_torch_model(model_dir, config, frozen)
         trainer_class = _recording(trl.GRPOTrainer)
         trainer = trainer_class(

@@ -21,7 +21,9 @@ Implementations (`ModelConfig.attention`):
   batch whose positions grow with the slot inside each segment (padding on either side, packing),
   checked on the device, and lengths that are multiples of 128. Elsewhere `blockwise`. Off a TPU
   it runs in Pallas' interpreter (slow; for tests).
-- `auto`: `cudnn` on a GPU, `splash` on a TPU, else `blockwise`.
+- `auto`: `cudnn` on a GPU, `splash` on a TPU, else `blockwise`; sequences that fit one block
+  (T and S <= 512) take `xla`, since one block is the whole score matrix anyway and the plain path
+  has no loop to run.
 A query with no allowed key (a padding row) gets zeros from `blockwise` and `cudnn` and the mean of
 the values from `xla`; either way nothing reads it.
 """
@@ -64,7 +66,10 @@ def attend(q_bthe, k_bske, v_bske, segments_q, positions_q, segments_k, position
     if implementation not in IMPLEMENTATIONS:
         raise JaxrlError(f"attention={implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
     if implementation == "auto":
-        implementation = {"gpu": "cudnn", "tpu": "splash"}.get(jax.default_backend(), "blockwise")
+        one_block = q_bthe.shape[1] <= BLOCK_Q and k_bske.shape[1] <= BLOCK_K
+        implementation = (
+            "xla" if one_block else {"gpu": "cudnn", "tpu": "splash"}.get(jax.default_backend(), "blockwise")
+        )
     masks = (segments_q.astype(jnp.int32), positions_q.astype(jnp.int32))
     masks += (segments_k.astype(jnp.int32), positions_k.astype(jnp.int32))
     if implementation == "xla":

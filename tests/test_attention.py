@@ -124,3 +124,17 @@ def test_splash_covers_exactly_the_batches_its_causal_mask_describes():
         real = (seg > 0)[:, :, None, None]
         got, want = splash(q, k, v, seg, p), reference(q, k, v, seg, p)
         np.testing.assert_allclose(np.where(real, got, 0), np.where(real, want, 0), atol=1e-5, rtol=1e-5)
+
+
+def test_auto_takes_the_plain_path_only_within_one_block(monkeypatch):
+    """Up to one block (512) the scores are one block anyway; beyond it `auto` never materialises them."""
+    import jaxrl.models.attention as attention
+
+    taken = []
+    monkeypatch.setattr(attention, "xla_attention", lambda q, *rest: taken.append("xla") or q)
+    monkeypatch.setattr(attention, "blockwise_attention", lambda q, *rest, **kw: taken.append("blockwise") or q)
+    for t in (37, 513):
+        q, k, v = qkv(t=t)
+        seg, pos = layouts(t)
+        attend(q, k, v, seg, pos, seg, pos, "auto")
+    assert taken == ["xla", "blockwise"]

@@ -121,9 +121,17 @@ def train(work: Path, method: str, steps: int) -> dict:
 
     model = work / "tiny-olmo2" if (work / "tiny-olmo2").is_dir() else build_tiny_model(work / "tiny-olmo2")
     run = work / f"{method}-run"
-    argv = ["train", method, "--recipe", str(REPO / f"train/recipes/{method}-tiny.yaml"), f"model.path={model}",
-            f"data.dataset_name={REPO / 'tests/fixtures/data/openr1_math_sample.jsonl'}", f"loop.output_dir={run}",
-            f"loop.max_steps={steps}", "checkpoint.save_steps=1000"]  # fmt: skip
+    argv = [
+        "train",
+        method,
+        "--recipe",
+        str(REPO / f"train/recipes/{method}-tiny.yaml"),
+        f"model.path={model}",
+        f"data.dataset_name={REPO / 'tests/fixtures/data/openr1_math_sample.jsonl'}",
+        f"loop.output_dir={run}",
+        f"loop.max_steps={steps}",
+        "checkpoint.save_steps=1000",
+    ]
     if cli.main(argv) != 0:
         raise RuntimeError(f"jaxrl {' '.join(argv[:2])} failed")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -138,8 +146,9 @@ def train(work: Path, method: str, steps: int) -> dict:
 
 def bench(script: str, args: list[str]) -> dict:
     """A bench's last JSON line (it runs in its own process, as a user would run it)."""
-    done = subprocess.run([sys.executable, str(REPO / "bench" / script), *args], capture_output=True, text=True,
-                          timeout=420, cwd=REPO)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, str(REPO / "bench" / script), *args], capture_output=True, text=True, timeout=420, cwd=REPO
+    )
     if done.returncode != 0:
         raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}")
     lines = [line for line in done.stdout.splitlines() if line.strip()]
@@ -189,8 +198,12 @@ def main(argv=None) -> dict:
                 results["decode"]["hbm"] = hbm_bandwidth(results["decode"], results["device"].get("kind", ""))
             if (REPO / "bench" / "rollout.py").is_file():
                 check(results, "rollout", lambda: bench("rollout.py", device_args))
-    summary = {"reduced": args.reduced, "seconds": round(time.perf_counter() - start, 1),
-               "ok": all(r["ok"] for r in results.values()), "checks": results}  # fmt: skip
+    summary = {
+        "reduced": args.reduced,
+        "seconds": round(time.perf_counter() - start, 1),
+        "ok": all(r["ok"] for r in results.values()),
+        "checks": results,
+    }
     Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
     print(f"wrote {args.out}: {'all checks passed' if summary['ok'] else 'some checks FAILED'}")
     return summary

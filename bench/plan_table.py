@@ -24,9 +24,20 @@ USABLE = {"v4": 32 * 0.9, "v5p": 95 * 0.9}  # GB per device with 10% kept free
 
 def plan(recipe: str, chips: int, k: int) -> dict:
     with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        argv = ["plan", "--recipe", str(REPO / "train/recipes" / recipe), "--model", "olmo2-1124-7b",
-                "--devices", str(chips), "--mesh", f"fsdp={chips}", "--json", out.name,
-                f"loop.gradient_accumulation_steps={k}"]  # fmt: skip
+        argv = [
+            "plan",
+            "--recipe",
+            str(REPO / "train/recipes" / recipe),
+            "--model",
+            "olmo2-1124-7b",
+            "--devices",
+            str(chips),
+            "--mesh",
+            f"fsdp={chips}",
+            "--json",
+            out.name,
+            f"loop.gradient_accumulation_steps={k}",
+        ]
         subprocess.run([sys.executable, "-m", "jaxrl.cli", *argv], check=True, capture_output=True, cwd=REPO)
         return json.loads(Path(out.name).read_text())
 
@@ -36,15 +47,27 @@ def row(recipe: str, chips: int, k: int) -> str:
     need = p["need"] / GB
     kv = f"{p['kv_cache_bytes'] / GIB:.2f}" if p["kv_cache_bytes"] is not None else "-"
     fits = ["yes" if need <= usable else "no" for usable in USABLE.values()]
-    cells = [recipe, chips, k, p["rows"] // p["accumulation"] // chips, f"{(p['params'] + p['opt_state']) / GIB:.2f}",
-             f"{p['temporaries'] / GIB:.2f}", f"{p['peak'] / GIB:.2f}", kv, f"{need:.1f}", *fits]  # fmt: skip
+    cells = [
+        recipe,
+        chips,
+        k,
+        p["rows"] // p["accumulation"] // chips,
+        f"{(p['params'] + p['opt_state']) / GIB:.2f}",
+        f"{p['temporaries'] / GIB:.2f}",
+        f"{p['peak'] / GIB:.2f}",
+        kv,
+        f"{need:.1f}",
+        *fits,
+    ]
     return "| " + " | ".join(map(str, cells)) + " |"
 
 
 def main() -> None:
     usable = " | ".join(f"{chip} ({gb:.1f} GB usable)" for chip, gb in USABLE.items())
-    print("| recipe | chips | k | rows / device / micro-batch | params + opt (GiB) | step temporaries (GiB) | "
-          f"step peak (GiB) | KV cache (GiB) | needs (GB) | {usable} |")  # fmt: skip
+    print(
+        "| recipe | chips | k | rows / device / micro-batch | params + opt (GiB) | step temporaries (GiB) | "
+        f"step peak (GiB) | KV cache (GiB) | needs (GB) | {usable} |"
+    )
     print("|" + "---|" * (9 + len(USABLE)))
     for recipe, chips, k in ROWS:
         print(row(recipe, chips, k), flush=True)

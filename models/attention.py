@@ -298,8 +298,9 @@ def splash_attention(q_bthe, k_bske, v_bske, sq, pq, sk, pk, interpret: bool | N
     if block is None or t != s:
         return blockwise_attention(q_bthe, k_bske, v_bske, sq, pq, sk, pk)
     interpret = jax.default_backend() != "tpu" if interpret is None else interpret
-    sizes = splash.BlockSizes(block_q=block, block_kv=block, block_q_dkv=block, block_kv_dkv=block,
-                              block_q_dq=block, block_kv_dq=block)  # fmt: skip
+    sizes = splash.BlockSizes(
+        block_q=block, block_kv=block, block_q_dkv=block, block_kv_dkv=block, block_q_dq=block, block_kv_dq=block
+    )
     mask = masks.MultiHeadMask([masks.CausalMask((t, s)) for _ in range(g)])
     kernel = splash.make_splash_mqa(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
     per_kv_head = jax.vmap(lambda q, k, v, ids: kernel(q, k, v, segment_ids=ids), in_axes=(0, 0, 0, None))

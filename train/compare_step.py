@@ -136,16 +136,29 @@ def compare_sft(config):
         raise JaxrlError(f"the tokenizer in {path} has no pad token; set one in tokenizer_config.json")
     dataset = load_sft_dataset(config.data, tokenizer, config.chat, s.max_length, vocab)
     batches = SFTBatches(
-        dataset, s.batch_size, tokenizer.pad_token_id, seed=loop.seed, max_length=s.max_length,
-        padding_free=s.padding_free, pad_to_multiple_of=s.pad_to_multiple_of, rows_multiple_of=k * dp,
-        completion_only_loss=s.completion_only_loss, shuffle=s.shuffle,
-    )  # fmt: skip
+        dataset,
+        s.batch_size,
+        tokenizer.pad_token_id,
+        seed=loop.seed,
+        max_length=s.max_length,
+        padding_free=s.padding_free,
+        pad_to_multiple_of=s.pad_to_multiple_of,
+        rows_multiple_of=k * dp,
+        completion_only_loss=s.completion_only_loss,
+        shuffle=s.shuffle,
+    )
     total_steps = loop.total_steps(batches.steps_per_epoch)
     batch = next(batches)._asdict()
     trainer = Trainer(
-        _policy(config, path, mesh), s.loss_fn(), config.optimizer, total_steps,
-        freeze=config.freeze, accumulation=k, mesh=mesh, seed=loop.seed,
-    )  # fmt: skip
+        _policy(config, path, mesh),
+        s.loss_fn(),
+        config.optimizer,
+        total_steps,
+        freeze=config.freeze,
+        accumulation=k,
+        mesh=mesh,
+        seed=loop.seed,
+    )
     frozen, examples, out = frozen_tensors(trainer), sft_examples(batch), {}
 
     def trl_side():
@@ -200,13 +213,28 @@ def compare_grpo(config):
     try:
         scorer = RewardScorer(s.reward_funcs, s.reward_weights, gold_column=s.gold_column, verifier=verifier)
         trainer = Trainer(
-            _policy(config, path, mesh), make_loss_fn(s.loss), config.optimizer, total_steps,
-            freeze=config.freeze, accumulation=k, mesh=mesh, seed=loop.seed,
-        )  # fmt: skip
+            _policy(config, path, mesh),
+            make_loss_fn(s.loss),
+            config.optimizer,
+            total_steps,
+            freeze=config.freeze,
+            accumulation=k,
+            mesh=mesh,
+            seed=loop.seed,
+        )
         ref_params = nnx.to_pure_dict(nnx.state(_policy(config, path, mesh))) if s.beta > 0 else None
         pad_id = trainer.config.pad_token_id or 0
-        rollout = Rollout(trainer.graphdef, tokenizer, scorer, s, mesh=mesh, pad_id=pad_id, ref_params=ref_params,
-                          micro_batches=k, seed=loop.seed)  # fmt: skip
+        rollout = Rollout(
+            trainer.graphdef,
+            tokenizer,
+            scorer,
+            s,
+            mesh=mesh,
+            pad_id=pad_id,
+            ref_params=ref_params,
+            micro_batches=k,
+            seed=loop.seed,
+        )
         prompt_batch = next(prompt_batches)
         batch, _ = generation_batch(trainer.params, prompt_batch, rollout, 0)
         frozen, out = frozen_tensors(trainer), {}

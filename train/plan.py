@@ -378,7 +378,7 @@ def make_plan(
         sampling_copy_bytes=copy,
         time_plan=None
         if chip is None
-        else time_plan(config, method, model_config, lm, num_rows, seq_len, chip, mfu, steps, lengths),  # fmt: skip
+        else time_plan(config, method, model_config, lm, num_rows, seq_len, chip, mfu, steps, lengths),
     )
 
 

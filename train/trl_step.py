@@ -260,10 +260,18 @@ def sft_step(model_dir, tokenizer, config, examples, total_steps: int, frozen: s
     )
     with _silence(), tempfile.TemporaryDirectory() as out:
         args = trl.SFTConfig(
-            output_dir=out, report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True,
-            max_length=None, packing=False, padding_free=False, shuffle_dataset=False, dataloader_num_workers=0,
+            output_dir=out,
+            report_to="none",
+            save_strategy="no",
+            logging_strategy="no",
+            disable_tqdm=True,
+            max_length=None,
+            packing=False,
+            padding_free=False,
+            shuffle_dataset=False,
+            dataloader_num_workers=0,
             **{**t.args, **_EXTRA_ARGS},
-        )  # fmt: skip
+        )
         _fresh_process_state()
         model = load_torch_model(model_dir, config, frozen)
         data = Dataset.from_list([{"input_ids": ids, "labels": labels} for ids, labels in examples])
@@ -301,16 +309,38 @@ def grpo_step(model_dir, tokenizer, config, rollout: dict, scorer, total_steps: 
     t = common_args(config, n, total_steps)
     names = list(s.reward_funcs)
     t.args.update(
-        num_generations=s.num_generations, num_iterations=s.num_iterations, beta=s.beta, epsilon=s.epsilon,
-        epsilon_high=s.epsilon_high, loss_type=s.loss_type, scale_rewards=s.scale_rewards,
-        mask_truncated_completions=s.mask_truncated_completions, max_completion_length=s.max_completion_length,
-        temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+        num_generations=s.num_generations,
+        num_iterations=s.num_iterations,
+        beta=s.beta,
+        epsilon=s.epsilon,
+        epsilon_high=s.epsilon_high,
+        loss_type=s.loss_type,
+        scale_rewards=s.scale_rewards,
+        mask_truncated_completions=s.mask_truncated_completions,
+        max_completion_length=s.max_completion_length,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,
         reward_weights=list(s.reward_weights) or [1.0] * len(names),
-    )  # fmt: skip
-    t.translated.extend((f"grpo.{name}", name) for name in (
-        "num_generations", "num_iterations", "beta", "epsilon", "epsilon_high", "loss_type", "scale_rewards",
-        "mask_truncated_completions", "max_completion_length", "temperature", "top_p", "top_k", "reward_weights",
-    ))  # fmt: skip
+    )
+    t.translated.extend(
+        (f"grpo.{name}", name)
+        for name in (
+            "num_generations",
+            "num_iterations",
+            "beta",
+            "epsilon",
+            "epsilon_high",
+            "loss_type",
+            "scale_rewards",
+            "mask_truncated_completions",
+            "max_completion_length",
+            "temperature",
+            "top_p",
+            "top_k",
+            "reward_weights",
+        )
+    )
     t.translated.extend(
         [
             ("grpo.reward_funcs", "reward_funcs (jaxrl's functions, called the same way)"),
@@ -341,16 +371,27 @@ def grpo_step(model_dir, tokenizer, config, rollout: dict, scorer, total_steps: 
     data = Dataset.from_list([{"prompt": text, "jaxrl_row": i} for i, text in enumerate(rollout["prompt_texts"])])
     with _silence(), tempfile.TemporaryDirectory() as out:
         args = trl.GRPOConfig(
-            output_dir=out, report_to="none", save_strategy="no", logging_strategy="no", disable_tqdm=True,
-            shuffle_dataset=False, dataloader_num_workers=0, log_completions=False, **{**t.args, **_EXTRA_ARGS},
-        )  # fmt: skip
+            output_dir=out,
+            report_to="none",
+            save_strategy="no",
+            logging_strategy="no",
+            disable_tqdm=True,
+            shuffle_dataset=False,
+            dataloader_num_workers=0,
+            log_completions=False,
+            **{**t.args, **_EXTRA_ARGS},
+        )
         _fresh_process_state()
         model = load_torch_model(model_dir, config, frozen)
         trainer_class = _recording(trl.GRPOTrainer)
         trainer = trainer_class(
-            model=model, reward_funcs=rewards, args=args, train_dataset=data, processing_class=tokenizer,
+            model=model,
+            reward_funcs=rewards,
+            args=args,
+            train_dataset=data,
+            processing_class=tokenizer,
             rollout_func=rollout_func,
-        )  # fmt: skip
+        )
         # TRL shuffles a generation batch's rows before cutting it into micro-batches; keep jaxrl's
         # order so both sides' micro-batches hold the same rows (bnpo's mean per micro-batch reads it)
         with _patched(grpo_module, "shuffle_sequence_dict", lambda batch: batch):

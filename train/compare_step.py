@@ -21,9 +21,8 @@ import jax
 import numpy as np
 import yaml
 from flax import nnx
-from jaxrl.models.checkpoint import load_model
 from jaxrl.models.keymap import hf_names
-from jaxrl.train import rundir
+from jaxrl.train import rundir, session
 from jaxrl.train.compare_report import TOLERANCES, compare_records, format_report
 from jaxrl.train.loop import Trainer, check_batch_size
 from jaxrl.train.trl_step import StepRecord, import_trl
@@ -67,11 +66,6 @@ def _setup(config):
     mesh = rundir.training_mesh(config.loop.mesh)
     tokenizer = load_tokenizer(path)
     return path, mesh, tokenizer, check_vocabulary(tokenizer, path)
-
-
-def _policy(config, path, mesh):
-    m = config.model
-    return load_model(path, mesh, m.param_dtype, dtype=m.dtype, remat=m.remat, attention=m.attention)
 
 
 def from_hf_tensors(named: dict[str, np.ndarray], like, config):
@@ -125,7 +119,7 @@ def compare_sft(config):
     pad_tokens, how often the pad id is a real token of the batch)."""
     from jaxrl.train import trl_step
 
-    from jaxrl.data import SFTBatches, load_sft_dataset
+    from jaxrl.data import load_sft_dataset
 
     path, mesh, tokenizer, vocab = _setup(config)
     s, loop = config.sft, config.loop
@@ -135,30 +129,10 @@ def compare_sft(config):
     if tokenizer.pad_token_id is None:
         raise JaxrlError(f"the tokenizer in {path} has no pad token; set one in tokenizer_config.json")
     dataset = load_sft_dataset(config.data, tokenizer, config.chat, s.max_length, vocab)
-    batches = SFTBatches(
-        dataset,
-        s.batch_size,
-        tokenizer.pad_token_id,
-        seed=loop.seed,
-        max_length=s.max_length,
-        padding_free=s.padding_free,
-        pad_to_multiple_of=s.pad_to_multiple_of,
-        rows_multiple_of=k * dp,
-        completion_only_loss=s.completion_only_loss,
-        shuffle=s.shuffle,
-    )
+    batches = s.batches(dataset, tokenizer.pad_token_id, seed=loop.seed, rows_multiple_of=k * dp)
     total_steps = loop.total_steps(batches.steps_per_epoch)
     batch = next(batches)._asdict()
-    trainer = Trainer(
-        _policy(config, path, mesh),
-        s.loss_fn(),
-        config.optimizer,
-        total_steps,
-        freeze=config.freeze,
-        accumulation=k,
-        mesh=mesh,
-        seed=loop.seed,
-    )
+    trainer = session.build_trainer(config, path, mesh, s.loss_fn(), total_steps)
     frozen, examples, out = frozen_tensors(trainer), sft_examples(batch), {}
 
     def trl_side():
@@ -212,17 +186,8 @@ def compare_grpo(config):
     verifier = MathVerifier(num_workers=s.verifier_workers or None, timeout_s=s.verifier_timeout_s)
     try:
         scorer = RewardScorer(s.reward_funcs, s.reward_weights, gold_column=s.gold_column, verifier=verifier)
-        trainer = Trainer(
-            _policy(config, path, mesh),
-            make_loss_fn(s.loss),
-            config.optimizer,
-            total_steps,
-            freeze=config.freeze,
-            accumulation=k,
-            mesh=mesh,
-            seed=loop.seed,
-        )
-        ref_params = nnx.to_pure_dict(nnx.state(_policy(config, path, mesh))) if s.beta > 0 else None
+        trainer = session.build_trainer(config, path, mesh, make_loss_fn(s.loss), total_steps)
+        ref_params = nnx.to_pure_dict(nnx.state(session.load_policy(config, path, mesh))) if s.beta > 0 else None
         pad_id = trainer.config.pad_token_id or 0
         rollout = Rollout(
             trainer.graphdef,

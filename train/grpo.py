@@ -210,9 +210,13 @@ def run(recipe_path: str | None, overrides=()) -> str:
     total_steps = loop.total_steps(prompt_batches.steps_per_epoch * s.num_iterations)
     verifier = MathVerifier(num_workers=s.verifier_workers or None, timeout_s=s.verifier_timeout_s)
     scorer = RewardScorer(s.reward_funcs, s.reward_weights, gold_column=s.gold_column, verifier=verifier)
-    trainer = session.build_trainer(config, setup, make_loss_fn(s.loss), total_steps, GRPOTrainer)
+    trainer = session.build_trainer(
+        config, setup.model_path, setup.mesh, make_loss_fn(s.loss), total_steps, GRPOTrainer
+    )
     # the reference model: the initial weights, frozen (loaded only when the loss reads it)
-    ref_params = nnx.to_pure_dict(nnx.state(session.load_policy(config, setup))) if s.beta > 0 else None
+    ref_params = (
+        nnx.to_pure_dict(nnx.state(session.load_policy(config, setup.model_path, setup.mesh))) if s.beta > 0 else None
+    )
     rollout = Rollout(
         trainer.graphdef,
         setup.tokenizer,

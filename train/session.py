@@ -1,7 +1,7 @@
 """What an SFT run and a GRPO run do alike, before and around their own batches and loss.
 
     setup = prepare(config, check_batch)         # every check that needs no compile
-    trainer = build_trainer(config, setup, loss_fn, total_steps)
+    trainer = build_trainer(config, setup.model_path, setup.mesh, loss_fn, total_steps)
     return train(config, setup, trainer, batches, total_steps, "sft", summary)
 
 `prepare` checks the output and checkpoint directories, the model path and the mesh, and loads
@@ -55,23 +55,23 @@ def prepare(config, check_batch: Callable[[int], None]) -> RunSetup:
     return RunSetup(run_dir, checkpoint_dir, model_path, mesh, tokenizer, vocab_size)
 
 
-def load_policy(config, setup: RunSetup) -> Decoder:
+def load_policy(config, model_path, mesh: LogicalMesh) -> Decoder:
     """The model to train, loaded straight into its sharded layout with the recipe's dtypes."""
     m = config.model
-    return load_model(setup.model_path, setup.mesh, m.param_dtype, dtype=m.dtype, remat=m.remat, attention=m.attention)
+    return load_model(model_path, mesh, m.param_dtype, dtype=m.dtype, remat=m.remat, attention=m.attention)
 
 
-def build_trainer(config, setup: RunSetup, loss_fn, total_steps: int, trainer_class=Trainer) -> Trainer:
-    """The recipe's Trainer (optimizer, freezing, accumulation, seed) of the policy on the run's mesh."""
+def build_trainer(config, model_path, mesh: LogicalMesh, loss_fn, total_steps: int, trainer_class=Trainer) -> Trainer:
+    """The recipe's Trainer (optimizer, freezing, accumulation, seed) of the policy on `mesh`."""
     loop = config.loop
     return trainer_class(
-        load_policy(config, setup),
+        load_policy(config, model_path, mesh),
         loss_fn,
         config.optimizer,
         total_steps,
         freeze=config.freeze,
         accumulation=loop.gradient_accumulation_steps,
-        mesh=setup.mesh,
+        mesh=mesh,
         seed=loop.seed,
     )
 

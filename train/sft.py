@@ -45,6 +45,21 @@ class SFTSettings:
         if self.batch_size < 1 or self.max_length < 2 or self.pad_to_multiple_of < 1 or self.loss_chunk_size < 0:
             raise JaxrlError("sft: batch_size >= 1, max_length >= 2, pad_to_multiple_of >= 1, loss_chunk_size >= 0")
 
+    def batches(self, dataset, pad_id: int, **placement) -> SFTBatches:
+        """This recipe's resumable batches of `dataset`; placement: seed, rows_multiple_of and the
+        host's process_index / process_count (`SFTBatches`)."""
+        return SFTBatches(
+            dataset,
+            self.batch_size,
+            pad_id,
+            max_length=self.max_length,
+            padding_free=self.padding_free,
+            pad_to_multiple_of=self.pad_to_multiple_of,
+            completion_only_loss=self.completion_only_loss,
+            shuffle=self.shuffle,
+            **placement,
+        )
+
     def loss_fn(self):
         """The training loop's loss function these settings describe (what runs and what `plan` measures)."""
         return functools.partial(sft_loss, chunk_size=self.loss_chunk_size)
@@ -100,22 +115,16 @@ def run(recipe_path: str | None, overrides=()) -> str:
     if tokenizer.pad_token_id is None:
         raise JaxrlError(f"the tokenizer in {setup.model_path} has no pad token; set one in tokenizer_config.json")
     dataset = load_sft_dataset(config.data, tokenizer, config.chat, cfg.max_length, setup.vocab_size)
-    batches = SFTBatches(
+    batches = cfg.batches(
         dataset,
-        cfg.batch_size,
         tokenizer.pad_token_id,
         seed=loop.seed,
-        max_length=cfg.max_length,
-        padding_free=cfg.padding_free,
-        pad_to_multiple_of=cfg.pad_to_multiple_of,
         rows_multiple_of=k * max(1, dp // jax.process_count()),
-        completion_only_loss=cfg.completion_only_loss,
-        shuffle=cfg.shuffle,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
     total_steps = loop.total_steps(batches.steps_per_epoch)
-    trainer = session.build_trainer(config, setup, cfg.loss_fn(), total_steps)
+    trainer = session.build_trainer(config, setup.model_path, setup.mesh, cfg.loss_fn(), total_steps)
     counts = ", ".join(f"{name}={n}" for name, n in dataset.counts.items())
     summary = f"{len(dataset)} examples ({counts}); {batches.steps_per_epoch} steps per epoch"
     return session.train(config, setup, trainer, batches, total_steps, "sft", summary)

@@ -129,6 +129,17 @@ def extra_args(values: dict[str, Any]):
         _EXTRA_ARGS.clear()
 
 
+# One step, in order, nothing written or printed: the TRL settings both comparisons share.
+_QUIET = dict(
+    report_to="none",
+    save_strategy="no",
+    logging_strategy="no",
+    disable_tqdm=True,
+    shuffle_dataset=False,
+    dataloader_num_workers=0,
+)
+
+
 def _silence():
     """TRL and transformers print progress, warnings and experimental notices; a comparison needs none."""
     stack = contextlib.ExitStack()
@@ -260,17 +271,7 @@ def sft_step(model_dir, tokenizer, config, examples, total_steps: int, frozen: s
     )
     with _silence(), tempfile.TemporaryDirectory() as out:
         args = trl.SFTConfig(
-            output_dir=out,
-            report_to="none",
-            save_strategy="no",
-            logging_strategy="no",
-            disable_tqdm=True,
-            max_length=None,
-            packing=False,
-            padding_free=False,
-            shuffle_dataset=False,
-            dataloader_num_workers=0,
-            **{**t.args, **_EXTRA_ARGS},
+            output_dir=out, max_length=None, packing=False, padding_free=False, **_QUIET, **{**t.args, **_EXTRA_ARGS}
         )
         _fresh_process_state()
         model = load_torch_model(model_dir, config, frozen)
@@ -370,17 +371,7 @@ def grpo_step(model_dir, tokenizer, config, rollout: dict, scorer, total_steps: 
     rewards = [trl_reward(name, fn, rollout["rows"]) for name, fn in zip(names, scorer.functions, strict=True)]
     data = Dataset.from_list([{"prompt": text, "jaxrl_row": i} for i, text in enumerate(rollout["prompt_texts"])])
     with _silence(), tempfile.TemporaryDirectory() as out:
-        args = trl.GRPOConfig(
-            output_dir=out,
-            report_to="none",
-            save_strategy="no",
-            logging_strategy="no",
-            disable_tqdm=True,
-            shuffle_dataset=False,
-            dataloader_num_workers=0,
-            log_completions=False,
-            **{**t.args, **_EXTRA_ARGS},
-        )
+        args = trl.GRPOConfig(output_dir=out, log_completions=False, **_QUIET, **{**t.args, **_EXTRA_ARGS})
         _fresh_process_state()
         model = load_torch_model(model_dir, config, frozen)
         trainer_class = _recording(trl.GRPOTrainer)

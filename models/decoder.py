@@ -60,6 +60,21 @@ class KVCache:
     index: jax.Array
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class RowCache:
+    """A cache whose rows fill independently (continuous batching), one new token per row per call.
+
+    k: [L, B, K, S, E] and v: [L, B, K, E, S] as in KVCache; lengths: int32 [B], the slots row b
+    holds (its tokens sit at slots [0, lengths[b]) with positions 0, 1, ...). A call writes row b's
+    token at slot lengths[b] (clamped to S - 1 for an idle row) and lets it see slots [0, lengths[b]].
+    """
+
+    k: jax.Array
+    v: jax.Array
+    lengths: jax.Array
+
+
 def rms_norm(x, weight, eps: float, weight_fp32: bool, axes=(-1,)):
     """RMSNorm over `axes` in fp32; OLMo-2 multiplies by the weight before casting back."""
     xf = x.astype(jnp.float32)
@@ -113,7 +128,19 @@ def cached_attention(q_bthe, k, v, allowed_bts, k_layout: str = K_CACHE_LAYOUT, 
 
 def write_layer(cache, new_btke, layer, index, layout: str):
     """Writes `new_btke` into the stacked `cache` ([L] + `layout`, e.g. "bkse") at slots
-    [index, index+T) of `layer`. Returns (the updated cache, that layer's slice in `layout`)."""
+    [index, index+T) of `layer`, or, with one index per row (int32 [B], T = 1), row b's token at
+    slot index[b]. Returns (the updated cache, that layer's slice in `layout`)."""
+    if jnp.ndim(index) == 1:
+        # vmapped over the rows, so the scatter keeps rows as a batch dimension and a mesh that
+        # splits rows writes each shard's rows in place, with no collective
+        at = lambda slot: tuple(slot if axis == "s" else slice(None) for axis in layout if axis != "b")
+
+        def write_row(cache_row, new_ke, slot):  # cache_row: [L] + layout without b
+            return cache_row.at[(layer, *at(slot))].set(new_ke.astype(cache.dtype))
+
+        b_axis = 1 + layout.index("b")
+        cache = jax.vmap(write_row, (b_axis, 0, 0), b_axis)(cache, new_btke[:, 0], index)
+        return cache, jax.lax.dynamic_index_in_dim(cache, layer, axis=0, keepdims=False)
     new = jnp.einsum(f"btke->{layout.replace('s', 't')}", new_btke.astype(cache.dtype))[None]
     zero = jnp.zeros((), jnp.int32)
     start = (layer,) + tuple(index if axis == "s" else zero for axis in layout)
@@ -205,6 +232,23 @@ def block(c: ModelConfig, lm: LogicalMesh | None, p, x_btd, rope, mask, kv=None)
     return constrain(lm, x_btd, ("batch", "seq", None)), (None if kv is None else (k_all, v_all))
 
 
+def cache_plan(cache: KVCache | RowCache, segment_ids_bt, positions_bt):
+    """(mask bool [B, T, S], the write index: int32 [] or [B], a function (k, v) -> the updated
+    cache) for T new tokens going into `cache`."""
+    if isinstance(cache, RowCache):
+        if segment_ids_bt.shape[1] != 1:
+            raise ValueError(f"a RowCache takes one new token per row, got {segment_ids_bt.shape[1]}")
+        slots = cache.k.shape[1 + K_CACHE_LAYOUT.index("s")]
+        index = jnp.minimum(cache.lengths, slots - 1)
+        mask = jnp.arange(slots)[None, None, :] <= index[:, None, None]
+        return mask & (segment_ids_bt[:, :, None] > 0), index, lambda k, v: RowCache(k, v, cache.lengths + 1)
+    write = lambda a, new: jax.lax.dynamic_update_slice_in_dim(a, new, cache.index, axis=1)
+    seg_k, pos_k = write(cache.segment_bs, segment_ids_bt), write(cache.position_bs, positions_bt)
+    t = segment_ids_bt.shape[1]
+    mask = allowed(segment_ids_bt, positions_bt, seg_k, pos_k)
+    return mask, cache.index, lambda k, v: KVCache(k, v, seg_k, pos_k, cache.index + t)
+
+
 class Decoder(nnx.Module):
     """A causal LM. `Decoder(config, rngs=nnx.Rngs(0), mesh=lm)`; create it sharded with
     `jaxrl.models.init_decoder`, or load weights with `jaxrl.models.load_hf`."""
@@ -227,7 +271,8 @@ class Decoder(nnx.Module):
 
         segment_ids_bt: int [B, T], 0 for padding (default: all 1).
         positions_bt: int [B, T] (default: count of non-padding tokens before each token).
-        cache: a KVCache; the T tokens are written at slots [cache.index, cache.index + T).
+        cache: a KVCache (the T tokens go to slots [cache.index, cache.index + T)) or a RowCache
+        (T = 1; each row's token goes to its own slot).
         """
         c, lm = self.config, self.mesh
         if segment_ids_bt is None:
@@ -260,19 +305,17 @@ class Decoder(nnx.Module):
             # The whole stacked cache rides in the scan's carry and each layer writes only its new
             # slots into it, so XLA updates the buffer in place instead of copying every layer's
             # slice in and out of the scan on each call (what dominated one-token decode).
-            write = lambda a, new: jax.lax.dynamic_update_slice_in_dim(a, new, cache.index, axis=1)
-            seg_k, pos_k = write(cache.segment_bs, segment_ids_bt), write(cache.position_bs, positions_bt)
-            mask = allowed(segment_ids_bt, positions_bt, seg_k, pos_k)
+            mask, index, updated = cache_plan(cache, segment_ids_bt, positions_bt)
 
             def step(carry, layer):
                 x, k_all, v_all = carry
                 p, i = layer
-                x, (k_all, v_all) = block(c, lm, p, x, rope, mask, (k_all, v_all, i, cache.index))
+                x, (k_all, v_all) = block(c, lm, p, x, rope, mask, (k_all, v_all, i, index))
                 return (x, k_all, v_all), None
 
             layer_ids = jnp.arange(c.num_layers, dtype=jnp.int32)
             (x, k_all, v_all), _ = jax.lax.scan(step, (x, cache.k, cache.v), (params, layer_ids))
-            cache = KVCache(k_all, v_all, seg_k, pos_k, cache.index + tokens_bt.shape[1])
+            cache = updated(k_all, v_all)
         x = rms_norm(x, self.final_norm[...], c.rms_norm_eps, c.norm_weight_fp32)
         return x, cache
 

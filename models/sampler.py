@@ -92,7 +92,8 @@ class Completions:
     tokens: int32 [N, max_new_tokens], new tokens only, padded after `lengths` with the model's
       pad id (0 when it has none); logprobs: fp32 [N, max_new_tokens], 0 after `lengths`;
     lengths: int32 [N] (an EOS or stop-string token counts); finish_reasons: 'eos' | 'length' |
-    'stop' per row; prompt_index: int32 [N].
+    'stop' per row; prompt_index: int32 [N]. decode_steps: the decoder calls of one token per row
+    that ran; slot_steps: the rows those calls carried, summed (per useful token: the work spent).
     """
 
     tokens: np.ndarray
@@ -100,6 +101,13 @@ class Completions:
     lengths: np.ndarray
     finish_reasons: list[str]
     prompt_index: np.ndarray
+    decode_steps: int = 0
+    slot_steps: int = 0
+
+    def slot_steps_per_token(self) -> float:
+        """Slot-steps per generated token (1.0: no slot ever idle); the first token of each
+        completion comes from its prefill."""
+        return self.slot_steps / max(int(self.lengths.sum()) - len(self.lengths), 1)
 
     def token_lists(self) -> list[list[int]]:
         return [row[:n].tolist() for row, n in zip(self.tokens, self.lengths, strict=True)]
@@ -313,11 +321,15 @@ def sample(
     eos_token_ids: Sequence[int] | None = None,
     tokenizer=None,
     mesh: LogicalMesh | None = None,
+    slots: int | None = None,
 ) -> Completions:
     """Samples `config.num_samples` completions for each prompt (lists of token ids).
 
     eos_token_ids: ids that end a completion (default: `default_eos_ids`). tokenizer: needed only
-    for stop strings. mesh: where to place the inputs (default: the model's mesh).
+    for stop strings. mesh: where to place the inputs (default: the model's mesh). slots: None
+    decodes every completion at once until the longest ends (above); a number decodes on that
+    many slots with continuous batching (`jaxrl.models.engine`; 0 = one per completion), the
+    same completions either way.
     """
     c, n = model.config, config.num_samples
     mesh = mesh or model.mesh
@@ -325,17 +337,30 @@ def sample(
         raise JaxrlError("stop_strings need a tokenizer: pass tokenizer=... to sample()")
     eos = default_eos_ids(model, tokenizer) if eos_token_ids is None else tuple(eos_token_ids)
     pad_id = c.pad_token_id if c.pad_token_id is not None else 0
-    batch = pad_prompts(prompt_ids, c.vocab_size, n, mesh)
-    args, kwargs = decode_inputs(model, batch, config, eos, mesh)
-    tokens, logprobs, lengths = _decode(*args, **kwargs)
+    if slots is not None:
+        from jaxrl.models.engine import decode_continuously  # the engine builds on this module
 
-    real = batch.num_prompts * n
+        out, num_prompts = decode_continuously(model, prompt_ids, config, eos, pad_id, slots)
+        tokens, logprobs, lengths = out.tokens, out.logprobs, out.lengths
+        decode_steps, slot_steps = int(out.decode_turns), int(out.slot_steps)
+    else:
+        batch = pad_prompts(prompt_ids, c.vocab_size, n, mesh)
+        args, kwargs = decode_inputs(model, batch, config, eos, mesh)
+        tokens, logprobs, lengths = _decode(*args, **kwargs)
+        num_prompts = batch.num_prompts
+
+    real = num_prompts * n
     tokens = to_host(tokens)[:real, : config.max_new_tokens].copy()
     logprobs = to_host(logprobs)[:real, : config.max_new_tokens].copy()
     lengths = to_host(lengths)[:real].copy()
+    if slots is None:  # the loop ran until the longest row ended, on every row of the bucket
+        decode_steps = max(int(lengths.max()) - 1, 0)
+        slot_steps = decode_steps * len(batch.lengths) * n
     last = tokens[np.arange(real), np.maximum(lengths - 1, 0)]
     reasons = ["eos" if t in eos else "length" for t in last.tolist()]
-    completions = Completions(tokens, logprobs, lengths, reasons, np.repeat(np.arange(batch.num_prompts), n))
+    completions = Completions(
+        tokens, logprobs, lengths, reasons, np.repeat(np.arange(num_prompts), n), decode_steps, slot_steps
+    )
     if config.stop_strings:
         cut_at_stop_strings(completions, config.stop_strings, tokenizer, pad_id)
     return completions

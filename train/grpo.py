@@ -133,13 +133,19 @@ class RolloutConfig:
     generation batch (`tensor_parallel`: weights split only over `tensor`, rows and the KV cache over
     data x fsdp, so a decode step reads weights from local memory; `fsdp`: sample from the training
     layout itself, no copy, every weight gathered for every token). mesh: a mesh spec over the same
-    devices for sampling ("" = the training mesh), e.g. `data=-1,tensor=4`."""
+    devices for sampling ("" = the training mesh), e.g. `data=-1,tensor=4`. slots: completions
+    decoded at once with continuous batching (`jaxrl.models.engine`; 0 = all of a generation
+    batch's); fewer slots hold a smaller KV cache, and a slot freed by a finished completion takes
+    the next waiting one."""
 
     rules: str = "tensor_parallel"
     mesh: str = ""
+    slots: int = 0
 
     def __post_init__(self):
         rules_preset(self.rules)  # a clear error for an unknown name, at load time
+        if self.slots < 0:
+            raise JaxrlError(f"rollout.slots={self.slots} must be >= 0 (0 = all completions at once)")
 
     def sampling_mesh(self, training: LogicalMesh) -> LogicalMesh | None:
         """The mesh and rules to sample on, or None to sample from the training layout."""
@@ -224,6 +230,7 @@ def run(recipe_path: str | None, overrides=()) -> str:
         s,
         mesh=setup.mesh,
         sampling_mesh=config.rollout.sampling_mesh(setup.mesh),
+        slots=config.rollout.slots,
         pad_id=trainer.config.pad_token_id or 0,
         ref_params=ref_params,
         micro_batches=loop.gradient_accumulation_steps,

@@ -51,6 +51,7 @@ class Rollout:
     given, each generation batch samples from a copy of the params in that mesh's layout
     (`models.params.sampling_copy`: cast to the compute dtype and resharded once, device to
     device; e.g. the tensor_parallel rules, so decoding gathers no weight), dropped afterwards.
+    slots: the sampler's decode slots (continuous batching; 0 = one per completion).
     """
 
     graphdef: Any
@@ -64,6 +65,7 @@ class Rollout:
     ref_params: Any = None
     micro_batches: int = 1
     seed: int = 0
+    slots: int = 0
 
     def policy(self, params):
         """The decoder to sample from: `params` as they are, or their copy in the sampling layout."""
@@ -118,7 +120,14 @@ def generation_batch(params, prompts: PromptBatch, rollout: Rollout, generation:
     prompt_ids = [p for host in gather_json([list(map(int, p)) for p in prompts.prompt_ids]) for p in host]
     sampling = dataclasses.replace(s.sampling, seed=rollout.sampling_seed(generation))
     policy = rollout.policy(params)
-    out = sample(policy, prompt_ids, sampling, eos_token_ids=rollout.eos_token_ids, tokenizer=rollout.tokenizer)
+    out = sample(
+        policy,
+        prompt_ids,
+        sampling,
+        eos_token_ids=rollout.eos_token_ids,
+        tokenizer=rollout.tokenizer,
+        slots=rollout.slots,
+    )
     del policy  # a sampling-layout copy is dropped as soon as the completions are drawn
     lengths = np.asarray(out.lengths)
 
@@ -153,6 +162,7 @@ def generation_batch(params, prompts: PromptBatch, rollout: Rollout, generation:
     if s.beta > 0:
         batch["ref_logprobs"] = rollout.score(rollout.ref_params, tokens, segments, token_mask)[0]
     metrics = rollout_metrics(scores, token_mask, lengths, truncated, np.asarray(tied), entropy, gap)
+    metrics["completions/slot_steps_per_token"] = out.slot_steps_per_token()
     # completions the verifier could not judge (by verdict) and reward functions that raised, all hosts
     counts = gather_json([dict(scorer.verdict_counts - verdicts_before), dict(scorer.errors - errors_before)])
     verdicts, errors = Counter(), Counter()

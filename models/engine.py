@@ -333,6 +333,6 @@ def decode_continuously(
 
 
 def lowered_run(model: Decoder, prompt_ids, config: SamplingConfig, slots: int, eos=(), pad_id: int = 0):
-    """The engine's loop lowered for these inputs (to read its compiled program)."""
-    state, (graphdef, params, *inputs), _ = engine_inputs(model, prompt_ids, config, eos, pad_id, slots)
-    return _run.lower(graphdef, params, state, *inputs, n=config.num_samples, hand_back_at=0)
+    """(the engine's loop lowered for these inputs, its slot count), to read its compiled program."""
+    state, (graphdef, params, *inputs), r = engine_inputs(model, prompt_ids, config, eos, pad_id, slots)
+    return _run.lower(graphdef, params, state, *inputs, n=config.num_samples, hand_back_at=0), r

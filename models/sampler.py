@@ -366,15 +366,34 @@ def sample(
     return completions
 
 
-def decode_collectives(model: Decoder, prompt_ids: Sequence[Sequence[int]], config: SamplingConfig) -> dict[str, int]:
-    """How many of each collective the compiled decode program holds (its loop runs them every
-    step): {"all-gather": n, "all-reduce": n, ...}. On the training layout of an FSDP mesh every
-    weight is gathered again for every token; on the tensor_parallel layout none is."""
-    batch = pad_prompts(prompt_ids, model.config.vocab_size, config.num_samples, model.mesh)
-    args, kwargs = decode_inputs(model, batch, config, default_eos_ids(model), model.mesh)
-    text = _decode.lower(*args, **kwargs).compile().as_text()
-    names = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
-    return {name: len(re.findall(rf"\b{name}(?:-start)?\(", text)) for name in names}
+COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "collective-permute")
+
+
+def count_collectives(hlo_text: str, rows: int) -> dict[str, int]:
+    """How many of each collective a compiled program holds, and "weight all-gather": the
+    all-gathers whose result has no dimension of `rows` (the decode rows or slots, which a decode
+    step does move; pick a row count that no weight dimension equals)."""
+    counts = {name: len(re.findall(rf"\b{name}(?:-start)?\(", hlo_text)) for name in COLLECTIVES}
+    shapes = re.findall(r"= \(?[a-z0-9]+\[([0-9,]*)\][^ ]* all-gather(?:-start)?\(", hlo_text)
+    counts["weight all-gather"] = sum(str(rows) not in dims.split(",") for dims in shapes)
+    return counts
+
+
+def decode_collectives(
+    model: Decoder, prompt_ids: Sequence[Sequence[int]], config: SamplingConfig, slots: int | None = None
+) -> dict[str, int]:
+    """The collectives of the compiled decode program (its loop runs them every step; see
+    `count_collectives`), for `sample(..., slots=slots)`. On the training layout of an FSDP mesh
+    every weight is gathered again for every token; on the tensor_parallel layout none is."""
+    if slots is not None:
+        from jaxrl.models.engine import lowered_run
+
+        lowered, rows = lowered_run(model, prompt_ids, config, slots)
+    else:
+        batch = pad_prompts(prompt_ids, model.config.vocab_size, config.num_samples, model.mesh)
+        args, kwargs = decode_inputs(model, batch, config, default_eos_ids(model), model.mesh)
+        lowered, rows = _decode.lower(*args, **kwargs), len(batch.lengths) * config.num_samples
+    return count_collectives(lowered.compile().as_text(), rows)
 
 
 def cut_at_stop_strings(completions: Completions, stop_strings: Sequence[str], tokenizer, pad_id: int) -> None:

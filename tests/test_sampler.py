@@ -65,10 +65,12 @@ def models(tmp_path_factory):
 def test_greedy_matches_transformers(models, family):
     _, reference, ours = models[family]
     prompts = prompts_for(ours.config.vocab_size)
-    got = sample(ours, prompts, SamplingConfig(temperature=0, max_new_tokens=NEW), eos_token_ids=())
-    np.testing.assert_array_equal(got.tokens, hf_greedy(reference, prompts, NEW))
-    assert got.finish_reasons == ["length"] * len(prompts)
-    assert got.lengths.tolist() == [NEW] * len(prompts)
+    want = hf_greedy(reference, prompts, NEW)
+    for slots in (None, 3):  # every row at once; continuous batching on 3 slots
+        got = sample(ours, prompts, SamplingConfig(temperature=0, max_new_tokens=NEW), eos_token_ids=(), slots=slots)
+        np.testing.assert_array_equal(got.tokens, want)
+        assert got.finish_reasons == ["length"] * len(prompts)
+        assert got.lengths.tolist() == [NEW] * len(prompts)
 
 
 def teacher_forced_logprobs(model, prompts, completions, temperature: float) -> np.ndarray:
@@ -115,6 +117,32 @@ def test_logprobs_equal_teacher_forced_recomputation(sampled):
     np.testing.assert_array_equal(again.logprobs, got.logprobs)
     other_seed = dataclasses.replace(SAMPLED, seed=4)
     assert not np.array_equal(sample(ours, prompts, other_seed, eos_token_ids=SAMPLED_EOS).tokens, got.tokens)
+
+
+@pytest.fixture(scope="module")
+def varied(sampled):
+    """The sampled case with EOS about one draw in twelve: completions end at different steps."""
+    ours, prompts, _ = sampled
+    eos = tuple(range(5, ours.config.vocab_size, 12))
+    return ours, prompts, eos, sample(ours, prompts, SAMPLED, eos_token_ids=eos)
+
+
+@pytest.mark.parametrize("slots", [2, 5, 0])  # 0: a slot per completion, halved as they end
+def test_continuous_batching_draws_the_same_completions(varied, slots):
+    ours, prompts, eos, static = varied
+    got = sample(ours, prompts, SAMPLED, eos_token_ids=eos, slots=slots)
+    np.testing.assert_array_equal(got.tokens, static.tokens)
+    np.testing.assert_allclose(got.logprobs, static.logprobs, atol=1e-5)
+    np.testing.assert_array_equal(got.lengths, static.lengths)
+    assert got.finish_reasons == static.finish_reasons
+    assert got.prompt_index.tolist() == static.prompt_index.tolist()
+    assert len(set(static.lengths.tolist())) > 2  # EOS ends rows at different steps
+    # the engine runs a decode step only for tokens after the first (drawn at the prefill)
+    generated = int(static.lengths.sum()) - len(static.lengths)
+    assert got.decode_steps * min(slots or 12, 12) >= generated
+    assert 1.0 <= got.slot_steps_per_token() <= static.slot_steps_per_token()
+    if slots == 2:  # two slots stay busy until the queue runs dry
+        assert got.slot_steps_per_token() < 1.1 < static.slot_steps_per_token()
 
 
 def test_greedy_logprobs_and_tiny_temperature(models):

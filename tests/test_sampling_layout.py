@@ -4,6 +4,8 @@ completions as sampling from the training layout."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -36,6 +38,26 @@ def test_the_decode_loop_gathers_no_weight_on_the_sampling_layout(on_fsdp8):
     assert decode_collectives(copy, PROMPTS, SAMPLED)["all-gather"] == 0
     leaf = copy.layers.q[...]
     assert leaf.sharding.shard_shape(leaf.shape) == leaf.shape  # whole on every device (tensor=1)
+
+
+def test_the_engine_loop_gathers_no_weight_on_the_sampling_layout(on_fsdp8):
+    training, copy = on_fsdp8
+    six = dataclasses.replace(SAMPLED, num_samples=6)  # 24 slots: no weight dimension is 24
+    assert decode_collectives(training, PROMPTS, six, slots=24)["weight all-gather"] > 0
+    counts = decode_collectives(copy, PROMPTS, six, slots=24)
+    assert counts["weight all-gather"] == 0
+    assert counts["all-gather"] > 0  # what it does gather: the slots' new tokens, to record them
+
+
+def test_continuous_batching_on_the_mesh_draws_the_single_device_completions(on_fsdp8):
+    training, copy = on_fsdp8
+    one_device = nnx.merge(nnx.graphdef(training), jax.device_get(nnx.state(training)))
+    one_device.mesh = None
+    want = sample(one_device, PROMPTS, SAMPLED)
+    got = sample(copy, PROMPTS, SAMPLED, slots=8)  # one slot per batch shard
+    np.testing.assert_array_equal(got.tokens, want.tokens)
+    np.testing.assert_allclose(got.logprobs, want.logprobs, atol=1e-5)
+    assert got.finish_reasons == want.finish_reasons
 
 
 def test_the_sampling_copy_draws_the_same_completions(on_fsdp8):

@@ -126,6 +126,57 @@ def cached_attention(q_bthe, k, v, allowed_bts, k_layout: str = K_CACHE_LAYOUT, 
     return out.reshape(b, t, h, e)
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class FilledRows:
+    """Which slots one new token per row sees in a RowCache: row b slots [0, last[b]]; `chunks`
+    blocks of `chunk` slots cover the longest row."""
+
+    last: jax.Array  # int32 [B]
+    chunks: jax.Array  # int32 []
+    chunk: int = dataclasses.field(metadata=dict(static=True))
+
+
+FILLED_CHUNK = 256  # slots read per block by `filled_attention`
+
+
+def filled_attention(q_bthe, k_all, v_all, layer, rows: FilledRows):
+    """Attention of one new token per row to the filled slots of its row only: a while loop reads
+    the stacked cache's blocks of `rows.chunk` slots up to the longest row's length (never the empty
+    tail), with an online softmax in fp32. k_all: [L, B, K, S, E], v_all: [L, B, K, E, S] (the
+    cache's layouts). Returns [B, 1, H, E] in v's dtype."""
+    b, t, h, e = q_bthe.shape
+    kv, slots, c = k_all.shape[2], k_all.shape[3], rows.chunk
+    q = q_bthe.reshape(b, t, kv, h // kv, e)
+
+    def one_block(carry):
+        i, top, total, acc = carry  # running max and sum [B, K, G, T], weighted values [B, K, G, T, E]
+        start = i * c
+        at = jnp.minimum(start, slots - c)  # the last block is read whole, overlapping the one before
+        k = jax.lax.dynamic_slice(k_all, (layer, 0, 0, at, 0), (1, b, kv, c, e))[0]
+        v = jax.lax.dynamic_slice(v_all, (layer, 0, 0, 0, at), (1, b, kv, e, c))[0]
+        ids = at + jnp.arange(c)
+        seen = (ids[None, :] >= start) & (ids[None, :] <= rows.last[:, None])  # [B, c], each slot once
+        s = jnp.einsum("btkge,bkse->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(e)
+        s = jnp.where(seen[:, None, None, None], s, NEG_INF)
+        new_top = jnp.maximum(top, jnp.max(s, axis=-1))
+        p = jnp.exp(s - new_top[..., None])
+        rescale = jnp.exp(top - new_top)
+        pv = jnp.einsum("bkgts,bkes->bkgte", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
+        return i + 1, new_top, total * rescale + jnp.sum(p, axis=-1), acc * rescale[..., None] + pv
+
+    g = h // kv
+    init = (
+        jnp.zeros((), jnp.int32),
+        jnp.full((b, kv, g, t), -jnp.inf, jnp.float32),
+        jnp.zeros((b, kv, g, t), jnp.float32),
+        jnp.zeros((b, kv, g, t, e), jnp.float32),
+    )
+    _, _, total, acc = jax.lax.while_loop(lambda carry: carry[0] < rows.chunks, one_block, init)
+    out = acc / total[..., None]  # slot 0 is always seen, so total > 0
+    return jnp.einsum("bkgte->btkge", out).reshape(b, t, h, e).astype(v_all.dtype)
+
+
 def write_layer(cache, new_btke, layer, index, layout: str):
     """Writes `new_btke` into the stacked `cache` ([L] + `layout`, e.g. "bkse") at slots
     [index, index+T) of `layer`, or, with one index per row (int32 [B], T = 1), row b's token at
@@ -218,7 +269,10 @@ def block(c: ModelConfig, lm: LogicalMesh | None, p, x_btd, rope, mask, kv=None)
         k_all, v_all, layer, index = kv
         k_all, k = write_layer(k_all, k, layer, index, K_CACHE_LAYOUT)
         v_all, v = write_layer(v_all, v, layer, index, V_CACHE_LAYOUT)
-        heads = cached_attention(q, k.astype(dt), v.astype(dt), mask)
+        if isinstance(mask, FilledRows):  # a RowCache: read each row's filled slots only
+            heads = filled_attention(q, k_all, v_all, layer, mask)
+        else:
+            heads = cached_attention(q, k.astype(dt), v.astype(dt), mask)
     out = mm("bthe,hed->btd", heads, p["o"])
     if c.o_bias:
         out = out + p["o_bias"].astype(dt)
@@ -233,15 +287,16 @@ def block(c: ModelConfig, lm: LogicalMesh | None, p, x_btd, rope, mask, kv=None)
 
 
 def cache_plan(cache: KVCache | RowCache, segment_ids_bt, positions_bt):
-    """(mask bool [B, T, S], the write index: int32 [] or [B], a function (k, v) -> the updated
-    cache) for T new tokens going into `cache`."""
+    """(which slots the tokens see: bool [B, T, S], or FilledRows for a RowCache; the write index:
+    int32 [] or [B]; a function (k, v) -> the updated cache) for T new tokens going into `cache`."""
     if isinstance(cache, RowCache):
         if segment_ids_bt.shape[1] != 1:
             raise ValueError(f"a RowCache takes one new token per row, got {segment_ids_bt.shape[1]}")
         slots = cache.k.shape[1 + K_CACHE_LAYOUT.index("s")]
         index = jnp.minimum(cache.lengths, slots - 1)
-        mask = jnp.arange(slots)[None, None, :] <= index[:, None, None]
-        return mask & (segment_ids_bt[:, :, None] > 0), index, lambda k, v: RowCache(k, v, cache.lengths + 1)
+        chunk = min(slots, FILLED_CHUNK)
+        rows = FilledRows(index, (jnp.max(index) + chunk) // chunk, chunk)
+        return rows, index, lambda k, v: RowCache(k, v, cache.lengths + 1)
     write = lambda a, new: jax.lax.dynamic_update_slice_in_dim(a, new, cache.index, axis=1)
     seg_k, pos_k = write(cache.segment_bs, segment_ids_bt), write(cache.position_bs, positions_bt)
     t = segment_ids_bt.shape[1]

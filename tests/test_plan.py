@@ -182,9 +182,14 @@ def test_grpo_plan_counts_the_sampling_cache(tmp_path, capsys):
     assert (plan["rows"], plan["seq_len"]) == (8, 280)  # 2 prompts x 4 generations; 256 + 24 slots
     c = preset("tiny-olmo2")
     kv = 2 * c.num_layers * 8 * 280 * c.num_kv_heads * c.head_dim * 4 // 4  # k and v, fp32, rows split 4 ways
-    positions = 2 * 8 * 280 * 4 // 4  # the cache's segment ids and positions, int32
-    assert plan["kv_cache_bytes"] == kv + positions
-    assert plan["need"] == max(plan["peak"], plan["params"] + plan["opt_state"] + kv + positions)
+    lengths = 8 * 4 // 4  # each row's filled length, int32
+    assert plan["decode_slots"] == 8 and plan["kv_cache_bytes"] == kv + lengths
+    assert plan["need"] == max(plan["peak"], plan["params"] + plan["opt_state"] + kv + lengths)
+
+    assert cli_main([*argv, "rollout.slots=4"]) == 0  # the cache follows the slots, not the rows
+    assert "(GRPO generation: 4 decode slots of 8 completions)" in capsys.readouterr().out
+    plan = json.loads(out.read_text())
+    assert plan["decode_slots"] == 4 and plan["kv_cache_bytes"] == (kv + lengths) // 2
 
 
 def test_fit_verdict_keeps_headroom():

@@ -41,6 +41,14 @@ def test_grpo_estimate_worked_by_hand():
     assert plan.chip_hours == pytest.approx(plan.run_s * 4 / 3600)
     assert plan.slot_steps_per_token == pytest.approx(6 / 4)
 
+    packed = grpo_plan(CONFIG, s, steps=4, chip=TOY, layout=Layout(4, 4, 1), mfu=0.5, lengths=Lengths(4, 6), slots=4)
+    # continuous batching on 4 slots: 8 completions x mean 4 / 4 slots = 8 packed steps, + the tail
+    # 6 - 4 = 10 decode steps, each reading the KV cache of 4 / 4 = 1 slot per device, filled to 19
+    kv_packed = 2 * 2 * 4 * 16 * 2 * 1 * 19
+    assert packed.decode_steps == 10
+    assert packed.decode_step_s == pytest.approx((PARAMS * 2 + kv_packed) / 1e9)
+    assert packed.slot_steps_per_token == pytest.approx(4 * 10 / (8 * 4))
+
     split = grpo_plan(CONFIG, s, steps=4, chip=TOY, layout=Layout(4, 2, 2), mfu=0.5, lengths=Lengths(4, 6))
     kv_split = 2 * 2 * (4 / 2) * 16 * 2 * (8 / 2) * 19  # half the heads, twice the rows
     ring = 2 * 2 * (8 / 2) * 64 * 2 * (2 * 1 / 2) / 1e8  # 2 all-reduces per layer of [rows, D] bf16

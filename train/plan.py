@@ -134,6 +134,7 @@ class MemoryPlan:
     chip: str | None = None
     capacity: int | None = None
     kv_cache_bytes: int | None = None  # GRPO: sampling cache per device, not part of the step
+    decode_slots: int | None = None  # GRPO: the rows that cache holds (rollout.slots)
     sampling_copy_bytes: int | None = None  # GRPO: the params in the sampling layout (rollout.rules)
     time_plan: dict[str, Any] | None = None  # with a chip: `timeplan.TimePlan`'s fields, chip and mfu
 
@@ -176,7 +177,10 @@ class MemoryPlan:
             f"  peak         {g(self.peak)}  (arguments + outputs - aliased + temporaries)",
         ]
         if self.kv_cache_bytes is not None:
-            lines.append(f"  KV cache     {g(self.kv_cache_bytes)}  (GRPO generation of all rows at once)")
+            lines.append(
+                f"  KV cache     {g(self.kv_cache_bytes)}  (GRPO generation: {self.decode_slots} decode slots of "
+                f"{self.rows} completions)"
+            )
             if self.sampling_copy_bytes:
                 lines.append(f"  sampling copy{g(self.sampling_copy_bytes)}  (the params in the rollout layout)")
             lines.append(f"  generation   {g(self.sampling)}  (params + opt_state + KV cache + sampling copy)")
@@ -252,6 +256,7 @@ def sampling_copy_bytes(model_config, mesh) -> int:
 
 def time_plan(config, method, model_config, lm, rows, seq_len, chip_name, mfu, steps, lengths) -> dict[str, Any]:
     """The time estimate of `jaxrl plan --chip` (see `jaxrl.train.timeplan`), as a JSON-able dict."""
+    from jaxrl.models.engine import slot_count
     from jaxrl.train import timeplan
     from jaxrl.train.chips import chip
 
@@ -284,12 +289,14 @@ def time_plan(config, method, model_config, lm, rows, seq_len, chip_name, mfu, s
             assumed.append(
                 f"completions measured in {lengths}: mean {measured.mean:.0f}, longest {measured.longest:.0f}"
             )
-        plan = timeplan.grpo_plan(model_config, s, steps, chip(chip_name), layout, mfu, measured)
+        slots = slot_count(config.rollout.slots, s.prompts_per_step * s.num_generations, sampling)
+        plan = timeplan.grpo_plan(model_config, s, steps, chip(chip_name), layout, mfu, measured, slots)
     return {**dataclasses.asdict(plan), "chip": chip_name, "mfu": mfu, "assumed": assumed}
 
 
 def kv_cache_bytes(model_config, rows: int, slots: int, mesh) -> int:
-    """Per-device bytes of the sampler's KV cache for `rows` sequences of `slots` positions."""
+    """Per-device bytes of the engine's KV cache (`RowCache`: keys, values, each row's length) for
+    `rows` decode slots of `slots` positions."""
     import jax
     import numpy as np
 
@@ -297,8 +304,8 @@ def kv_cache_bytes(model_config, rows: int, slots: int, mesh) -> int:
     kv = jax.ShapeDtypeStruct(
         shape, model_config.compute_dtype, sharding=mesh.sharding(("layers", "batch", "seq", "kv_heads", None), shape)
     )
-    seg = jax.ShapeDtypeStruct((rows, slots), np.int32, sharding=mesh.sharding(("batch", "seq"), (rows, slots)))
-    return sharded_bytes([kv, kv, seg, seg])
+    lengths = jax.ShapeDtypeStruct((rows,), np.int32, sharding=mesh.sharding(("batch",), (rows,)))
+    return sharded_bytes([kv, kv, lengths])
 
 
 def make_plan(
@@ -347,12 +354,14 @@ def make_plan(
     lowered, batch = trainer.lower(host_batch)
     mem = lowered.compile().memory_analysis()
     arguments = mem.argument_size_in_bytes
-    kv = copy = None
+    kv = copy = slots = None
     if method == "grpo":
-        kv = kv_cache_bytes(
-            model_config, num_rows, config.grpo.max_prompt_length + config.grpo.max_completion_length, lm
-        )
+        from jaxrl.models.engine import slot_count
+
         sampling_mesh = config.rollout.sampling_mesh(lm)
+        slots = slot_count(config.rollout.slots, num_rows, sampling_mesh or lm)
+        length = config.grpo.max_prompt_length + config.grpo.max_completion_length
+        kv = kv_cache_bytes(model_config, slots, length, sampling_mesh or lm)
         copy = 0 if sampling_mesh is None else sampling_copy_bytes(model_config, sampling_mesh)
     return MemoryPlan(
         method=method,
@@ -375,6 +384,7 @@ def make_plan(
         chip=chip,
         capacity=capacity,
         kv_cache_bytes=kv,
+        decode_slots=slots,
         sampling_copy_bytes=copy,
         time_plan=None
         if chip is None

@@ -1,13 +1,16 @@
 """How long a recipe's steps take on a chip, and the whole run's chip-hours: arithmetic, no device.
 
 A training step is its FLOPs (`flops_per_token`: 6 x matmul params + attention, per token) over
-the devices' bf16 peak at a stated MFU. A GRPO generation batch (the sampler as it is: static
-batches, every row decoding until the longest ends) is
+the devices' bf16 peak at a stated MFU. A GRPO generation batch (the continuous batching engine,
+`jaxrl.models.engine`, on R = rollout.slots decode slots for its N completions) is
 - the params' copy into the rollout layout: each device receives its shard over the interconnect;
 - the prefill: 2 x params FLOPs per prompt token, each prompt once (its G samples share it);
-- `decode steps` = the longest completion, each reading from HBM the device's share of the weights
-  (compute dtype, split over `tensor`) and of the KV cache filled so far (on average prompt +
-  half the steps), plus, with tensor > 1, two all-reduces of the rows' hidden states per layer;
+- `decode steps` = N x mean / R (the completions packed into the slots) + longest - mean (the tail
+  that drains after the queue is empty), at least the longest; each reads from HBM the device's
+  share of the weights (compute dtype, split over `tensor`) and of R rows' KV cache up to the
+  longest row's fill (on average prompt + half the longest), plus, with tensor > 1, two
+  all-reduces of the rows' hidden states per layer. R = N is static batching's cost; the halving
+  of slots as the queue drains is not counted (the estimate errs long);
 - the scoring pass over prompt + completion (a forward: a third of a training step's FLOPs).
 A run is `steps` optimizer steps and one generation batch per `num_iterations` of them.
 Shapes: N rows (prompts x G), P prompt slots, C completion slots, L layers, K KV heads, E head_dim.
@@ -88,15 +91,20 @@ def decode_step_seconds(config, rows: int, filled: float, chip: Chip, layout: La
     return seconds
 
 
-def grpo_plan(config, s, steps: int, chip: Chip, layout: Layout, mfu: float, lengths: Lengths) -> TimePlan:
-    """`s`: the recipe's GRPOSettings; lengths: its completions' mean and longest."""
+def grpo_plan(
+    config, s, steps: int, chip: Chip, layout: Layout, mfu: float, lengths: Lengths, slots: int = 0
+) -> TimePlan:
+    """`s`: the recipe's GRPOSettings; lengths: its completions' mean and longest; slots: the decode
+    slots (0: one per completion)."""
     rows, prompts = s.prompts_per_step * s.num_generations, s.prompts_per_step
     p, c = s.max_prompt_length, s.max_completion_length
-    decode_steps = int(math.ceil(min(lengths.longest, c)))
+    slots = min(slots or rows, rows)
+    longest = min(lengths.longest, c)
+    decode_steps = int(math.ceil(max(longest, rows * lengths.mean / slots + longest - lengths.mean)))
     width = jnp.dtype(config.compute_dtype).itemsize
     reshard = config.num_params() * width / layout.tensor / chip.link_bytes_s
     prefill = 2 * config.num_params() * prompts * p / (layout.devices * chip.bf16_flops * mfu)
-    step_s = decode_step_seconds(config, rows, p + decode_steps / 2, chip, layout)
+    step_s = decode_step_seconds(config, slots, p + math.ceil(longest) / 2, chip, layout)
     train = train_step_seconds(config, rows * (p + c), p + c, chip, layout, mfu)
     score = train / 3
     generation = reshard + prefill + decode_steps * step_s + score
@@ -113,7 +121,7 @@ def grpo_plan(config, s, steps: int, chip: Chip, layout: Layout, mfu: float, len
         prefill_s=prefill,
         reshard_s=reshard,
         score_s=score,
-        slot_steps_per_token=decode_steps / max(lengths.mean, 1e-9),
+        slot_steps_per_token=slots * decode_steps / max(rows * lengths.mean, 1e-9),
     )
 
 

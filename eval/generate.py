@@ -26,11 +26,13 @@ def generate(
     batch_size: int = 32,
     mesh=None,
     on_batch: Callable[[int], None] | None = None,
+    slots: int | None = None,
 ) -> list[Generation]:
     """`sampling.num_samples` completions of each prompt (a `SamplingConfig`).
 
     Batch b samples with seed `sampling.seed + b`, so a run is a pure function of the seed, the
-    prompts and the batch size. `on_batch(num_prompts_done)` reports progress.
+    prompts and the batch size. `on_batch(num_prompts_done)` reports progress. slots: the
+    sampler's (None: static batches; N: continuous batching on N slots; the same completions).
     """
     from jaxrl.models.sampler import sample
 
@@ -39,7 +41,7 @@ def generate(
     for b, start in enumerate(range(0, len(prompts), batch_size)):
         batch = [list(p) for p in prompts[start : start + batch_size]]
         config = dataclasses.replace(sampling, seed=sampling.seed + b)
-        done = sample(model, batch, config, eos_token_ids=eos, tokenizer=tokenizer, mesh=mesh)
+        done = sample(model, batch, config, eos_token_ids=eos, tokenizer=tokenizer, mesh=mesh, slots=slots)
         tokens, lengths = np.asarray(done.tokens), np.asarray(done.lengths)
         n = sampling.num_samples
         for i in range(len(batch)):

@@ -53,6 +53,7 @@ class EvalConfig:
     compute_dtype: str | None = None  # matmul dtype, e.g. bfloat16 (default: float32; logits, softmax, KL stay fp32)
     mesh: str = ""  # e.g. data=1,fsdp=-1,tensor=1
     rules: str = "tensor_parallel"  # the weights' layout: split only over tensor (decoding gathers none), or fsdp
+    slots: int | None = None  # continuous batching on N decode slots (0: one per completion); None: static
     kl_base: str | None = None  # a model: report KL(base || each model)
     kl_data: str | None = None  # MATH-500 rows for the KL (default: the math500 data)
     kl_batch_size: int = 4
@@ -217,7 +218,14 @@ def evaluate_model(ref: ModelRef, prepared: list[Prepared], config: EvalConfig, 
                 done[0] = n
 
             gens = generate(
-                model, tokenizer, prompts, sampling, batch_size=config.batch_size, mesh=mesh, on_batch=on_batch
+                model,
+                tokenizer,
+                prompts,
+                sampling,
+                batch_size=config.batch_size,
+                mesh=mesh,
+                on_batch=on_batch,
+                slots=config.slots,
             )
             completions = [g.texts for g in gens]
             scored = p.task.score(p.items, completions)
@@ -413,6 +421,7 @@ def eval_cli(args) -> dict:
         compute_dtype=args.compute_dtype,
         mesh=args.mesh,
         rules=args.rules,
+        slots=args.slots,
         kl_base=args.kl_base,
         kl_data=args.kl_data,
         strict=args.strict,

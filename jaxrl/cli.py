@@ -179,6 +179,13 @@ def _eval(sub):
         default="tensor_parallel",
         help="weights split only over tensor (tensor_parallel: decoding gathers none) or as in training (fsdp)",
     )
+    p.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        help="decode on N slots with continuous batching, a finished completion's slot taking the next "
+        "(0: one per completion); default: every completion decodes until the longest ends",
+    )
     p.add_argument("--strict", action="store_true", help="a malformed row is an error, not skipped")
 
     def run(args):
@@ -243,6 +250,13 @@ def _generate(sub):
         "--rules",
         default="tensor_parallel",
         help="weights split only over tensor (tensor_parallel: decoding gathers none) or as in training (fsdp)",
+    )
+    p.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        help="decode on N slots with continuous batching, a finished completion's slot taking the next "
+        "(0: one per completion); default: every completion decodes until the longest ends",
     )
     p.add_argument("--dtype", default=None, help="compute and parameter dtype: float32, bfloat16")
     p.add_argument("--json", action="store_true", help="one JSON object per completion")

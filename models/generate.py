@@ -75,7 +75,7 @@ def generate_cli(args, out=None) -> None:
     overrides = {"dtype": args.dtype} if args.dtype else {}
     mesh = LogicalMesh(make_mesh(args.mesh), rules_preset(args.rules))
     model = load_model(model_path, mesh, param_dtype=args.dtype, **overrides)
-    completions = sample(model, prompt_ids, config, tokenizer=tokenizer)
+    completions = sample(model, prompt_ids, config, tokenizer=tokenizer, slots=args.slots)
 
     n = config.num_samples
     lines = []  # JSON objects, for stdout (--json) or the --out file

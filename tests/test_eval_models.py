@@ -160,7 +160,14 @@ def test_cli_eval_and_its_errors(models, tmp_path, capsys):
             "--data", f"ifeval={DATA['ifeval']}", "--data", f"mmlu={DATA['mmlu']}"]  # fmt: skip
     assert main(args) == 0
     assert "| ifeval (prompt_strict) |" in capsys.readouterr().out
-    assert json.loads((tmp_path / "results.json").read_text())["results"]["hf"]["ifeval"]["num_problems"] == 2
+    static = json.loads((tmp_path / "results.json").read_text())["results"]["hf"]
+    assert static["ifeval"]["num_problems"] == 2
+    continuous = tmp_path / "slots"  # continuous batching on 2 slots: the same completions, the same scores
+    assert (
+        main([*args[: args.index("--out") + 1], str(continuous), *args[args.index("--out") + 2 :], "--slots", "2"]) == 0
+    )
+    again = json.loads((continuous / "results.json").read_text())["results"]["hf"]["ifeval"]
+    assert {**again, "seconds": 0} == {**static["ifeval"], "seconds": 0}
     for bad, message in [
         (["--tasks", "nope"], "unknown task 'nope'"),
         (["--data", "math500"], "expected TASK=VALUE"),

@@ -46,6 +46,11 @@ def test_json_from_hf_dir_and_orbax_checkpoint_agree(models, capsys):
     code, out_orbax, err = run(capsys, orbax, *prompt_args, *SAMPLING, "--json", "--tokenizer", hf)
     assert code == 0, err
     assert out_orbax == out
+    code, out_continuous, err = run(capsys, hf, *prompt_args, *SAMPLING, "--json", "--slots", "3")
+    assert code == 0, err
+    assert [json.loads(line)["token_ids"] for line in out_continuous.splitlines()] == [
+        r["token_ids"] for r in records
+    ]  # continuous batching on 3 slots: the same completions
 
 
 def test_out_file_holds_the_json_lines(models, capsys, tmp_path):
@@ -77,6 +82,7 @@ def test_prompts_file_raw_and_text_output(models, capsys, tmp_path):
         (["{hf}"], "no prompts"),
         (["{hf}", "--prompt", "hi", "--top-p", "0"], "top_p"),
         (["{orbax}", "--prompt", "hi"], "no tokenizer files"),
+        (["{hf}", "--prompt", "hi", "--slots", "-1"], "slots=-1 must be >= 0"),
     ],
 )
 def test_bad_inputs_exit_2_with_one_line(models, capsys, tmp_path, argv, message):

@@ -166,6 +166,7 @@ def test_cli_eval_and_its_errors(models, tmp_path, capsys):
     assert (
         main([*args[: args.index("--out") + 1], str(continuous), *args[args.index("--out") + 2 :], "--slots", "2"]) == 0
     )
+    capsys.readouterr()
     again = json.loads((continuous / "results.json").read_text())["results"]["hf"]["ifeval"]
     assert {**again, "seconds": 0} == {**static["ifeval"], "seconds": 0}
     for bad, message in [

@@ -22,6 +22,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jaxrl.models.attention import NEG_INF, allowed, attend
 from jaxrl.models.config import ModelConfig
+from jaxrl.models.row_cache import RingWindow, RowCache, advance, ring_attention, window
 
 from jaxrl.sharding import LogicalMesh, constrain
 
@@ -58,21 +59,6 @@ class KVCache:
     segment_bs: jax.Array
     position_bs: jax.Array
     index: jax.Array
-
-
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass
-class RowCache:
-    """A cache whose rows fill independently (continuous batching), one new token per row per call.
-
-    k: [L, B, K, S, E] and v: [L, B, K, E, S] as in KVCache; lengths: int32 [B], the slots row b
-    holds (its tokens sit at slots [0, lengths[b]) with positions 0, 1, ...). A call writes row b's
-    token at slot lengths[b] (clamped to S - 1 for an idle row) and lets it see slots [0, lengths[b]].
-    """
-
-    k: jax.Array
-    v: jax.Array
-    lengths: jax.Array
 
 
 def rms_norm(x, weight, eps: float, weight_fp32: bool, axes=(-1,)):
@@ -126,72 +112,9 @@ def cached_attention(q_bthe, k, v, allowed_bts, k_layout: str = K_CACHE_LAYOUT, 
     return out.reshape(b, t, h, e)
 
 
-@jax.tree_util.register_dataclass
-@dataclasses.dataclass(frozen=True)
-class FilledRows:
-    """Which slots one new token per row sees in a RowCache: row b slots [0, last[b]]; `chunks`
-    blocks of `chunk` slots cover the longest row."""
-
-    last: jax.Array  # int32 [B]
-    chunks: jax.Array  # int32 []
-    chunk: int = dataclasses.field(metadata=dict(static=True))
-
-
-FILLED_CHUNK = 256  # slots read per block by `filled_attention`
-
-
-def filled_attention(q_bthe, k_all, v_all, layer, rows: FilledRows):
-    """Attention of one new token per row to the filled slots of its row only: a while loop reads
-    the stacked cache's blocks of `rows.chunk` slots up to the longest row's length (never the empty
-    tail), with an online softmax in fp32. k_all: [L, B, K, S, E], v_all: [L, B, K, E, S] (the
-    cache's layouts). Returns [B, 1, H, E] in v's dtype."""
-    b, t, h, e = q_bthe.shape
-    kv, slots, c = k_all.shape[2], k_all.shape[3], rows.chunk
-    q = q_bthe.reshape(b, t, kv, h // kv, e)
-
-    def one_block(carry):
-        i, top, total, acc = carry  # running max and sum [B, K, G, T], weighted values [B, K, G, T, E]
-        start = i * c
-        at = jnp.minimum(start, slots - c)  # the last block is read whole, overlapping the one before
-        k = jax.lax.dynamic_slice(k_all, (layer, 0, 0, at, 0), (1, b, kv, c, e))[0]
-        v = jax.lax.dynamic_slice(v_all, (layer, 0, 0, 0, at), (1, b, kv, e, c))[0]
-        ids = at + jnp.arange(c)
-        seen = (ids[None, :] >= start) & (ids[None, :] <= rows.last[:, None])  # [B, c], each slot once
-        s = jnp.einsum("btkge,bkse->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(e)
-        s = jnp.where(seen[:, None, None, None], s, NEG_INF)
-        new_top = jnp.maximum(top, jnp.max(s, axis=-1))
-        p = jnp.exp(s - new_top[..., None])
-        rescale = jnp.exp(top - new_top)
-        pv = jnp.einsum("bkgts,bkes->bkgte", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-        return i + 1, new_top, total * rescale + jnp.sum(p, axis=-1), acc * rescale[..., None] + pv
-
-    g = h // kv
-    init = (
-        jnp.zeros((), jnp.int32),
-        jnp.full((b, kv, g, t), -jnp.inf, jnp.float32),
-        jnp.zeros((b, kv, g, t), jnp.float32),
-        jnp.zeros((b, kv, g, t, e), jnp.float32),
-    )
-    _, _, total, acc = jax.lax.while_loop(lambda carry: carry[0] < rows.chunks, one_block, init)
-    out = acc / total[..., None]  # slot 0 is always seen, so total > 0
-    return jnp.einsum("bkgte->btkge", out).reshape(b, t, h, e).astype(v_all.dtype)
-
-
 def write_layer(cache, new_btke, layer, index, layout: str):
     """Writes `new_btke` into the stacked `cache` ([L] + `layout`, e.g. "bkse") at slots
-    [index, index+T) of `layer`, or, with one index per row (int32 [B], T = 1), row b's token at
-    slot index[b]. Returns (the updated cache, that layer's slice in `layout`)."""
-    if jnp.ndim(index) == 1:
-        # vmapped over the rows, so the scatter keeps rows as a batch dimension and a mesh that
-        # splits rows writes each shard's rows in place, with no collective
-        at = lambda slot: tuple(slot if axis == "s" else slice(None) for axis in layout if axis != "b")
-
-        def write_row(cache_row, new_ke, slot):  # cache_row: [L] + layout without b
-            return cache_row.at[(layer, *at(slot))].set(new_ke.astype(cache.dtype))
-
-        b_axis = 1 + layout.index("b")
-        cache = jax.vmap(write_row, (b_axis, 0, 0), b_axis)(cache, new_btke[:, 0], index)
-        return cache, jax.lax.dynamic_index_in_dim(cache, layer, axis=0, keepdims=False)
+    [index, index+T) of `layer`. Returns (the updated cache, that layer's slice in `layout`)."""
     new = jnp.einsum(f"btke->{layout.replace('s', 't')}", new_btke.astype(cache.dtype))[None]
     zero = jnp.zeros((), jnp.int32)
     start = (layer,) + tuple(index if axis == "s" else zero for axis in layout)
@@ -269,8 +192,8 @@ def block(c: ModelConfig, lm: LogicalMesh | None, p, x_btd, rope, mask, kv=None)
         k_all, v_all, layer, index = kv
         k_all, k = write_layer(k_all, k, layer, index, K_CACHE_LAYOUT)
         v_all, v = write_layer(v_all, v, layer, index, V_CACHE_LAYOUT)
-        if isinstance(mask, FilledRows):  # a RowCache: read each row's filled slots only
-            heads = filled_attention(q, k_all, v_all, layer, mask)
+        if isinstance(mask, RingWindow):  # a RowCache: read each row's own tokens only
+            heads = ring_attention(q, k_all, v_all, layer, mask)
         else:
             heads = cached_attention(q, k.astype(dt), v.astype(dt), mask)
     out = mm("bthe,hed->btd", heads, p["o"])
@@ -287,16 +210,12 @@ def block(c: ModelConfig, lm: LogicalMesh | None, p, x_btd, rope, mask, kv=None)
 
 
 def cache_plan(cache: KVCache | RowCache, segment_ids_bt, positions_bt):
-    """(which slots the tokens see: bool [B, T, S], or FilledRows for a RowCache; the write index:
-    int32 [] or [B]; a function (k, v) -> the updated cache) for T new tokens going into `cache`."""
+    """(which slots the tokens see: bool [B, T, S], or a RingWindow for a RowCache; the slot the
+    tokens are written from; a function (k, v) -> the updated cache) for T new tokens."""
     if isinstance(cache, RowCache):
         if segment_ids_bt.shape[1] != 1:
             raise ValueError(f"a RowCache takes one new token per row, got {segment_ids_bt.shape[1]}")
-        slots = cache.k.shape[1 + K_CACHE_LAYOUT.index("s")]
-        index = jnp.minimum(cache.lengths, slots - 1)
-        chunk = min(slots, FILLED_CHUNK)
-        rows = FilledRows(index, (jnp.max(index) + chunk) // chunk, chunk)
-        return rows, index, lambda k, v: RowCache(k, v, cache.lengths + 1)
+        return window(cache), cache.index, lambda k, v: advance(cache, k, v)
     write = lambda a, new: jax.lax.dynamic_update_slice_in_dim(a, new, cache.index, axis=1)
     seg_k, pos_k = write(cache.segment_bs, segment_ids_bt), write(cache.position_bs, positions_bt)
     t = segment_ids_bt.shape[1]
@@ -327,7 +246,7 @@ class Decoder(nnx.Module):
         segment_ids_bt: int [B, T], 0 for padding (default: all 1).
         positions_bt: int [B, T] (default: count of non-padding tokens before each token).
         cache: a KVCache (the T tokens go to slots [cache.index, cache.index + T)) or a RowCache
-        (T = 1; each row's token goes to its own slot).
+        (T = 1; rows of independent lengths, `jaxrl.models.row_cache`).
         """
         c, lm = self.config, self.mesh
         if segment_ids_bt is None:

@@ -2,7 +2,8 @@
 
     completions = sample(model, prompts, SamplingConfig(num_samples=8), slots=32)
 
-The (prompt, sample) pairs wait in a queue, prompt-major. One jitted `lax.while_loop` takes turns:
+The (prompt, sample) pairs wait in a queue, prompt-major. One jitted `lax.while_loop` takes turns
+(two inner loops, so that no branch ever copies the cache):
 - refill, when a slot is free and a pair waits: the next prompt is prefilled once into a buffer
   that its samples share (its cache, and each sample's first token drawn from its logits), and its
   waiting samples take the free slots, each copying the prompt's cache into its row;
@@ -31,7 +32,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jaxrl.models.decoder import K_CACHE_LAYOUT, V_CACHE_LAYOUT, Decoder, KVCache, RowCache, cache_axes, cache_shape
+from jaxrl.models.decoder import K_CACHE_LAYOUT, V_CACHE_LAYOUT, Decoder, KVCache, cache_axes, cache_shape
+from jaxrl.models.row_cache import RowCache, place
 from jaxrl.models.sampler import DecodeValues, SamplingConfig, choose_tokens
 
 from jaxrl.errors import JaxrlError
@@ -124,10 +126,10 @@ def _ends(values: DecodeValues, tokens_r, steps_r):
     return jnp.isin(tokens_r, values.eos_ids) | (steps_r + 1 >= values.max_new_tokens)
 
 
-def _prefill_next(model: Decoder, state: Engine, prompts_bp, lengths_b, values, n: int) -> Engine:
-    """Prefills the next prompt into the buffer and draws its samples' first tokens."""
+def _prefill_next(model: Decoder, buffer: Buffer, i, prompts_bp, lengths_b, values, n: int) -> Buffer:
+    """Prompt `i` prefilled into the buffer, its samples' first tokens drawn (`buffer`: the old one,
+    for its shapes)."""
     c = model.config
-    i = state.next_prompt
     p = prompts_bp.shape[1]
     tokens = jax.lax.dynamic_index_in_dim(prompts_bp, i, keepdims=True)  # [1, P], right-padded
     length = lengths_b[i]
@@ -139,13 +141,12 @@ def _prefill_next(model: Decoder, state: Engine, prompts_bp, lengths_b, values, 
     logits = model.logits(jax.lax.dynamic_slice_in_dim(h, length - 1, 1, axis=1))[0, 0]
     rows = i * n + jnp.arange(n, dtype=jnp.int32)
     first, logprobs = _draw(values, jnp.broadcast_to(logits, (n, logits.shape[0])), rows, jnp.zeros_like(rows))
-    buffer = Buffer(cache.k, cache.v, length, first, logprobs, i, jnp.zeros((), jnp.int32))
-    return dataclasses.replace(state, buffer=buffer, next_prompt=i + 1)
+    return Buffer(cache.k, cache.v, length, first, logprobs, i, jnp.zeros_like(buffer.taken))
 
 
 def _place(state: Engine, values: DecodeValues, n: int) -> Engine:
     """The buffered prompt's waiting samples take free slots (lowest slot first, samples in order):
-    each copies the prompt's cache into its row and records its first token."""
+    each takes the prompt's cache into its row and records its first token."""
     s, b = state.slots, state.buffer
     free = s.row < 0
     rank = jnp.cumsum(free) - 1
@@ -154,17 +155,7 @@ def _place(state: Engine, values: DecodeValues, n: int) -> Engine:
     row = jnp.where(take, b.prompt * n + sample_j, s.row)
     first, logprobs = b.tokens[sample_j], b.logprobs[sample_j]
 
-    def copy_prompt(cache, prompt_cache, layout):  # the first P slots of the taken rows
-        axis = 1 + layout.index("s")
-        head = jax.lax.slice_in_dim(cache, 0, prompt_cache.shape[axis], axis=axis)
-        head = jnp.where(take.reshape((1, -1) + (1,) * (cache.ndim - 2)), prompt_cache, head)
-        return jax.lax.dynamic_update_slice_in_dim(cache, head, 0, axis=axis)
-
-    cache = RowCache(
-        copy_prompt(s.cache.k, b.k, K_CACHE_LAYOUT),
-        copy_prompt(s.cache.v, b.v, V_CACHE_LAYOUT),
-        jnp.where(take, b.length, s.cache.lengths),
-    )
+    cache = place(s.cache, take, b.k, b.v, b.length)
     zero = jnp.zeros_like(s.step)
     out = _record(state.out, row, zero, first, logprobs, take)
     row = jnp.where(take & _ends(values, first, zero), -1, row)
@@ -183,6 +174,7 @@ def _decode_turn(model: Decoder, state: Engine, values: DecodeValues) -> Engine:
     tokens, logprobs = _draw(values, logits, jnp.maximum(s.row, 0), s.step)
     out = _record(state.out, s.row, s.step, tokens, logprobs, busy)
     row = jnp.where(busy & _ends(values, tokens, s.step), -1, s.row)
+    cache.lengths = jnp.where(row >= 0, cache.lengths, 0)  # a free slot holds nothing to attend to
     slots = Slots(cache, row, s.step + busy, tokens)
     out = dataclasses.replace(out, decode_turns=out.decode_turns + 1, slot_steps=out.slot_steps + s.row.shape[0])
     return dataclasses.replace(state, slots=slots, out=out)
@@ -194,6 +186,7 @@ def _constrain_slots(lm: LogicalMesh | None, s: Slots) -> Slots:
         constrain(lm, s.cache.k, cache_axes(K_CACHE_LAYOUT)),
         constrain(lm, s.cache.v, cache_axes(V_CACHE_LAYOUT)),
         rows(s.cache.lengths),
+        s.cache.index,
     )
     return Slots(cache, rows(s.row), rows(s.step), rows(s.last))
 
@@ -208,26 +201,34 @@ def _run(graphdef, params, state: Engine, prompts_bp, lengths_b, num_prompts, va
     model = nnx.merge(graphdef, params)
     lm = model.mesh
 
-    def refill(state):
-        state = jax.lax.cond(
+    def refill(state):  # the next prompt into the buffer when it is used up, then its samples placed
+        buffer = jax.lax.cond(  # only the small buffer passes through the cond, never the cache
             state.buffer.taken >= n,
-            lambda st: _prefill_next(model, st, prompts_bp, lengths_b, values, n),
-            lambda st: st,
-            state,
+            lambda b, i: _prefill_next(model, b, i, prompts_bp, lengths_b, values, n),
+            lambda b, i: b,
+            state.buffer,
+            state.next_prompt,
         )
+        next_prompt = state.next_prompt + (state.buffer.taken >= n)
+        state = dataclasses.replace(state, buffer=buffer, next_prompt=next_prompt)
         return _place(state, values, n)
 
-    def turn(state):
+    def decode(state):
         state = dataclasses.replace(state, slots=_constrain_slots(lm, state.slots))
-        free = jnp.any(state.slots.row < 0)
-        waiting = ~queue_empty(state, num_prompts, n)
-        return jax.lax.cond(free & waiting, refill, lambda st: _decode_turn(model, st, values), state)
+        return _decode_turn(model, state, values)
+
+    def can_refill(state):
+        return jnp.any(state.slots.row < 0) & ~queue_empty(state, num_prompts, n)
 
     def going(state):
         busy = jnp.sum(state.slots.row >= 0)
         return ~(queue_empty(state, num_prompts, n) & (busy <= hand_back_at))
 
-    return jax.lax.while_loop(going, turn, state)
+    def phases(state):  # fill every free slot the queue can, then decode until one frees with pairs waiting
+        state = jax.lax.while_loop(can_refill, refill, state)
+        return jax.lax.while_loop(lambda st: going(st) & ~can_refill(st), decode, state)
+
+    return jax.lax.while_loop(going, phases, state)
 
 
 @functools.partial(jax.jit, static_argnames=("slots",))
@@ -236,7 +237,7 @@ def _shrink(state: Engine, *, slots: int) -> Engine:
     keep = jnp.argsort(state.slots.row < 0, stable=True)[:slots]
     s = state.slots
     pick = lambda x, axis=0: jnp.take(x, keep, axis=axis)
-    cache = RowCache(pick(s.cache.k, 1), pick(s.cache.v, 1), pick(s.cache.lengths))
+    cache = RowCache(pick(s.cache.k, 1), pick(s.cache.v, 1), pick(s.cache.lengths), s.cache.index)
     return dataclasses.replace(state, slots=Slots(cache, pick(s.row), pick(s.step), pick(s.last)))
 
 
@@ -247,8 +248,8 @@ def _start(c, lm, slots: int, capacity: int, prompt_slots: int, prompts: int, ne
     rows = prompts * n
     zeros = lambda batch, s, layout: jnp.zeros(cache_shape(c, batch, s, layout), c.compute_dtype)
     int_r = lambda value: jnp.full((slots,), value, jnp.int32)
-    cache = RowCache(zeros(slots, capacity, K_CACHE_LAYOUT), zeros(slots, capacity, V_CACHE_LAYOUT), int_r(0))
     zero = jnp.zeros((), jnp.int32)
+    cache = RowCache(zeros(slots, capacity, K_CACHE_LAYOUT), zeros(slots, capacity, V_CACHE_LAYOUT), int_r(0), zero)
     buffer = Buffer(
         zeros(1, prompt_slots, K_CACHE_LAYOUT),
         zeros(1, prompt_slots, V_CACHE_LAYOUT),

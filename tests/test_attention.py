@@ -140,19 +140,24 @@ def test_auto_takes_the_plain_path_only_within_one_block(monkeypatch):
     assert taken == ["xla", "blockwise"]
 
 
-def test_filled_attention_reads_only_the_filled_blocks_of_each_row():
-    from jaxrl.models.decoder import FILLED_CHUNK, FilledRows, cached_attention, filled_attention
+def test_ring_attention_reads_only_the_blocks_holding_each_rows_tokens():
+    from jaxrl.models.decoder import cached_attention
+    from jaxrl.models.row_cache import MAX_CHUNK, RowCache, ring_attention, window
 
-    b, kv, g, e, layers, slots = 3, 2, 2, 8, 2, 4 * FILLED_CHUNK
+    b, kv, g, e, layers, slots = 3, 2, 2, 8, 2, 4 * MAX_CHUNK
     keys = jax.random.split(jax.random.key(0), 3)
     q = jax.random.normal(keys[0], (b, 1, kv * g, e))
     k_all = jax.random.normal(keys[1], (layers, b, kv, slots, e))
     v_all = jax.random.normal(keys[2], (layers, b, kv, e, slots))
-    last = jnp.array([0, FILLED_CHUNK + 7, 40])  # the longest row ends in block 1 of 4
-    rows = FilledRows(last, jnp.int32(2), FILLED_CHUNK)
-    want = cached_attention(q, k_all[1], v_all[1], (jnp.arange(slots)[None, :] <= last[:, None])[:, None])
-    # blocks 2 and 3 hold NaN: reading them at all would poison every row
-    poisoned = lambda x, axis: jnp.where(jnp.arange(slots) >= 2 * FILLED_CHUNK, jnp.nan, x.swapaxes(axis, -1))
-    k_nan = poisoned(k_all, 3).swapaxes(3, -1)
-    got = filled_attention(q, k_nan, poisoned(v_all, 4), 1, rows)
+    # the next token goes to slot 100; row 1 holds 300 tokens, so its oldest wraps round to slot 824
+    lengths, index = jnp.array([0, 300, 40]), jnp.int32(100)
+    age = (index - jnp.arange(slots)) % slots
+    want = cached_attention(q, k_all[1], v_all[1], (age[None, :] <= lengths[:, None])[:, None])
+    ring = window(RowCache(k_all, v_all, lengths, index))
+    assert (int(ring.first), int(ring.blocks)) == (3, 2)  # blocks 3 and 0 of 4
+    # blocks 1 and 2 hold NaN: reading them at all would poison every row
+    outside = (jnp.arange(slots) >= MAX_CHUNK) & (jnp.arange(slots) < 3 * MAX_CHUNK)
+    k_nan = jnp.where(outside[:, None], jnp.nan, k_all)
+    v_nan = jnp.where(outside, jnp.nan, v_all)
+    got = ring_attention(q, k_nan, v_nan, 1, ring)
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)

@@ -10,6 +10,7 @@ are: most short, a tail at the limit. K = V / (0.38 x new tokens) puts the mean 
 limit and about 7% of the completions at it (in expectation).
 
     python bench/rollout.py                     # CPU (JAX_PLATFORMS=cpu to be sure)
+    python bench/rollout.py --device cuda --dtype bfloat16   # GPU: JAX's default GPU, PyTorch on cuda:0
 
 Three runners, on the same CPU threads:
 - jaxrl (the engine): `sample(..., slots=48)`, continuous batching on 48 decode slots refilled as
@@ -74,6 +75,7 @@ def parse_args(argv=None):
         help="pin the process to this many CPUs, used by all (default: all it may use)",
     )
     p.add_argument("--dtype", default="float32", help="float32 or bfloat16, for all")
+    p.add_argument("--device", default="cpu", help="PyTorch device: cpu or cuda (JAX takes its default device)")
     p.add_argument("--no-reference", action="store_true", help="skip transformers (ratio is null)")
     p.add_argument("--count-gathers", action="store_true", help=argparse.SUPPRESS)  # the subprocess
     return p.parse_args(argv)
@@ -195,12 +197,17 @@ def reference_runner(model, prompts, eos, args):
         pad_token_id=0,
     )
 
+    ids, mask, model = ids.to(args.device), mask.to(args.device), model.to(args.device)
+    sync = torch.cuda.synchronize if args.device.startswith("cuda") else (lambda: None)
+
     @torch.no_grad()
     def generate():
         torch.manual_seed(SEED)
-        return model.generate(input_ids=ids, attention_mask=mask, generation_config=generation)
+        out = model.generate(input_ids=ids, attention_mask=mask, generation_config=generation)
+        sync()
+        return out
 
-    new = generate()[:, width:].numpy()  # also the warm-up
+    new = generate()[:, width:].cpu().numpy()  # also the warm-up
     ends = np.isin(new, eos)
     lengths = np.where(ends.any(axis=1), ends.argmax(axis=1) + 1, args.new_tokens)
     return generate, lengths

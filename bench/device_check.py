@@ -11,8 +11,8 @@ failure never hides the others:
 - attention: every attention implementation this backend offers against `blockwise` on random
   inputs with padding and packing, forward and gradients;
 - sft, grpo: a tiny run of each (10 steps; 3 and 2 reduced) end to end through `jaxrl train`;
-- train_step, decode, rollout: the benches' last JSON lines (`bench/rollout.py` when it exists),
-  with the decode step's achieved HBM bandwidth against the chip's where the chip is known.
+- train_step, decode, rollout: the benches' last JSON lines, with the decode step's achieved HBM
+  bandwidth against the chip's where the chip is known.
 Reduced sizes skip the benches (each builds a ~40M model); the other checks stay the same.
 """
 
@@ -196,8 +196,8 @@ def main(argv=None) -> dict:
             check(results, "decode", lambda: bench("decode.py", [*device_args, "--dtype", "bfloat16"]))
             if results["decode"]["ok"]:
                 results["decode"]["hbm"] = hbm_bandwidth(results["decode"], results["device"].get("kind", ""))
-            if (REPO / "bench" / "rollout.py").is_file():
-                check(results, "rollout", lambda: bench("rollout.py", device_args))
+            rollout_args = [*device_args, "--dtype", "bfloat16", "--repeats", "1"]
+            check(results, "rollout", lambda: bench("rollout.py", rollout_args))
     summary = {
         "reduced": args.reduced,
         "seconds": round(time.perf_counter() - start, 1),

@@ -7,9 +7,9 @@ The (prompt, sample) pairs wait in a queue, prompt-major. One jitted `lax.while_
 - refill, when a slot is free and a pair waits: the next prompt is prefilled once into a buffer
   that its samples share (its cache, and each sample's first token drawn from its logits), and its
   waiting samples take the free slots, each copying the prompt's cache into its row;
-- decode, otherwise: one token for every slot. Each row writes its key/value at its own length
-  and attends to its own filled slots only (`RowCache`); a row that ends (EOS or the limit) frees
-  its slot for the next turn.
+- decode, otherwise: one token for every slot. The cache is a ring (`models.row_cache`): every
+  row writes at one shared slot, holds its own number of tokens before it and attends to those
+  only; a row that ends (EOS or the limit) frees its slot for the next turn.
 When the queue is empty and at most half the slots are busy, the loop hands back to the host,
 which moves the busy rows into the first half (one gather, outside the loop) and decodes on half as
 many slots (down to MIN_SLOTS_PER_SHARD per batch shard): the last long completions do not drag

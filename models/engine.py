@@ -34,7 +34,7 @@ import numpy as np
 from flax import nnx
 from jaxrl.models.decoder import K_CACHE_LAYOUT, V_CACHE_LAYOUT, Decoder, KVCache, cache_axes, cache_shape
 from jaxrl.models.row_cache import RowCache, place
-from jaxrl.models.sampler import DecodeValues, SamplingConfig, choose_tokens
+from jaxrl.models.sampler import DecodeValues, SamplingConfig, checked_prompts, choose_tokens
 
 from jaxrl.errors import JaxrlError
 from jaxrl.shapes import bucket
@@ -272,14 +272,7 @@ def _start(c, lm, slots: int, capacity: int, prompt_slots: int, prompts: int, ne
 def right_padded(prompt_ids: Sequence[Sequence[int]], vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Prompts right-padded into their bucket: tokens int32 [B, P], lengths int32 [B] (0 for the
     bucket's extra rows); checks the token ids."""
-    if len(prompt_ids) == 0:
-        raise JaxrlError("no prompts to sample from")
-    rows = [np.asarray(p, np.int64).reshape(-1) for p in prompt_ids]
-    for i, row in enumerate(rows):
-        if row.size == 0:
-            raise JaxrlError(f"prompt {i} is empty; every prompt needs at least one token")
-        if row.min() < 0 or row.max() >= vocab_size:
-            raise JaxrlError(f"prompt {i} has a token id outside the vocabulary [0, {vocab_size})")
+    rows = checked_prompts(prompt_ids, vocab_size)
     tokens = np.zeros((bucket(len(rows), 1), bucket(max(r.size for r in rows))), np.int32)
     lengths = np.zeros((tokens.shape[0],), np.int32)
     for i, row in enumerate(rows):

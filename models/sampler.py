@@ -127,10 +127,9 @@ class PromptBatch:
     num_prompts: int
 
 
-def pad_prompts(
-    prompt_ids: Sequence[Sequence[int]], vocab_size: int, num_samples: int, mesh: LogicalMesh | None = None
-) -> PromptBatch:
-    """Left-pads the prompts into the (batch, prompt length) bucket; checks the token ids."""
+def checked_prompts(prompt_ids: Sequence[Sequence[int]], vocab_size: int) -> list[np.ndarray]:
+    """The prompts as int64 arrays, after a clear error for none, an empty one or a token id
+    outside the vocabulary."""
     if len(prompt_ids) == 0:
         raise JaxrlError("no prompts to sample from")
     rows = [np.asarray(p, np.int64).reshape(-1) for p in prompt_ids]
@@ -139,6 +138,14 @@ def pad_prompts(
             raise JaxrlError(f"prompt {i} is empty; every prompt needs at least one token")
         if row.min() < 0 or row.max() >= vocab_size:
             raise JaxrlError(f"prompt {i} has a token id outside the vocabulary [0, {vocab_size})")
+    return rows
+
+
+def pad_prompts(
+    prompt_ids: Sequence[Sequence[int]], vocab_size: int, num_samples: int, mesh: LogicalMesh | None = None
+) -> PromptBatch:
+    """Left-pads the prompts into the (batch, prompt length) bucket; checks the token ids."""
+    rows = checked_prompts(prompt_ids, vocab_size)
     shards = data_parallel_size(mesh)
     unit = shards // math.gcd(shards, num_samples)  # prompts per step of evenly split rows
     b = -(-bucket(len(rows), 1) // unit) * unit

@@ -12,6 +12,7 @@ from flax import nnx
 from hf_models import FAMILY_CASES, build_hf_model
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from jaxrl.models.engine import right_padded, slot_count
 from jaxrl.models.hf_io import load_hf
 from jaxrl.models.sampler import SamplingConfig, _decode, bucket, pad_prompts, sample
 from jaxrl.models.sampling import choose_tokens
@@ -218,6 +219,14 @@ def test_buckets_and_bad_inputs():
         pad_prompts([[1], []], 10, 1)
     with pytest.raises(JaxrlError, match="vocabulary"):
         pad_prompts([[1, 10]], 10, 1)
+    tokens, lengths = right_padded([[5, 6], [7, 8, 9]], 10)  # the engine's prompts: padded on the right
+    np.testing.assert_array_equal(tokens[:2, :3], [[5, 6, 0], [7, 8, 9]])
+    assert tokens.shape == (2, 16) and lengths.tolist() == [2, 3]
+    with pytest.raises(JaxrlError, match="vocabulary"):
+        right_padded([[1, 10]], 10)
+    assert slot_count(0, 12, mesh) == 16 and slot_count(5, 12, None) == 5 and slot_count(50, 12, None) == 12
+    with pytest.raises(JaxrlError, match="slots=-1 must be >= 0"):
+        slot_count(-1, 12, None)
     with pytest.raises(JaxrlError, match="top_p"):
         SamplingConfig(top_p=0)
     with pytest.raises(JaxrlError, match="temperature"):

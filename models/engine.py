@@ -195,7 +195,8 @@ def queue_empty(state: Engine, num_prompts, n: int):
     return (state.buffer.taken >= n) & (state.next_prompt >= num_prompts)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "n", "hand_back_at"))
+# The state is donated: its cache is updated in place, never held twice.
+@functools.partial(jax.jit, static_argnames=("graphdef", "n", "hand_back_at"), donate_argnames=("state",))
 def _run(graphdef, params, state: Engine, prompts_bp, lengths_b, num_prompts, values, *, n: int, hand_back_at: int):
     """Refill and decode turns until the queue is empty and at most `hand_back_at` slots are busy."""
     model = nnx.merge(graphdef, params)

@@ -270,3 +270,17 @@ def test_top_k_one_is_greedy():
     keys = jax.random.split(jax.random.key(1), ROWS)
     tokens, _ = _choose(logits, keys, jnp.float32(1.0), jnp.int32(1), jnp.float32(1.0), greedy=False, truncate=True)
     np.testing.assert_array_equal(tokens, np.argmax(logits, -1))
+
+
+def test_the_engine_updates_its_cache_in_place(models):
+    """The engine's state is donated: its compiled loop aliases the cache and holds no second copy."""
+    from jaxrl.models.engine import lowered_run
+
+    _, _, ours = models["olmo2"]
+    c = ours.config
+    config = SamplingConfig(temperature=0.7, max_new_tokens=512, num_samples=2)
+    lowered, slots = lowered_run(ours, prompts_for(c.vocab_size), config, 8)
+    memory = lowered.compile().memory_analysis()
+    cache = 2 * c.num_layers * slots * c.num_kv_heads * (32 + 512) * c.head_dim * 4  # k and v, fp32
+    assert memory.alias_size_in_bytes >= cache
+    assert memory.temp_size_in_bytes < cache / 4

@@ -46,6 +46,7 @@ def row(recipe: str, chips: int, k: int) -> str:
     p = plan(recipe, chips, k)
     need = p["need"] / GB
     kv = f"{p['kv_cache_bytes'] / GIB:.2f}" if p["kv_cache_bytes"] is not None else "-"
+    copy = f"{p['sampling_copy_bytes'] / GIB:.2f}" if p["sampling_copy_bytes"] is not None else "-"
     fits = ["yes" if need <= usable else "no" for usable in USABLE.values()]
     cells = [
         recipe,
@@ -56,6 +57,7 @@ def row(recipe: str, chips: int, k: int) -> str:
         f"{p['temporaries'] / GIB:.2f}",
         f"{p['peak'] / GIB:.2f}",
         kv,
+        copy,
         f"{need:.1f}",
         *fits,
     ]
@@ -66,9 +68,9 @@ def main() -> None:
     usable = " | ".join(f"{chip} ({gb:.1f} GB usable)" for chip, gb in USABLE.items())
     print(
         "| recipe | chips | k | rows / device / micro-batch | params + opt (GiB) | step temporaries (GiB) | "
-        f"step peak (GiB) | KV cache (GiB) | needs (GB) | {usable} |"
+        f"step peak (GiB) | KV cache (GiB) | sampling copy (GiB) | needs (GB) | {usable} |"
     )
-    print("|" + "---|" * (9 + len(USABLE)))
+    print("|" + "---|" * (10 + len(USABLE)))
     for recipe, chips, k in ROWS:
         print(row(recipe, chips, k), flush=True)
 

@@ -174,7 +174,7 @@ def _decode_turn(model: Decoder, state: Engine, values: DecodeValues) -> Engine:
     tokens, logprobs = _draw(values, logits, jnp.maximum(s.row, 0), s.step)
     out = _record(state.out, s.row, s.step, tokens, logprobs, busy)
     row = jnp.where(busy & _ends(values, tokens, s.step), -1, s.row)
-    cache.lengths = jnp.where(row >= 0, cache.lengths, 0)  # a free slot holds nothing to attend to
+    cache = dataclasses.replace(cache, lengths=jnp.where(row >= 0, cache.lengths, 0))  # free: nothing to read
     slots = Slots(cache, row, s.step + busy, tokens)
     out = dataclasses.replace(out, decode_turns=out.decode_turns + 1, slot_steps=out.slot_steps + s.row.shape[0])
     return dataclasses.replace(state, slots=slots, out=out)

@@ -147,6 +147,23 @@ def _analyze(sub):
     return run
 
 
+def _add_decoding_arguments(p) -> None:
+    """Where and how `generate` and `eval` decode: the mesh, the weights' layout, the slots."""
+    p.add_argument("--mesh", default="", help="mesh spec, e.g. data=1,fsdp=-1,tensor=1")
+    p.add_argument(
+        "--rules",
+        default="tensor_parallel",
+        help="weights split only over tensor (tensor_parallel: decoding gathers none) or as in training (fsdp)",
+    )
+    p.add_argument(
+        "--slots",
+        type=int,
+        default=None,
+        help="decode on N slots with continuous batching, a finished completion's slot taking the next "
+        "(0: one per completion); default: every completion decodes until the longest ends",
+    )
+
+
 @command
 def _eval(sub):
     p = sub.add_parser("eval", help="benchmarks (pass@k, maj@k, error bars) and KL to a base, across models")
@@ -173,19 +190,7 @@ def _eval(sub):
     p.add_argument("--tokenizer", default=None, help="tokenizer dir (default: beside or above each model)")
     p.add_argument("--dtype", default=None, help="parameter dtype: float32, bfloat16")
     p.add_argument("--compute-dtype", default=None, help="matmul dtype (default float32): bfloat16 saves memory")
-    p.add_argument("--mesh", default="", help="mesh spec, e.g. data=1,fsdp=-1,tensor=1")
-    p.add_argument(
-        "--rules",
-        default="tensor_parallel",
-        help="weights split only over tensor (tensor_parallel: decoding gathers none) or as in training (fsdp)",
-    )
-    p.add_argument(
-        "--slots",
-        type=int,
-        default=None,
-        help="decode on N slots with continuous batching, a finished completion's slot taking the next "
-        "(0: one per completion); default: every completion decodes until the longest ends",
-    )
+    _add_decoding_arguments(p)
     p.add_argument("--strict", action="store_true", help="a malformed row is an error, not skipped")
 
     def run(args):
@@ -245,19 +250,7 @@ def _generate(sub):
     p.add_argument("--raw", action="store_true", help="do not apply the chat template")
     p.add_argument("--system", default=None, help="a system message for the chat template")
     p.add_argument("--tokenizer", default=None, help="tokenizer directory (default: beside the model)")
-    p.add_argument("--mesh", default="", help="mesh spec, e.g. data=1,fsdp=-1,tensor=1")
-    p.add_argument(
-        "--rules",
-        default="tensor_parallel",
-        help="weights split only over tensor (tensor_parallel: decoding gathers none) or as in training (fsdp)",
-    )
-    p.add_argument(
-        "--slots",
-        type=int,
-        default=None,
-        help="decode on N slots with continuous batching, a finished completion's slot taking the next "
-        "(0: one per completion); default: every completion decodes until the longest ends",
-    )
+    _add_decoding_arguments(p)
     p.add_argument("--dtype", default=None, help="compute and parameter dtype: float32, bfloat16")
     p.add_argument("--json", action="store_true", help="one JSON object per completion")
     p.add_argument("--out", default=None, help="write the JSON objects (as --json prints them) to this file")

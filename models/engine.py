@@ -126,9 +126,8 @@ def _ends(values: DecodeValues, tokens_r, steps_r):
     return jnp.isin(tokens_r, values.eos_ids) | (steps_r + 1 >= values.max_new_tokens)
 
 
-def _prefill_next(model: Decoder, buffer: Buffer, i, prompts_bp, lengths_b, values, n: int) -> Buffer:
-    """Prompt `i` prefilled into the buffer, its samples' first tokens drawn (`buffer`: the old one,
-    for its shapes)."""
+def _prefill_next(model: Decoder, i, prompts_bp, lengths_b, values, n: int) -> Buffer:
+    """Prompt `i` prefilled into the buffer, its samples' first tokens drawn."""
     c = model.config
     p = prompts_bp.shape[1]
     tokens = jax.lax.dynamic_index_in_dim(prompts_bp, i, keepdims=True)  # [1, P], right-padded
@@ -141,7 +140,7 @@ def _prefill_next(model: Decoder, buffer: Buffer, i, prompts_bp, lengths_b, valu
     logits = model.logits(jax.lax.dynamic_slice_in_dim(h, length - 1, 1, axis=1))[0, 0]
     rows = i * n + jnp.arange(n, dtype=jnp.int32)
     first, logprobs = _draw(values, jnp.broadcast_to(logits, (n, logits.shape[0])), rows, jnp.zeros_like(rows))
-    return Buffer(cache.k, cache.v, length, first, logprobs, i, jnp.zeros_like(buffer.taken))
+    return Buffer(cache.k, cache.v, length, first, logprobs, i, jnp.zeros((), jnp.int32))
 
 
 def _place(state: Engine, values: DecodeValues, n: int) -> Engine:
@@ -205,7 +204,7 @@ def _run(graphdef, params, state: Engine, prompts_bp, lengths_b, num_prompts, va
     def refill(state):  # the next prompt into the buffer when it is used up, then its samples placed
         buffer = jax.lax.cond(  # only the small buffer passes through the cond, never the cache
             state.buffer.taken >= n,
-            lambda b, i: _prefill_next(model, b, i, prompts_bp, lengths_b, values, n),
+            lambda b, i: _prefill_next(model, i, prompts_bp, lengths_b, values, n),
             lambda b, i: b,
             state.buffer,
             state.next_prompt,

@@ -395,7 +395,7 @@ def decode_collectives(
     if slots is not None:
         from jaxrl.models.engine import lowered_run
 
-        lowered, rows = lowered_run(model, prompt_ids, config, slots)
+        lowered, rows = lowered_run(model, prompt_ids, config, slots, default_eos_ids(model))
     else:
         batch = pad_prompts(prompt_ids, model.config.vocab_size, config.num_samples, model.mesh)
         args, kwargs = decode_inputs(model, batch, config, default_eos_ids(model), model.mesh)

@@ -169,6 +169,15 @@ def constrain(lm: LogicalMesh | None, x: jax.Array, axes: Sequence[str | None]) 
     return x if lm is None else lm.constrain(x, axes)
 
 
+def target_platform(mesh: LogicalMesh | Mesh | None) -> str:
+    """The platform a program on `mesh` is compiled for ("tpu", "gpu", "cpu"): its devices' (a TPU
+    topology's devices on a CPU host say "tpu"), or the host's default backend without a mesh."""
+    if mesh is None:
+        return jax.default_backend()
+    devices = mesh.mesh.devices if isinstance(mesh, LogicalMesh) else mesh.devices
+    return devices.flat[0].platform
+
+
 def put(array: np.ndarray, sharding: NamedSharding) -> jax.Array:
     """A host array placed with `sharding`; each host copies only the slices its devices hold."""
     return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])

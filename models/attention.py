@@ -19,11 +19,15 @@ Implementations (`ModelConfig.attention`):
 - `splash`: JAX's Pallas splash-attention kernel for TPUs (block-sparse: it skips masked blocks,
   takes segment ids natively, and has a fused backward), with its causal mask; it covers every
   batch whose positions grow with the slot inside each segment (padding on either side, packing),
-  checked on the device, and lengths that are multiples of 128. Elsewhere `blockwise`. Off a TPU
-  it runs in Pallas' interpreter (slow; for tests).
+  checked on the device, and lengths that are multiples of 128. Elsewhere `blockwise`. On a mesh
+  the kernel runs inside `shard_map` (a Mosaic kernel cannot be partitioned by the compiler): rows
+  over the batch axes, heads over `tensor`, each shard building its own kernel for its local heads.
+  Compiled for anything but a TPU it runs in Pallas' interpreter (slow; for tests).
 - `auto`: `cudnn` on a GPU, `splash` on a TPU, else `blockwise`; sequences that fit one block
   (T and S <= 512) take `xla`, since one block is the whole score matrix anyway and the plain path
   has no loop to run.
+The platform is the one the program is compiled for: the mesh's devices' (`target_platform`), so a
+program compiled for a TPU topology on a CPU host is the one a TPU host compiles.
 A query with no allowed key (a padding row) gets zeros from `blockwise` and `cudnn` and the mean of
 the values from `xla`; either way nothing reads it.
 """
@@ -35,9 +39,11 @@ import math
 
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
 from jaxrl.models.config import ATTENTION as IMPLEMENTATIONS
 
 from jaxrl.errors import JaxrlError
+from jaxrl.sharding import LogicalMesh, target_platform
 
 NEG_INF = -1e30
 BLOCK_Q, BLOCK_K = 512, 512
@@ -60,24 +66,41 @@ def xla_attention(q_bthe, k_bske, v_bske, allowed_bts):
     return jnp.einsum("bkgts,bske->btkge", probs, v_bske).reshape(b, t, h, e)
 
 
-def attend(q_bthe, k_bske, v_bske, segments_q, positions_q, segments_k, positions_k, implementation="auto"):
-    """Attention of every query to the keys its segment and position allow. Returns [B, T, H, E]
-    in v's dtype. `implementation`: one of IMPLEMENTATIONS (see the module docstring)."""
+def resolve(implementation: str, t: int, s: int, platform: str) -> str:
+    """The implementation `attend` runs for T queries and S keys compiled for `platform`."""
     if implementation not in IMPLEMENTATIONS:
         raise JaxrlError(f"attention={implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
-    if implementation == "auto":
-        one_block = q_bthe.shape[1] <= BLOCK_Q and k_bske.shape[1] <= BLOCK_K
-        implementation = (
-            "xla" if one_block else {"gpu": "cudnn", "tpu": "splash"}.get(jax.default_backend(), "blockwise")
-        )
+    if implementation != "auto":
+        return implementation
+    if t <= BLOCK_Q and s <= BLOCK_K:
+        return "xla"
+    return {"gpu": "cudnn", "tpu": "splash"}.get(platform, "blockwise")
+
+
+def attend(
+    q_bthe,
+    k_bske,
+    v_bske,
+    segments_q,
+    positions_q,
+    segments_k,
+    positions_k,
+    implementation="auto",
+    mesh: LogicalMesh | None = None,
+):
+    """Attention of every query to the keys its segment and position allow. Returns [B, T, H, E]
+    in v's dtype. `implementation`: one of IMPLEMENTATIONS (see the module docstring); `mesh`: the
+    mesh the program runs on (its devices decide the platform; splash shards over it)."""
+    platform = target_platform(mesh)
+    implementation = resolve(implementation, q_bthe.shape[1], k_bske.shape[1], platform)
     masks = (segments_q.astype(jnp.int32), positions_q.astype(jnp.int32))
     masks += (segments_k.astype(jnp.int32), positions_k.astype(jnp.int32))
     if implementation == "xla":
         return xla_attention(q_bthe, k_bske, v_bske, allowed(*masks))
     if implementation == "cudnn":
-        return cudnn_attention(q_bthe, k_bske, v_bske, *masks)
+        return cudnn_attention(q_bthe, k_bske, v_bske, *masks, platform=platform)
     if implementation == "splash":
-        return splash_attention(q_bthe, k_bske, v_bske, *masks)
+        return splash_attention(q_bthe, k_bske, v_bske, *masks, interpret=platform != "tpu", mesh=mesh)
     return blockwise_attention(q_bthe, k_bske, v_bske, *masks)
 
 
@@ -239,15 +262,16 @@ def blockwise_attention(q_bthe, k_bske, v_bske, sq, pq, sk, pk, block_q: int = B
 # -- cuDNN ----------------------------------------------------------------------------------------
 
 
-def cudnn_attention(q_bthe, k_bske, v_bske, sq, pq, sk, pk):
+def cudnn_attention(q_bthe, k_bske, v_bske, sq, pq, sk, pk, platform: str | None = None):
     """cuDNN's fused attention for the batches its masks describe, `blockwise` for the rest.
 
     cuDNN masks by causality and per-row lengths of a right-padded batch: our rule when every row
     is one segment starting at slot 0 with positions 0, 1, 2, ... (an SFT batch without packing).
     That is checked on the device and `lax.cond` picks the kernel, so it works under jit. cuDNN's
-    kernel takes bf16 / fp16 only: fp32 inputs, other backends and cached keys take `blockwise`."""
+    kernel takes bf16 / fp16 only: fp32 inputs, other platforms (`platform`: the target's, default
+    the host's) and cached keys take `blockwise`."""
     unsupported = q_bthe.dtype not in (jnp.bfloat16, jnp.float16) or sq.shape != sk.shape
-    if jax.default_backend() != "gpu" or unsupported:
+    if (platform or jax.default_backend()) != "gpu" or unsupported:
         return blockwise_attention(q_bthe, k_bske, v_bske, sq, pq, sk, pk)
     lengths = jnp.sum(sq > 0, axis=1).astype(jnp.int32)
     slots = jnp.arange(sq.shape[1], dtype=jnp.int32)[None]
@@ -285,32 +309,73 @@ def positions_follow_slots(segments_bt, positions_bt):
     return growing & jnp.all(jnp.sum(runs, axis=1) == jnp.sum(distinct, axis=1))
 
 
-def splash_attention(q_bthe, k_bske, v_bske, sq, pq, sk, pk, interpret: bool | None = None):
-    """The Pallas splash kernel (one MQA kernel per KV head, its G query heads sharing it) for the
-    batches its causal mask plus segment ids describe, `blockwise` for the rest. Returns [B, T, H, E]."""
+def _splash_kernel(interpret: bool):
+    """[B, T, H, E] q (pre-scaled), [B, S, K, E] k and v, int32 [B, T] / [B, S] segment ids ->
+    [B, T, H, E]: one MQA kernel per KV head (its G query heads share it), built for these shapes."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 
+    def run(q_bthe, k_bske, v_bske, sq, sk):
+        b, t, h, e = q_bthe.shape
+        s, kv = k_bske.shape[1], k_bske.shape[2]
+        g = h // kv
+        block = next(n for n in (512, 256, 128) if t % n == 0 and s % n == 0)
+        sizes = splash.BlockSizes(
+            block_q=block, block_kv=block, block_q_dkv=block, block_kv_dkv=block, block_q_dq=block, block_kv_dq=block
+        )
+        mask = masks.MultiHeadMask([masks.CausalMask((t, s)) for _ in range(g)])
+        kernel = splash.make_splash_mqa(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+        per_kv_head = jax.vmap(lambda q, k, v, ids: kernel(q, k, v, segment_ids=ids), in_axes=(0, 0, 0, None))
+        q = q_bthe.reshape(b, t, kv, g, e).transpose(0, 2, 3, 1, 4)  # [B, K, G, T, E]
+        k, v = k_bske.transpose(0, 2, 1, 3), v_bske.transpose(0, 2, 1, 3)  # [B, K, S, E]
+        out = jax.vmap(per_kv_head)(q, k, v, splash.SegmentIds(q=sq, kv=sk))  # [B, K, G, T, E]
+        return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, e)
+
+    return run
+
+
+def _sharded(run, mesh: LogicalMesh, q_bthe, k_bske, v_bske, sq, sk):
+    """`run` inside `shard_map` on `mesh`: rows over the batch axes, query and KV heads over the
+    heads' axis. KV heads that do not split over it (fewer than its size) are repeated to one per
+    query head first, so every shard holds the KV heads of its own query heads."""
+    b, _, h, _ = q_bthe.shape
+    rows = mesh.spec(("batch",), (b,))[0]
+    heads = mesh.spec(("heads",), (h,))[0]
+    kv_heads = mesh.spec(("kv_heads",), (k_bske.shape[2],))[0]
+    if heads != kv_heads:
+        g = h // k_bske.shape[2]
+        k_bske, v_bske = jnp.repeat(k_bske, g, axis=2), jnp.repeat(v_bske, g, axis=2)
+    by_head, by_row = PartitionSpec(rows, None, heads, None), PartitionSpec(rows, None)
+    return jax.shard_map(
+        run,
+        mesh=mesh.mesh,
+        in_specs=(by_head, by_head, by_head, by_row, by_row),
+        out_specs=by_head,
+        check_vma=False,
+    )(q_bthe, k_bske, v_bske, sq, sk)
+
+
+def splash_attention(
+    q_bthe, k_bske, v_bske, sq, pq, sk, pk, interpret: bool | None = None, mesh: LogicalMesh | None = None
+):
+    """The Pallas splash kernel for the batches its causal mask plus segment ids describe,
+    `blockwise` for the rest. Returns [B, T, H, E]. interpret: Pallas' interpreter (default: unless
+    the target, `mesh`'s devices or else the host, is a TPU); on a mesh of more than one device the
+    kernel runs per shard (`_sharded`)."""
     b, t, h, e = q_bthe.shape
-    s, kv = k_bske.shape[1], k_bske.shape[2]
-    g = h // kv
-    block = next((n for n in (512, 256, 128) if t % n == 0 and s % n == 0), None)
-    if block is None or t != s:
+    s = k_bske.shape[1]
+    if t != s or not any(t % n == 0 for n in (512, 256, 128)):
         return blockwise_attention(q_bthe, k_bske, v_bske, sq, pq, sk, pk)
-    interpret = jax.default_backend() != "tpu" if interpret is None else interpret
-    sizes = splash.BlockSizes(
-        block_q=block, block_kv=block, block_q_dkv=block, block_kv_dkv=block, block_q_dq=block, block_kv_dq=block
-    )
-    mask = masks.MultiHeadMask([masks.CausalMask((t, s)) for _ in range(g)])
-    kernel = splash.make_splash_mqa(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
-    per_kv_head = jax.vmap(lambda q, k, v, ids: kernel(q, k, v, segment_ids=ids), in_axes=(0, 0, 0, None))
-    per_row = jax.vmap(per_kv_head)
+    interpret = target_platform(mesh) != "tpu" if interpret is None else interpret
+    run = _splash_kernel(interpret)
 
     def fused():
-        q = (q_bthe * (1.0 / math.sqrt(e))).astype(q_bthe.dtype).reshape(b, t, kv, g, e).transpose(0, 2, 3, 1, 4)
-        k, v = k_bske.transpose(0, 2, 1, 3), v_bske.transpose(0, 2, 1, 3)  # [B, K, S, E]
-        out = per_row(q, k, v, splash.SegmentIds(q=sq, kv=sk))  # [B, K, G, T, E]
-        return out.transpose(0, 3, 1, 2, 4).reshape(b, t, h, e).astype(v_bske.dtype)
+        q = (q_bthe * (1.0 / math.sqrt(e))).astype(q_bthe.dtype)
+        if mesh is None or mesh.mesh.size == 1:
+            out = run(q, k_bske, v_bske, sq, sk)
+        else:
+            out = _sharded(run, mesh, q, k_bske, v_bske, sq, sk)
+        return out.astype(v_bske.dtype)
 
     covered = positions_follow_slots(sq, pq) & jnp.all(sq == sk) & jnp.all(pq == pk)
     return jax.lax.cond(covered, fused, lambda: blockwise_attention(q_bthe, k_bske, v_bske, sq, pq, sk, pk))

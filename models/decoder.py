@@ -187,7 +187,7 @@ def block(c: ModelConfig, lm: LogicalMesh | None, p, x_btd, rope, mask, kv=None)
     k = constrain(lm, apply_rope(k, cos, sin), ("batch", "seq", "kv_heads", None))
     if kv is None:
         segments, positions = mask
-        heads = attend(q, k, v, segments, positions, segments, positions, c.attention)
+        heads = attend(q, k, v, segments, positions, segments, positions, c.attention, lm)
     else:  # write the new keys/values into this layer's cache, attend to all slots
         k_all, v_all, layer, index = kv
         k_all, k = write_layer(k_all, k, layer, index, K_CACHE_LAYOUT)

@@ -378,11 +378,13 @@ COLLECTIVES = ("all-gather", "all-reduce", "reduce-scatter", "all-to-all", "coll
 
 def count_collectives(hlo_text: str, rows: int) -> dict[str, int]:
     """How many of each collective a compiled program holds, and "weight all-gather": the
-    all-gathers whose result has no dimension of `rows` (the decode rows or slots, which a decode
-    step does move; pick a row count that no weight dimension equals)."""
+    all-gathers of floating-point arrays with no dimension of `rows` (the decode rows or slots,
+    which a decode step does move; pick a row count that no weight dimension equals). Integer
+    gathers are the rows' bookkeeping (slot indices, lengths), which a compiler may reshape."""
     counts = {name: len(re.findall(rf"\b{name}(?:-start)?\(", hlo_text)) for name in COLLECTIVES}
-    shapes = re.findall(r"= \(?[a-z0-9]+\[([0-9,]*)\][^ ]* all-gather(?:-start)?\(", hlo_text)
-    counts["weight all-gather"] = sum(str(rows) not in dims.split(",") for dims in shapes)
+    shapes = re.findall(r"= \(?([a-z0-9]+)\[([0-9,]*)\][^ ]* all-gather(?:-start)?\(", hlo_text)
+    floating = [dims for dtype, dims in shapes if dtype.startswith(("f", "bf"))]
+    counts["weight all-gather"] = sum(str(rows) not in dims.split(",") for dims in floating)
     return counts
 
 

@@ -37,6 +37,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from jaxrl.train import plan_programs
 from jaxrl.train.chips import CHIPS
 
 from jaxrl.errors import JaxrlError
@@ -137,6 +138,8 @@ class MemoryPlan:
     decode_slots: int | None = None  # GRPO: the rows that cache holds (rollout.slots)
     sampling_copy_bytes: int | None = None  # GRPO: the params in the sampling layout (rollout.rules)
     time_plan: dict[str, Any] | None = None  # with a chip: `timeplan.TimePlan`'s fields, chip and mfu
+    target: dict[str, Any] | None = None  # the compiler: platform, libtpu, topology, attention compiled
+    programs: list[dict[str, Any]] | None = None  # every program of the run (`plan_programs.Program`)
 
     @property
     def sampling(self) -> int | None:
@@ -149,17 +152,54 @@ class MemoryPlan:
 
     @property
     def need(self) -> int:
-        """The most a device holds at once: the step's peak, or generation when that is larger."""
+        """The most a device holds at once: the step's peak, or generation when that is larger.
+        With every program compiled: the largest program's peak, beside the training state that
+        stays resident while a generation program runs."""
+        if self.programs:
+            resident = self.params + self.opt_state
+            return max(p["peak"] + (resident if p["name"] != "train step" else 0) for p in self.programs)
         return max(self.peak, self.sampling or 0)
 
     @property
+    def refused(self) -> list[str]:
+        """The programs the compiler refused as too large for the device."""
+        return [p["name"] for p in self.programs or () if p["refused"]]
+
+    @property
     def fits(self) -> bool | None:
+        if self.refused:
+            return False
         if self.capacity is None:
             return None
-        return self.need <= self.capacity * (1 - HEADROOM)
+        # the TPU compiler's capacity is what it lets a program use: no headroom on top
+        headroom = 0 if self.target and self.target.get("platform") == "tpu" else HEADROOM
+        return self.need <= self.capacity * (1 - headroom)
 
     def to_json(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "need": self.need, "fits": self.fits}
+        return {**dataclasses.asdict(self), "need": self.need, "fits": self.fits, "refused": self.refused}
+
+    def program_lines(self) -> list[str]:
+        """The per-program table of a topology plan."""
+        g = lambda n: f"{n / GIB:8.2f}" if self.params >= GIB // 64 else f"{n / 1024**2:8.1f}"
+        unit = "GiB" if self.params >= GIB // 64 else "MiB"
+        lines = [
+            f"compiled by {self.target['compiler']} for {self.target['topology']}; attention "
+            f"{self.target['attention']} ({self.target['mosaic_kernels']} Mosaic kernels)",
+            f"programs, per device ({unit}):    arguments  outputs  aliased temporaries   peak  collectives",
+        ]
+        for p in self.programs:
+            if p["refused"]:
+                lines.append(f"  {p['name']:<26} does not fit: {p['refused']}")
+                continue
+            coll = ", ".join(f"{k} {v}" for k, v in (p["collectives"] or {}).items() if v) or "none"
+            lines.append(
+                f"  {p['name']:<26}{g(p['arguments'])} {g(p['outputs'])} {g(p['aliased'])}    {g(p['temporaries'])} "
+                f"{g(p['peak'])}  {coll}"
+            )
+        largest = max((p for p in self.programs if not p["refused"]), key=lambda p: p["peak"], default=None)
+        if largest:
+            lines.append(f"  largest: {largest['name']} ({largest['peak'] / GIB:.2f} GiB)")
+        return lines
 
     def table(self) -> str:
         g = lambda n: f"{n / GIB:9.2f} GiB" if n >= GIB else f"{n / 1024**2:9.1f} MiB"
@@ -190,7 +230,17 @@ class MemoryPlan:
             t = dict(self.time_plan)
             chip, mfu, assumed = t.pop("chip"), t.pop("mfu"), t.pop("assumed")
             lines += TimePlan(**t).lines(chip, mfu) + [f"  ({a})" for a in assumed]
-        if self.capacity is not None:
+        if self.programs:
+            lines += self.program_lines()
+        if self.refused:
+            lines.append(f"{self.chip}: the compiler refused {', '.join(self.refused)} -> does NOT fit")
+        elif self.capacity is not None and self.target and self.target.get("platform") == "tpu":
+            verdict = "fits" if self.fits else "does NOT fit"
+            lines.append(
+                f"{self.chip}: {self.capacity / GIB:.2f} GiB per device as the TPU compiler counts it; needs "
+                f"{self.need / GIB:.2f} GiB (the largest program beside the resident training state) -> {verdict}"
+            )
+        elif self.capacity is not None:
             verdict = "fits" if self.fits else "does NOT fit"
             lines.append(
                 f"{self.chip}: {self.capacity / 1e9:.0f} GB per device; needs {self.need / 1e9:.1f} GB -> {verdict} "
@@ -320,17 +370,28 @@ def make_plan(
     mfu: float = 0.4,
     steps: int | None = None,
     lengths: str | None = None,
+    topology: str | None = None,
+    slices: int = 1,
 ) -> MemoryPlan:
     """Compiles the recipe's step for `mesh` over this process's devices and measures it; with a
     chip, also estimates the steps' and the run's time (`timeplan`; steps: default loop.max_steps;
-    lengths: "MEAN,LONGEST" completion tokens or a GRPO run whose metrics measured them)."""
+    lengths: "MEAN,LONGEST" completion tokens or a GRPO run whose metrics measured them).
+    topology: a TPU pod type (`jaxrl.topology`): every program of the run is compiled by the TPU
+    compiler for that pod's devices instead (`slices` of it), and it judges the fit."""
     import jax
     from jaxrl.train.loop import Trainer, check_batch_size
 
     from jaxrl.sharding import LogicalMesh, MeshSpec, data_parallel_size, make_mesh
 
     method = recipe_method(recipe, method)
-    capacity = chip_capacity(chip) if chip else None
+    pod = devices = None
+    if topology:
+        from jaxrl.topology import topology_devices, tpu_pod
+
+        pod = tpu_pod(topology, slices)
+        devices = topology_devices(pod)
+        chip = chip or pod.name
+    capacity = pod.hbm_bytes if pod else chip_capacity(chip) if chip else None
     if method == "sft":
         from jaxrl.train.sft import load_config
 
@@ -342,7 +403,7 @@ def make_plan(
         config = load_config(recipe, overrides)
         loss_fn, host_batch = grpo_inputs(config, rows)
     spec = MeshSpec.parse(mesh or config.loop.mesh)
-    lm = LogicalMesh(make_mesh(spec))
+    lm = LogicalMesh(make_mesh(spec, devices))
     k = config.loop.gradient_accumulation_steps
     num_rows, seq_len = next(iter(host_batch.values())).shape
     check_batch_size(num_rows, k, data_parallel_size(lm), "batch rows")
@@ -352,44 +413,75 @@ def make_plan(
         model_config, loss_fn, config.optimizer, total_steps, freeze=config.freeze, accumulation=k, mesh=lm
     )
     lowered, batch = trainer.lower(host_batch)
-    mem = lowered.compile().memory_analysis()
-    arguments = mem.argument_size_in_bytes
+    step, _ = plan_programs.measure("train step", lowered)
     kv = copy = slots = None
+    programs = [step] if pod else None
     if method == "grpo":
         from jaxrl.models.engine import slot_count
 
-        sampling_mesh = config.rollout.sampling_mesh(lm)
+        sampling_mesh = sampling_mesh_of(config.rollout, lm, devices)
         slots = slot_count(config.rollout.slots, num_rows, sampling_mesh or lm)
         length = config.grpo.max_prompt_length + config.grpo.max_completion_length
         kv = kv_cache_bytes(model_config, slots, length, sampling_mesh or lm)
         copy = 0 if sampling_mesh is None else sampling_copy_bytes(model_config, sampling_mesh)
+        if pod:
+            programs += plan_programs.grpo_programs(config, trainer, sampling_mesh, num_rows, slots)
+    if step.refused and not pod:
+        raise JaxrlError(f"the step does not compile: {step.refused}")
+    target = None
+    if pod:
+        from jaxrl.models.attention import resolve
+
+        from jaxrl.topology import libtpu_version
+
+        target = {
+            "platform": "tpu",
+            "compiler": f"the TPU compiler (libtpu {libtpu_version()}, jax {jax.__version__})",
+            "topology": f"{pod.name} ({pod.topology}, {pod.devices} devices"
+            + (f", {pod.slices} slices)" if pod.slices > 1 else ")"),
+            "attention": resolve(model_config.attention, seq_len, seq_len, "tpu"),
+            "mosaic_kernels": sum(p.mosaic_kernels for p in programs),
+        }
+    else:
+        target = {"platform": "cpu", "compiler": f"the CPU compiler (jax {jax.__version__}; an estimate of a chip's)"}
     return MemoryPlan(
         method=method,
         model=model or config.model.path,
         num_params=model_config.num_params(),
         mesh=str(spec),
-        devices=jax.device_count(),
+        devices=len(devices) if devices else jax.device_count(),
         rows=num_rows,
         seq_len=seq_len,
         accumulation=k,
         params=sharded_bytes(trainer.params),
         opt_state=sharded_bytes(trainer.opt_state),
         batch=sharded_bytes(batch),
-        arguments=arguments,
-        outputs=mem.output_size_in_bytes,
-        aliased=mem.alias_size_in_bytes,
-        temporaries=mem.temp_size_in_bytes,
-        code=mem.generated_code_size_in_bytes,
-        peak=arguments + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes,
+        arguments=step.arguments,
+        outputs=step.outputs,
+        aliased=step.aliased,
+        temporaries=step.temporaries,
+        code=step.code,
+        peak=step.peak,
         chip=chip,
         capacity=capacity,
         kv_cache_bytes=kv,
         decode_slots=slots,
         sampling_copy_bytes=copy,
         time_plan=None
-        if chip is None
+        if chip is None or pod
         else time_plan(config, method, model_config, lm, num_rows, seq_len, chip, mfu, steps, lengths),
+        target=target,
+        programs=None if programs is None else [dataclasses.asdict(p) for p in programs],
     )
+
+
+def sampling_mesh_of(rollout, lm, devices):
+    """`rollout.sampling_mesh(lm)`, its own mesh spec laid over `devices` (a topology's) when given."""
+    from jaxrl.sharding import LogicalMesh, make_mesh, rules_preset
+
+    if devices is None or not rollout.mesh:
+        return rollout.sampling_mesh(lm)
+    return LogicalMesh(make_mesh(rollout.mesh, devices), rules_preset(rollout.rules))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -405,10 +497,24 @@ def device_env(devices: int, env: dict[str, str] | None = None) -> dict[str, str
     return env
 
 
+def topology_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """`env` for a process that compiles for a TPU topology: JAX itself on the CPU (the host has
+    no chip), libtpu loaded only as the compiler, by any number of processes at once."""
+    env = dict(os.environ if env is None else env)
+    env["JAX_PLATFORMS"] = "cpu"
+    env.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
+    env.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    return env
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--recipe", default=None, help="YAML recipe (train/recipes/*.yaml)")
     p.add_argument("--mesh", default="", help="mesh spec, e.g. fsdp=64 or data=2,fsdp=16,tensor=2 (default: recipe's)")
-    p.add_argument("--devices", type=int, required=True, help="devices to plan for (emulated on CPU)")
+    p.add_argument("--devices", type=int, default=None, help="devices to plan for (emulated on CPU: an estimate)")
+    p.add_argument(
+        "--topology", default=None, help="a TPU pod type, e.g. v5p-64, v4-64, v6e-16: compiled by the TPU compiler"
+    )
+    p.add_argument("--slices", type=int, default=1, help="with --topology: identical slices (multi-slice)")
     p.add_argument("--chip", default=None, help=f"check the fit on one of: {', '.join(CHIP_MEMORY_GB)}")
     p.add_argument("--model", default=None, help="preset name or HF directory (config.json only); default model.path")
     p.add_argument("--method", default=None, help="sft or grpo (default: from the recipe)")
@@ -423,30 +529,41 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 # The command's options that the planning process passes on to `make_plan` by name.
-PLAN_OPTIONS = ("method", "model", "rows", "chip", "mfu", "steps", "lengths")
+PLAN_OPTIONS = ("method", "model", "rows", "chip", "mfu", "steps", "lengths", "topology", "slices")
 
 
 def plan_cli(args: argparse.Namespace) -> MemoryPlan:
-    """Runs the plan in a fresh process with `--devices` emulated devices; prints the table."""
-    if args.devices < 1:
-        raise JaxrlError(f"--devices {args.devices}: must be at least 1")
+    """Runs the plan in a fresh process (`--devices` emulated CPU devices, or the TPU compiler for
+    `--topology`); prints the table."""
+    if (args.devices is None) == (args.topology is None):
+        raise JaxrlError("pass --topology POD (the TPU compiler) or --devices N (emulated CPU devices), not both")
+    if args.topology:
+        from jaxrl.topology import libtpu_version, tpu_pod
+
+        devices, env = tpu_pod(args.topology, args.slices).devices, topology_env()
+        libtpu_version()
+    else:
+        if args.devices < 1:
+            raise JaxrlError(f"--devices {args.devices}: must be at least 1")
+        devices, env = args.devices, device_env(args.devices)
     if args.chip:
         chip_capacity(args.chip)
     recipe_method(args.recipe, args.method)
     if args.mesh:
         from jaxrl.sharding import MeshSpec
 
-        MeshSpec.parse(args.mesh).resolve(args.devices)  # a mismatch fails here, before a process starts
-    argv = [sys.executable, "-m", "jaxrl.train.plan", "--devices", str(args.devices), "--mesh", args.mesh]
-    for flag in ("recipe", *PLAN_OPTIONS):
+        MeshSpec.parse(args.mesh).resolve(devices)  # a mismatch fails here, before a process starts
+    argv = [sys.executable, "-m", "jaxrl.train.plan", "--mesh", args.mesh]
+    for flag in ("recipe", "devices", *PLAN_OPTIONS):
         if getattr(args, flag) is not None:
             argv += [f"--{flag}", str(getattr(args, flag))]
     argv += ["--emit-json", *args.overrides]
-    result = subprocess.run(argv, env=device_env(args.devices), capture_output=True, text=True)
+    result = subprocess.run(argv, env=env, capture_output=True, text=True)
     if result.returncode != 0:
-        lines = result.stderr.strip().splitlines()
-        last = lines[-1].removeprefix("jaxrl plan: error: ") if lines else ""
-        raise JaxrlError(last or f"the planning process failed with status {result.returncode}")
+        errors = [line for line in result.stderr.splitlines() if line.startswith("jaxrl plan: error: ")]
+        if errors:
+            raise JaxrlError(errors[-1].removeprefix("jaxrl plan: error: "))
+        raise JaxrlError(f"the planning process ended with status {result.returncode} and no error of its own")
     fields = {f.name for f in dataclasses.fields(MemoryPlan)}
     plan = MemoryPlan(**{k: v for k, v in json.loads(result.stdout.strip().splitlines()[-1]).items() if k in fields})
     print(plan.table())
@@ -464,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         import jax
 
-        if jax.device_count() != args.devices:
+        if args.topology is None and jax.device_count() != args.devices:
             raise JaxrlError(
                 f"this process has {jax.device_count()} devices, not {args.devices}; use `jaxrl plan`, which "
                 "starts a process with the emulated devices"
@@ -473,6 +590,13 @@ def main(argv: list[str] | None = None) -> int:
         plan = make_plan(args.recipe, args.mesh, overrides=args.overrides, **options)
     except JaxrlError as e:
         print(f"jaxrl plan: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a bug: the traceback first, then one line the command can show
+        import traceback
+
+        traceback.print_exc()
+        print(f"jaxrl plan: error: the planning process failed ({type(e).__name__}: {e}); its traceback: "
+              f"python -m jaxrl.train.plan {' '.join(argv or sys.argv[1:])}", file=sys.stderr)  # fmt: skip
         return 2
     if args.emit_json:
         print(json.dumps(plan.to_json()))

@@ -5,8 +5,10 @@
 
 Works for any frozen dataclass, nested ones included. Values are checked against the field's type
 annotation: int, float, bool, str, `X | None`, `Literal[...]`, `tuple[X, ...]`, `tuple[X, Y]`,
-`list[X]`, `dict[str, X]` and nested dataclasses. Every mistake (unknown key, wrong type, bad
-choice, malformed override, missing file, bad YAML) is a one-line `JaxrlError`.
+`list[X]`, `dict[str, X]` and nested dataclasses; a number is checked against the domain its
+dataclass declares (`jaxrl.knobs`: NaN and infinities never pass). Every mistake (unknown key, wrong
+type, bad choice, a number out of its domain, malformed override, missing file, bad YAML) is a
+one-line `JaxrlError` naming the dotted key.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from typing import Any, Literal, TypeVar, Union
 import yaml
 
 from jaxrl.errors import JaxrlError
+from jaxrl.knobs import check_field
 
 T = TypeVar("T")
 _NONE_WORDS = ("null", "none", "~", "")
@@ -150,7 +153,11 @@ def _build(cls: type, base: Any, data: Any, prefix: str) -> Any:
         default = _default_of(field) if base is None else getattr(base, field.name)
         where = _join(prefix, field.name)
         if field.name in data:
-            kwargs[field.name] = _coerce(data[field.name], types_[field.name], where, default)
+            kwargs[field.name] = value = _coerce(data[field.name], types_[field.name], where, default)
+            try:  # the field's declared domain (jaxrl.knobs), before the dataclass sees the value
+                check_field(cls, field.name, value, where)
+            except JaxrlError as e:
+                raise JaxrlError(f"recipe: {e}") from None
         elif default is not dataclasses.MISSING:
             kwargs[field.name] = default
         elif _is_dataclass_type(types_[field.name]):

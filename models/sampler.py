@@ -38,6 +38,7 @@ import functools
 import math
 import re
 from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +48,7 @@ from jaxrl.models.decoder import K_CACHE_LAYOUT, V_CACHE_LAYOUT, Decoder, KVCach
 from jaxrl.models.sampling import choose_tokens
 
 from jaxrl.errors import JaxrlError
+from jaxrl.knobs import check_knobs
 from jaxrl.shapes import bucket
 from jaxrl.sharding import LogicalMesh, constrain, data_parallel_size, put, to_host
 
@@ -54,6 +56,11 @@ from jaxrl.sharding import LogicalMesh, constrain, data_parallel_size, put, to_h
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
     """How to sample. temperature 0 = greedy; top_k 0 and top_p 1 = no truncation."""
+
+    DOMAINS: ClassVar[dict[str, str]] = {  # jaxrl.knobs
+        "temperature": ">= 0; 0 = greedy", "top_p": "(0, 1]", "top_k": ">= 0; 0 = off", "max_new_tokens": ">= 1",
+        "num_samples": ">= 1", "seed": ">= 0",
+    }  # fmt: skip
 
     temperature: float = 1.0
     top_p: float = 1.0
@@ -64,14 +71,7 @@ class SamplingConfig:
     stop_strings: tuple[str, ...] = ()
 
     def __post_init__(self):
-        if self.temperature < 0:
-            raise JaxrlError(f"temperature={self.temperature} must be >= 0 (0 = greedy)")
-        if not 0 < self.top_p <= 1:
-            raise JaxrlError(f"top_p={self.top_p} must be in (0, 1]")
-        if self.top_k < 0:
-            raise JaxrlError(f"top_k={self.top_k} must be >= 0 (0 = off)")
-        if self.max_new_tokens < 1 or self.num_samples < 1:
-            raise JaxrlError("max_new_tokens and num_samples must be at least 1")
+        check_knobs(self)
         if isinstance(self.stop_strings, str):  # a lone string would be split into characters
             object.__setattr__(self, "stop_strings", (self.stop_strings,))
         object.__setattr__(self, "stop_strings", tuple(s for s in self.stop_strings if s))
@@ -125,6 +125,21 @@ class PromptBatch:
     segments: np.ndarray
     lengths: np.ndarray
     num_prompts: int
+
+
+def positions_warning(prompt_lengths: Sequence[int], max_new_tokens: int, max_positions: int) -> str | None:
+    """One line when some prompt plus `max_new_tokens` passes the model's max_position_embeddings,
+    else None. A warning, not an error: most completions end (EOS) long before the cap, and an
+    evaluation's cap is often the model's whole window (the study's 4096 on OLMo-2's 4096); the
+    positions past the window are RoPE extrapolation the model never trained on."""
+    over = [n for n in prompt_lengths if n + max_new_tokens > max_positions]
+    if not over:
+        return None
+    return (
+        f"warning: {len(over)} of {len(prompt_lengths)} prompts plus max_new_tokens={max_new_tokens} pass the "
+        f"model's max_position_embeddings={max_positions} (up to {max(over) + max_new_tokens} positions); tokens "
+        "past it use positions the model was not trained on: lower the new tokens to stay inside"
+    )
 
 
 def checked_prompts(prompt_ids: Sequence[Sequence[int]], vocab_size: int) -> list[np.ndarray]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -21,6 +22,7 @@ from jaxrl.train.loop import check_batch_size
 
 from jaxrl.data import ChatConfig, DataConfig, SFTBatches, load_sft_dataset
 from jaxrl.errors import JaxrlError
+from jaxrl.knobs import check_knobs
 from jaxrl.recipes import load_recipe
 from jaxrl.sharding import data_parallel_size
 
@@ -33,6 +35,10 @@ class SFTSettings:
       False: one example per row, padded to the longest of the batch (a multiple of pad_to_multiple_of).
     """
 
+    DOMAINS: ClassVar[dict[str, str]] = {  # jaxrl.knobs
+        "batch_size": ">= 1", "max_length": ">= 2", "pad_to_multiple_of": ">= 1", "loss_chunk_size": ">= 0",
+    }  # fmt: skip
+
     batch_size: int = 8
     max_length: int = 1024
     padding_free: bool = False
@@ -42,8 +48,7 @@ class SFTSettings:
     loss_chunk_size: int = 0  # > 0: logits for this many positions at a time, recomputed in backward
 
     def __post_init__(self):
-        if self.batch_size < 1 or self.max_length < 2 or self.pad_to_multiple_of < 1 or self.loss_chunk_size < 0:
-            raise JaxrlError("sft: batch_size >= 1, max_length >= 2, pad_to_multiple_of >= 1, loss_chunk_size >= 0")
+        check_knobs(self, "sft.")
 
     def batches(self, dataset, pad_id: int, **placement) -> SFTBatches:
         """This recipe's resumable batches of `dataset`; placement: seed, rows_multiple_of and the

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import Counter
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
@@ -27,6 +27,8 @@ from jaxrl.model_files import load_tokenizer
 @dataclasses.dataclass(frozen=True)
 class DataReportConfig:
     """mode: "sft" reads conversations; "prompts" reads `data.prompt_column` as GRPO does."""
+
+    DOMAINS: ClassVar[dict[str, str]] = {"max_length": ">= 1", "max_prompt_length": ">= 1", "vocab_size": ">= 1"}
 
     data: DataConfig = DataConfig()
     chat: ChatConfig = ChatConfig()

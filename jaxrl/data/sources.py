@@ -21,9 +21,10 @@ import json
 import logging
 from collections import Counter
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from jaxrl.errors import JaxrlError
+from jaxrl.knobs import check_knobs
 
 SUFFIXES = (".jsonl", ".json", ".parquet", ".csv")
 
@@ -37,6 +38,8 @@ class DataConfig:
     messages). For GRPO and evaluation only `prompt_column` is read; other columns ride along.
     """
 
+    DOMAINS: ClassVar[dict[str, str]] = {"max_samples": ">= 1"}  # jaxrl.knobs
+
     dataset_name: str = ""  # a local .jsonl/.json/.parquet/.csv file or folder, or a hub dataset name
     dataset_config: str | None = None  # hub configuration, e.g. "extended"
     split: str = "train"  # hub or folder split (a single file has one)
@@ -49,10 +52,9 @@ class DataConfig:
     strict: bool = False  # bad rows are errors instead of skipped and counted
 
     def __post_init__(self):  # caught when the recipe loads, before anything is read
+        check_knobs(self, "data.")
         for text in self.filters:
             parse_filter(text)
-        if self.max_samples is not None and self.max_samples < 1:
-            raise JaxrlError(f"data.max_samples={self.max_samples}: at least 1, or null for all rows")
 
 
 @dataclasses.dataclass

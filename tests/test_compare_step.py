@@ -6,6 +6,7 @@ relative in the loss and 1e-4 in every gradient; a wrong translation shows as a 
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from jaxrl.models.config import ModelConfig
 from jaxrl.models.tiny import build_tiny_model
 from jaxrl.train import compare_report as report_module
 from jaxrl.train import compare_step as cs
-from jaxrl.train import trl_step
+from jaxrl.train import grpo, trl_step
 from safetensors.numpy import load_file, save_file
 
 from jaxrl.cli import main
@@ -176,6 +177,54 @@ def test_grpo_step_agrees_with_trl(models, data, case):
     assert not [d for d in report["differences"] if "truncation" in d or "None" in d]
     if family == "qwen2":  # the pad id begins every prompt and ends every finished completion
         assert report["pad_tokens"] > 8
+
+
+@pytest.fixture(scope="module")
+def moved(models, tmp_path_factory):
+    """The tiny OLMo-2 policy some steps into a run: every weight moved by a few percent, so that the
+    KL to its reference (`models["olmo2"]`, the initial weights) and its gradient are not zero."""
+    directory = tmp_path_factory.mktemp("moved") / "olmo2"
+    shutil.copytree(models["olmo2"], directory)
+    path = directory / "model.safetensors"
+    rng = np.random.default_rng(5)
+    moved = {k: (v * (1 + 0.05 * rng.standard_normal(v.shape))).astype(v.dtype) for k, v in load_file(path).items()}
+    save_file(moved, path, metadata={"format": "pt"})
+    return directory
+
+
+KL_AFTER_FIRST_STEP = ["grpo.loss_type=grpo", "grpo.beta=0.1", "loop.gradient_accumulation_steps=2"]
+
+
+@pytest.mark.parametrize("correct", [True, False])
+def test_the_kl_of_a_policy_that_left_its_reference_agrees_with_trl(models, moved, data, correct):
+    """beta > 0 at a step after the first: use_bias_correction_kl on (TRL 1.16's default) and off
+    (TRL's use_bias_correction_kl=False) each give TRL's gradients."""
+    import trl
+
+    assert trl.GRPOConfig.__dataclass_fields__["use_bias_correction_kl"].default is True
+    assert grpo.GRPOSettings().use_bias_correction_kl is True  # jaxrl's default is TRL's
+    extra = [*KL_AFTER_FIRST_STEP, f"grpo.use_bias_correction_kl={str(correct).lower()}"]
+    report = cs.compare_step(moved, None, "grpo", grpo_overrides(data, *extra), reference=models["olmo2"])
+    assert_agree(report)
+    assert report["reference"] == str(models["olmo2"])
+    assert "grpo.use_bias_correction_kl -> use_bias_correction_kl" in report["translated"]
+
+
+def test_the_kl_weight_shows_in_the_gradients(models, moved, data, capsys):
+    """jaxrl without the KL weight beside TRL with it (`--trl`): the gradients differ and the command
+    fails, so the two tests above can tell the settings apart."""
+    args = ["compare-step", str(moved), "--method", "grpo", "--reference", str(models["olmo2"]), "--json",
+            "--trl", "use_bias_correction_kl=true"]  # fmt: skip
+    overrides = grpo_overrides(data, *KL_AFTER_FIRST_STEP, "grpo.use_bias_correction_kl=false")
+    assert main([*args, *overrides]) == 2
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert "gradients" in report["failed"] and report["grad_max_rel_diff"] > 0.05  # 0.15 measured
+    assert report["update_max_rel_diff"] <= 1e-4
+
+
+def test_a_reference_needs_a_kl_term(models, data):
+    with pytest.raises(JaxrlError, match="--reference.*grpo.beta > 0"):
+        cs.compare_step(models["olmo2"], None, "grpo", grpo_overrides(data), reference=models["olmo2"])
 
 
 def test_the_pad_rule_is_what_makes_the_embedding_agree(models, data, monkeypatch):

@@ -70,6 +70,7 @@ def test_recipes_load_with_the_study_numbers():
     study = grpo.load_config(str(RECIPES / "grpo.yaml"))
     s, o = study.grpo, study.optimizer
     assert (s.prompts_per_step, s.num_generations, s.num_iterations, s.beta, s.epsilon) == (16, 28, 1, 0.0, 0.2)
+    assert not s.use_bias_correction_kl  # the study's TRL had no KL weight (and beta is 0)
     assert (s.loss_type, s.scale_rewards, s.mask_truncated_completions) == ("dr_grpo", "none", True)
     assert (s.max_prompt_length, s.max_completion_length, s.temperature, s.top_p) == (512, 1500, 0.6, 1.0)
     assert s.reward_funcs == ("accuracy", "format") and s.reward_weights == (1.0, 0.2)

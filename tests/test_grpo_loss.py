@@ -135,6 +135,29 @@ def test_k3_kl_by_hand():
     np.testing.assert_allclose(token_loss, [[0.1 * kl[0], 0.1 * kl[1]]], rtol=1e-6)
 
 
+def test_bias_corrected_kl_by_hand():
+    """use_bias_correction_kl (TRL's default) weights the KL by r: at r = 1 the value is the plain
+    k3, but the gradient gains beta * kl per token; away from r = 1 the value is beta * r * kl."""
+    ref = jnp.log(jnp.array([[2.0, 0.5]]))
+    kl = jnp.array([[2 - math.log(2) - 1, 0.5 - math.log(0.5) - 1]])
+    d_kl = jnp.array([[1 - 2.0, 1 - 0.5]])  # d kl / d logp = 1 - exp(ref - logp) at logp = 0
+    mask, adv = jnp.ones((1, 2)), jnp.zeros(1)
+
+    def token_loss(logp, old, correct):
+        s = LossSettings(loss_type="dapo", beta=0.1, use_bias_correction_kl=correct)
+        return per_token_objective(logp, old, ref, adv, mask, s)
+
+    logp = jnp.zeros((1, 2))
+    for correct, expected in ((False, 0.1 * d_kl), (True, 0.1 * (d_kl + kl))):
+        np.testing.assert_allclose(token_loss(logp, None, correct)[0], 0.1 * kl, rtol=1e-6)
+        grad = jax.grad(lambda lp, c=correct: jnp.sum(token_loss(lp, None, c)[0]))(logp)
+        np.testing.assert_allclose(grad, expected, rtol=1e-6)
+    old = jnp.log(jnp.array([[0.5, 2.0]]))  # r = [2, 0.5]
+    loss, stats = token_loss(logp, old, True)
+    np.testing.assert_allclose(loss, 0.1 * kl * jnp.array([[2.0, 0.5]]), rtol=1e-6)
+    np.testing.assert_allclose(stats["kl_sum"], jnp.sum(kl * jnp.array([[2.0, 0.5]])), rtol=1e-6)  # TRL logs it so
+
+
 def test_first_update_is_the_plain_policy_gradient():
     """num_iterations 1: r = 1 and d loss / d logp = -A / normaliser."""
     logp = jnp.log(jnp.array([[0.5, 0.25, 0.1], [0.3, 0.9, 0.9]]))
@@ -223,8 +246,9 @@ def tiny(tmp_path_factory):
     return model, hf, config, batch
 
 
-def torch_objective(hf, batch, loss_type, beta, num_iterations, eps_low=0.2, eps_high=0.28):
-    """TRL's GRPO objective written directly in PyTorch over full logits."""
+def torch_objective(hf, batch, loss_type, beta, num_iterations, eps_low=0.2, eps_high=0.28, bias_correction=True):
+    """TRL's GRPO objective written directly in PyTorch over full logits (bias_correction: TRL's
+    use_bias_correction_kl, the KL weighted by the unclipped ratio)."""
     tokens = torch.tensor(batch["tokens"], dtype=torch.long)
     attention = torch.tensor(batch["segment_ids"] > 0, dtype=torch.long)
     positions = (attention.cumsum(1) - 1).clamp(min=0)
@@ -238,7 +262,8 @@ def torch_objective(hf, batch, loss_type, beta, num_iterations, eps_low=0.2, eps
     per_token = -torch.min(ratio * adv, torch.clamp(ratio, 1 - eps_low, 1 + eps_high) * adv)
     if beta > 0:
         ref = torch.tensor(batch["ref_logprobs"])
-        per_token = per_token + beta * (torch.exp(ref - logp) - (ref - logp) - 1)
+        kl = torch.exp(ref - logp) - (ref - logp) - 1
+        per_token = per_token + beta * (kl * ratio if bias_correction else kl)
     if loss_type == "grpo":
         return ((per_token * mask).sum(-1) / mask.sum(-1).clamp(min=1.0)).mean()
     if loss_type == "dr_grpo":
@@ -246,14 +271,15 @@ def torch_objective(hf, batch, loss_type, beta, num_iterations, eps_low=0.2, eps
     return (per_token * mask).sum() / mask.sum().clamp(min=1.0)  # bnpo and dapo: one micro-batch
 
 
-def _settings(loss_type, beta, num_iterations):
+def _settings(loss_type, beta, num_iterations, bias_correction=True):
     return LossSettings(loss_type=loss_type, epsilon=0.2, epsilon_high=0.28, beta=beta, max_completion_length=C,
-                        temperature=TEMPERATURE, logprob_chunk_size=4, use_old_logprobs=num_iterations > 1)  # fmt: skip
+                        temperature=TEMPERATURE, logprob_chunk_size=4, use_old_logprobs=num_iterations > 1,
+                        use_bias_correction_kl=bias_correction)  # fmt: skip
 
 
-def _assert_matches_torch(value, grads, hf, config, batch, loss_type, beta, num_iterations):
+def _assert_matches_torch(value, grads, hf, config, batch, loss_type, beta, num_iterations, bias_correction=True):
     hf.zero_grad()
-    ref = torch_objective(hf, batch, loss_type, beta, num_iterations)
+    ref = torch_objective(hf, batch, loss_type, beta, num_iterations, bias_correction=bias_correction)
     ref.backward()
     np.testing.assert_allclose(float(value), ref.item(), rtol=1e-5, atol=1e-6)
     hf_grads = {name: p.grad.numpy() for name, p in hf.named_parameters()}
@@ -284,15 +310,17 @@ def policy_vjp(tiny):
     return logp, jax.jit(pullback)
 
 
-@pytest.mark.parametrize("num_iterations", [1, 2])
-@pytest.mark.parametrize("beta", [0.0, 0.04])
-@pytest.mark.parametrize("loss_type", LOSS_TYPES)
-def test_objective_and_gradients_match_pytorch(tiny, policy_vjp, loss_type, beta, num_iterations):
-    """Every loss_type x beta x num_iterations: d loss / d params = VJP of the token log-probs with
-    d loss / d logp, compared with torch's autograd through the whole model."""
+@pytest.mark.parametrize(
+    "loss_type,beta,num_iterations,bias_correction",
+    [(t, beta, n, True) for t in LOSS_TYPES for beta in (0.0, 0.04) for n in (1, 2)]
+    + [("grpo", 0.04, n, False) for n in (1, 2)],  # the KL without TRL's ratio weight
+)
+def test_objective_and_gradients_match_pytorch(tiny, policy_vjp, loss_type, beta, num_iterations, bias_correction):
+    """Every loss_type x beta x num_iterations (and the KL weight off): d loss / d params = VJP of
+    the token log-probs with d loss / d logp, compared with torch's autograd through the model."""
     _, hf, config, batch = tiny
     logp, pullback = policy_vjp
-    s = _settings(loss_type, beta, num_iterations)
+    s = _settings(loss_type, beta, num_iterations, bias_correction)
     b = {k: jnp.asarray(v) for k, v in batch.items()}
 
     def objective(lp):
@@ -303,7 +331,7 @@ def test_objective_and_gradients_match_pytorch(tiny, policy_vjp, loss_type, beta
 
     value, d_logp = jax.jit(jax.value_and_grad(objective))(logp)
     (grads,) = pullback(d_logp)
-    _assert_matches_torch(value, grads, hf, config, batch, loss_type, beta, num_iterations)
+    _assert_matches_torch(value, grads, hf, config, batch, loss_type, beta, num_iterations, bias_correction)
 
 
 @pytest.mark.parametrize("loss_type,beta,num_iterations", [("dr_grpo", 0.0, 1), ("grpo", 0.04, 2)])

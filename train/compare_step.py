@@ -1,6 +1,6 @@
 """`jaxrl compare-step`: one optimizer step of a recipe in jaxrl and in TRL, on the same batch.
 
-    jaxrl compare-step MODEL --recipe FILE [--method sft|grpo] [--json] [a.b=value ...]
+    jaxrl compare-step MODEL --recipe FILE [--method sft|grpo] [--reference DIR] [--json] [a.b=value ...]
 
 jaxrl builds the batch once: SFT, the recipe's first batch of examples; GRPO, the recipe's first
 prompts with completions sampled by jaxrl (then fed to TRL as they are; each side scores them with
@@ -166,8 +166,10 @@ def truncation_disagreements(batch, completions, settings, stop_ids: set[int]) -
     return [r for r, (a, b) in enumerate(zip(masked_here, masked_there, strict=True)) if a != b]
 
 
-def compare_grpo(config):
-    """As `compare_sft`, for GRPO (the StepRecords carry both sides' advantages)."""
+def compare_grpo(config, reference: str | Path | None = None):
+    """As `compare_sft`, for GRPO (the StepRecords carry both sides' advantages). reference: the HF
+    directory of the KL's reference model (beta > 0), when the policy has left it; None: the policy's
+    own weights, as at a run's first step."""
     from jaxrl.train import trl_step
     from jaxrl.train.grpo_loss import make_loss_fn
     from jaxrl.train.grpo_rollout import Rollout, generation_batch
@@ -187,7 +189,8 @@ def compare_grpo(config):
     try:
         scorer = RewardScorer(s.reward_funcs, s.reward_weights, gold_column=s.gold_column, verifier=verifier)
         trainer = session.build_trainer(config, path, mesh, make_loss_fn(s.loss), total_steps)
-        ref_params = nnx.to_pure_dict(nnx.state(session.load_policy(config, path, mesh))) if s.beta > 0 else None
+        ref_path = path if reference is None else rundir.check_model_path(str(reference))
+        ref_params = nnx.to_pure_dict(nnx.state(session.load_policy(config, ref_path, mesh))) if s.beta > 0 else None
         pad_id = trainer.config.pad_token_id or 0
         rollout = Rollout(
             trainer.graphdef,
@@ -213,7 +216,7 @@ def compare_grpo(config):
 
         def trl_side():
             out["record"], out["translation"] = trl_step.grpo_step(
-                path, tokenizer, config, data, scorer, total_steps, frozen
+                path, tokenizer, config, data, scorer, total_steps, frozen, reference=reference
             )
             return out["record"]
 
@@ -242,12 +245,14 @@ def compare_step(
     overrides=(),
     tolerances: dict[str, float] | None = None,
     trl_args: dict[str, Any] | None = None,
+    reference: str | Path | None = None,
 ) -> dict[str, Any]:
     """Runs both steps and returns the report, a JSON-able dict: `ok` says whether the loss, the
     gradient norm, every gradient and every update (of the same gradients) agree within
     `tolerances` (keys loss, grad, update; defaults by dtype). trl_args: TRL config values set on
     TRL's side only, over the translation (to see what a knob does, or to check that a wrong
-    translation shows)."""
+    translation shows). reference: GRPO with beta > 0, the HF directory of the KL's reference model
+    when MODEL is a policy that has left it (a step after a run's first; default MODEL itself)."""
     from jaxrl.train import grpo, sft, trl_step
 
     torch, trl = import_trl()  # before any JAX work: a missing extra fails at once
@@ -256,11 +261,18 @@ def compare_step(
     if module is None:
         raise JaxrlError(f"--method {method!r}; choose sft or grpo")
     config = module.load_config(recipe, [*overrides, f"model.path={model_dir}"])
+    if reference is not None and not (method == "grpo" and config.grpo.beta > 0):
+        raise JaxrlError("--reference is the KL's reference model: it needs a GRPO recipe with grpo.beta > 0")
     torch.manual_seed(config.loop.seed)
     with trl_step.extra_args(trl_args or {}):
-        ours, theirs, crossed, translation, notes, facts = (compare_sft if method == "sft" else compare_grpo)(config)
+        if method == "sft":
+            ours, theirs, crossed, translation, notes, facts = compare_sft(config)
+        else:
+            ours, theirs, crossed, translation, notes, facts = compare_grpo(config, reference)
     dtype = {"compute": config.model.dtype, "params": config.model.param_dtype or "float32"}
     report = {"method": method, "model": str(model_dir), "trl_version": trl.__version__, "dtype": dtype}
+    if reference is not None:
+        report["reference"] = str(reference)
     report.update(compare_records(ours, theirs, crossed, dtype["params"]), **facts)
     tol = dict(TOLERANCES["bfloat16" if "bfloat16" in dtype.values() else "float32"], **(tolerances or {}))
     checks = (
@@ -317,7 +329,7 @@ def compare_step_cli(args) -> None:
         if not sep or not key:
             raise JaxrlError(f"--trl {item!r}: expected NAME=VALUE, e.g. --trl temperature=0.7")
         trl_args[key] = yaml.safe_load(value)
-    report = compare_step(args.model, args.recipe, args.method, args.overrides, tolerances, trl_args)
+    report = compare_step(args.model, args.recipe, args.method, args.overrides, tolerances, trl_args, args.reference)
     print(format_report(report))
     if args.json:
         print(json.dumps(report))

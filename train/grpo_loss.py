@@ -5,8 +5,13 @@ completion slots (right-padded), D hidden, V vocab.
 
 Per completion token t of completion i, with r = exp(logp - old_logp) and A_i the advantage:
 
-    loss_it = -min(r * A_i, clip(r, 1 - epsilon, 1 + epsilon_high) * A_i) + beta * kl_it
+    loss_it = -min(r * A_i, clip(r, 1 - epsilon, 1 + epsilon_high) * A_i) + beta * w_it * kl_it
     kl_it   = exp(ref_logp - logp) - (ref_logp - logp) - 1          (k3 estimator, beta > 0 only)
+    w_it    = r with use_bias_correction_kl (TRL's default), else 1
+
+The weight r makes the KL's gradient the unbiased reverse-KL gradient (TRL 1.16, after
+DeepSeek-V3.2). r is differentiable, so even where its value is 1 it adds beta * kl * d logp to the
+gradient; with the weight off the gradient is beta * d kl alone (TRL before the knob).
 
 reduced by `loss_type` (TRL's meanings) into a numerator and a denominator that the training loop
 sums over micro-batches and divides once:
@@ -23,14 +28,12 @@ without gradient, so r = 1 and the gradient is the plain policy gradient, as in 
 from __future__ import annotations
 
 import dataclasses
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from jaxrl.models.logprobs import completion_logprobs
 
 from jaxrl.errors import JaxrlError
-from jaxrl.knobs import check_knobs
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
@@ -66,12 +69,6 @@ def group_advantages(rewards_n: jax.Array, num_generations: int, scale_rewards: 
 class LossSettings:
     """The knobs the objective reads (a subset of GRPOSettings, TRL's names)."""
 
-    DOMAINS: ClassVar[dict[str, str]] = {  # jaxrl.knobs
-        "epsilon": ">= 0", "epsilon_high": ">= 0", "beta": ">= 0", "max_completion_length": ">= 1",
-        "temperature": "> 0; the loss divides the logits by it", "logprob_chunk_size": ">= 1",
-        "logprob_vocab_chunk_size": ">= 0",
-    }  # fmt: skip
-
     loss_type: str = "dapo"
     epsilon: float = 0.2
     epsilon_high: float | None = None  # None: epsilon
@@ -81,11 +78,15 @@ class LossSettings:
     logprob_chunk_size: int = 256
     logprob_vocab_chunk_size: int = 0  # 0: the whole vocabulary per chunk
     use_old_logprobs: bool = False  # True when num_iterations > 1: r uses the stored old log-probs
+    use_bias_correction_kl: bool = True  # the KL term weighted by r (TRL's default)
 
     def __post_init__(self):
-        check_knobs(self)
         if self.loss_type not in LOSS_TYPES:
             raise JaxrlError(f"loss_type={self.loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
+        if self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0) or self.beta < 0:
+            raise JaxrlError("epsilon, epsilon_high and beta must be >= 0")
+        if self.temperature <= 0:
+            raise JaxrlError("temperature must be > 0 (the loss divides the logits by it)")
 
 
 def _clip_like_torch(x, low, high):
@@ -119,6 +120,8 @@ def per_token_objective(logp, old_logp, ref_logp, advantages_n, mask, s: LossSet
     if s.beta > 0:
         delta = jnp.where(live, ref_logp - logp, 0.0)
         kl = jnp.exp(delta) - delta - 1.0
+        if s.use_bias_correction_kl:
+            kl = kl * ratio  # TRL's unclipped ratio; TRL logs this weighted KL too
         loss = loss + s.beta * kl
         stats["kl_sum"] = jnp.sum(kl * m)
     return loss * m, stats

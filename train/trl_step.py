@@ -297,9 +297,10 @@ def trl_reward(name: str, fn: Callable, rows: Sequence[dict]):
     return reward
 
 
-def grpo_step(model_dir, tokenizer, config, rollout: dict, scorer, total_steps: int, frozen: set[str]):
+def grpo_step(model_dir, tokenizer, config, rollout: dict, scorer, total_steps: int, frozen: set[str], reference=None):
     """TRL's GRPOTrainer, one step on jaxrl's generation batch. rollout: prompt_texts, prompt_ids,
     rows (one per prompt), completion_ids (one list per completion, prompt-major: G per prompt).
+    reference: the HF directory of the KL's reference model (beta > 0; None: model_dir).
     Returns (StepRecord with TRL's advantages, Translation)."""
     _, trl = import_trl()
     import trl.trainer.grpo_trainer as grpo_module
@@ -313,6 +314,7 @@ def grpo_step(model_dir, tokenizer, config, rollout: dict, scorer, total_steps: 
         num_generations=s.num_generations,
         num_iterations=s.num_iterations,
         beta=s.beta,
+        use_bias_correction_kl=s.use_bias_correction_kl,
         epsilon=s.epsilon,
         epsilon_high=s.epsilon_high,
         loss_type=s.loss_type,
@@ -330,6 +332,7 @@ def grpo_step(model_dir, tokenizer, config, rollout: dict, scorer, total_steps: 
             "num_generations",
             "num_iterations",
             "beta",
+            "use_bias_correction_kl",
             "epsilon",
             "epsilon_high",
             "loss_type",
@@ -383,6 +386,8 @@ def grpo_step(model_dir, tokenizer, config, rollout: dict, scorer, total_steps: 
             processing_class=tokenizer,
             rollout_func=rollout_func,
         )
+        if reference is not None and trainer.ref_model is not None:  # TRL loads its reference from model_dir
+            trainer.ref_model.load_state_dict(load_torch_model(reference, config, set()).state_dict())
         # TRL shuffles a generation batch's rows before cutting it into micro-batches; keep jaxrl's
         # order so both sides' micro-batches hold the same rows (bnpo's mean per micro-batch reads it)
         with _patched(grpo_module, "shuffle_sequence_dict", lambda batch: batch):

@@ -8,10 +8,35 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Iterator
 
 from jaxrl.errors import JaxrlError
+from jaxrl.knobs import check_value, domain
 
 COMMANDS = []
+
+# The domain of every numeric option of every command (`jaxrl.knobs` specs), checked before the
+# command runs; tests/test_knobs.py walks the parser, so an option missing here fails it.
+OPTION_DOMAINS = {
+    "--seed": ">= 0",
+    "--num-processes": ">= 1",
+    "--process-id": ">= 0",
+    "--loss-tol": ">= 0",
+    "--grad-tol": ">= 0",
+    "--update-tol": ">= 0",
+    "--svd": ">= 0; 0 = none",
+    "--num-samples": ">= 1",
+    "--limit": ">= 1; leave it out for every problem",
+    "--max-new-tokens": ">= 1",
+    "--temperature": ">= 0; 0 = greedy",
+    "--top-p": "(0, 1]",
+    "--top-k": ">= 0; 0 = off",
+    "--batch-size": ">= 1",
+    "--slots": ">= 0; 0 = one per completion",
+    "--devices": ">= 1",
+    "--rows": ">= 1",
+    "--mfu": "(0, 1]",
+}
 
 
 def command(add_parser):
@@ -300,6 +325,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def numeric_options(parser: argparse.ArgumentParser, args=None) -> Iterator[argparse.Action]:
+    """The int and float options of `parser` and its sub-commands (only the chosen ones, given `args`)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            chosen = getattr(args, action.dest, None) if args is not None else None
+            for name, child in action.choices.items():
+                if args is None or name == chosen:
+                    yield from numeric_options(child, args)
+        elif action.type in (int, float) and action.option_strings:
+            yield action
+
+
+def check_options(parser: argparse.ArgumentParser, args) -> None:
+    """Each numeric option the user gave against its domain (OPTION_DOMAINS), before any work."""
+    for action in numeric_options(parser, args):
+        name = action.option_strings[-1]
+        value = getattr(args, action.dest, None)
+        check_value(value, domain(OPTION_DOMAINS.get(name, "any")), action.type is int, name)
+
+
 def _is_override(text: str) -> bool:
     return not text.startswith("-") and "=" in text
 
@@ -314,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
+        check_options(parser, args)
         args._runners[args.command](args)
     except JaxrlError as e:
         print(f"jaxrl {args.command}: error: {e}", file=sys.stderr)

@@ -23,7 +23,7 @@ defaults out, `grpo.yaml` is the study's recipe.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +37,7 @@ from jaxrl.train.loop import Trainer, check_batch_size
 
 from jaxrl.data import ChatConfig, DataConfig, PromptBatches, load_prompts
 from jaxrl.errors import JaxrlError
+from jaxrl.knobs import check_knobs
 from jaxrl.recipes import load_recipe
 from jaxrl.rewards import MathVerifier, RewardScorer
 from jaxrl.sharding import LogicalMesh, make_mesh, rules_preset
@@ -66,6 +67,15 @@ class GRPOSettings:
       (for a vocabulary not sharded over `tensor`).
     """
 
+    DOMAINS: ClassVar[dict[str, str]] = {  # jaxrl.knobs
+        "prompts_per_step": ">= 1", "num_generations": ">= 2; group advantages need two", "num_iterations": ">= 1",
+        "beta": ">= 0", "epsilon": ">= 0", "epsilon_high": ">= 0", "max_prompt_length": ">= 1",
+        "max_completion_length": ">= 1", "temperature": "> 0; the loss divides the logits by it", "top_p": "(0, 1]",
+        "top_k": ">= 0", "reward_weights": "any",
+        "verifier_timeout_s": "> 0", "verifier_workers": ">= 0", "logprob_chunk_size": ">= 1",
+        "logprob_vocab_chunk_size": ">= 0",
+    }  # fmt: skip
+
     prompts_per_step: int = 8
     num_generations: int = 8
     num_iterations: int = 1
@@ -91,10 +101,7 @@ class GRPOSettings:
     shuffle: bool = True
 
     def __post_init__(self):
-        if self.num_generations < 2:
-            raise JaxrlError(f"grpo.num_generations={self.num_generations}: group advantages need at least 2")
-        if self.prompts_per_step < 1 or self.num_iterations < 1 or self.max_completion_length < 1:
-            raise JaxrlError("grpo: prompts_per_step, num_iterations and max_completion_length must be >= 1")
+        check_knobs(self, "grpo.")
         if self.scale_rewards not in SCALE_REWARDS:
             raise JaxrlError(f"grpo.scale_rewards={self.scale_rewards!r}; choose one of {', '.join(SCALE_REWARDS)}")
         if self.reward_weights and len(self.reward_weights) != len(self.reward_funcs):
@@ -143,14 +150,15 @@ class RolloutConfig:
     the sampling copy and the training state, and on a v4-64 neither does the copy; with 224 both
     fit, and a v5p-64, where all 448 fit, plans a generation batch ~18% slower (`jaxrl plan`)."""
 
+    DOMAINS: ClassVar[dict[str, str]] = {"slots": ">= 0; 0 = all completions at once"}  # jaxrl.knobs
+
     rules: str = "tensor_parallel"
     mesh: str = ""
     slots: int = 224
 
     def __post_init__(self):
+        check_knobs(self, "rollout.")
         rules_preset(self.rules)  # a clear error for an unknown name, at load time
-        if self.slots < 0:
-            raise JaxrlError(f"rollout.slots={self.slots} must be >= 0 (0 = all completions at once)")
 
     def sampling_mesh(self, training: LogicalMesh) -> LogicalMesh | None:
         """The mesh and rules to sample on, or None to sample from the training layout."""

@@ -28,12 +28,14 @@ without gradient, so r = 1 and the gradient is the plain policy gradient, as in 
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 from jaxrl.models.logprobs import completion_logprobs
 
 from jaxrl.errors import JaxrlError
+from jaxrl.knobs import check_knobs
 
 LOSS_TYPES = ("grpo", "bnpo", "dr_grpo", "dapo")
 SCALE_REWARDS = ("group", "batch", "none")
@@ -69,6 +71,12 @@ def group_advantages(rewards_n: jax.Array, num_generations: int, scale_rewards: 
 class LossSettings:
     """The knobs the objective reads (a subset of GRPOSettings, TRL's names)."""
 
+    DOMAINS: ClassVar[dict[str, str]] = {  # jaxrl.knobs
+        "epsilon": ">= 0", "epsilon_high": ">= 0", "beta": ">= 0", "max_completion_length": ">= 1",
+        "temperature": "> 0; the loss divides the logits by it", "logprob_chunk_size": ">= 1",
+        "logprob_vocab_chunk_size": ">= 0",
+    }  # fmt: skip
+
     loss_type: str = "dapo"
     epsilon: float = 0.2
     epsilon_high: float | None = None  # None: epsilon
@@ -81,12 +89,9 @@ class LossSettings:
     use_bias_correction_kl: bool = True  # the KL term weighted by r (TRL's default)
 
     def __post_init__(self):
+        check_knobs(self)
         if self.loss_type not in LOSS_TYPES:
             raise JaxrlError(f"loss_type={self.loss_type!r}; choose one of {', '.join(LOSS_TYPES)}")
-        if self.epsilon < 0 or (self.epsilon_high is not None and self.epsilon_high < 0) or self.beta < 0:
-            raise JaxrlError("epsilon, epsilon_high and beta must be >= 0")
-        if self.temperature <= 0:
-            raise JaxrlError("temperature must be > 0 (the loss divides the logits by it)")
 
 
 def _clip_like_torch(x, low, high):

@@ -36,6 +36,8 @@ OPTION_DOMAINS = {
     "--devices": ">= 1",
     "--rows": ">= 1",
     "--mfu": "(0, 1]",
+    "--slices": ">= 1",
+    "--steps": ">= 1",
 }
 
 

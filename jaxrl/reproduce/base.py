@@ -35,6 +35,7 @@ class BaseSpec:
     steps: int = 1500
     batch_size: int = 32
     learning_rate: float = 3e-3
+    weight_decay: float = 0.01  # decoupled (AdamW); OLMo-2 was pre-trained with 0.1
 
     def key(self) -> str:
         return "-".join(f"{v}" for v in self.__dict__.values())
@@ -111,7 +112,7 @@ def build_base(spec: BaseSpec, directory: Path, log=print) -> Path:
             "optimizer.lr_scheduler_type=cosine",
             "optimizer.warmup_ratio=0.05",
             "optimizer.max_grad_norm=1.0",
-            "optimizer.weight_decay=0.01",
+            f"optimizer.weight_decay={spec.weight_decay}",
             f"loop.max_steps={spec.steps}",
             f"loop.output_dir={directory / 'run'}",
             f"loop.seed={spec.seed}",

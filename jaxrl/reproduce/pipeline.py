@@ -1,4 +1,5 @@
-"""The miniature study's stages: data -> base -> GRPO and SFT -> evaluation -> analysis -> report.
+"""The miniature study's stages: data -> base -> GRPO, SFT and the two freezing arms -> evaluation
+-> analysis -> report.
 
 The pipeline is the top floor: it calls the library's public entry points, the ones a TPU user
 would (`jaxrl.train.grpo.run`, `jaxrl.train.sft.run`, `jaxrl.eval.runner.evaluate`,
@@ -18,7 +19,8 @@ from jaxrl import synthetic
 from jaxrl.destinations import check_destination
 from jaxrl.errors import JaxrlError
 from jaxrl.model_files import latest_checkpoint
-from jaxrl.reproduce.base import BaseSpec, build_base, world_and_pools, write_jsonl
+from jaxrl.reproduce.arms import Arm, sft_arms
+from jaxrl.reproduce.base import BASE_SHAPE, BaseSpec, build_base, world_and_pools, write_jsonl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,10 +121,9 @@ def sft_overrides(preset: Preset, base: Path, train: Path, out: Path) -> list[st
     ]
 
 
-def evaluate(preset: Preset, models: list[Path], files: dict[str, Path], base: Path, out: Path) -> dict:
+def evaluate(preset: Preset, models: dict[str, Path], files: dict[str, Path], base: Path, out: Path) -> dict:
     """In-domain (with the study's system prompt and format) and the two probes (without it)."""
     from jaxrl.eval.runner import EvalConfig, evaluate
-    from jaxrl.reproduce.report import NAMES
 
     common = dict(temperature=0.6, top_p=0.95, max_new_tokens=EVAL_NEW_TOKENS, chat_template="olmo2", seed=0)
     maths = EvalConfig(
@@ -139,7 +140,7 @@ def evaluate(preset: Preset, models: list[Path], files: dict[str, Path], base: P
         data={t: str(files[t]) for t in ("triviaqa", "ifeval")},
         **common,
     )
-    paths = [f"{name}={m}" for name, m in zip(NAMES, models, strict=True)]
+    paths = [f"{name}={m}" for name, m in models.items()]
     return {"maths": evaluate(paths, maths, out / "maths"), "probes": evaluate(paths, probes, out / "probes")}
 
 
@@ -189,26 +190,30 @@ def reproduce(
     timings, files = {}, write_data(preset, spec, out / "data")
     timings["base"] = stage(out, "base", log, lambda: _copy(base_model(spec, cache, rebuild_base, log), out / "base"))
     base = out / "base"
-    runs = {"grpo": out / "runs" / "grpo", "sft": out / "runs" / "sft"}
+    arms = sft_arms(BASE_SHAPE["num_layers"])
+    runs = {"grpo": out / "runs" / "grpo", **{arm.name: out / "runs" / arm.name for arm in arms}}
 
     def train_grpo():
         from jaxrl.train import grpo
 
         grpo.run(None, grpo_overrides(preset, base, files["train"], runs["grpo"]))
 
-    def train_sft():
+    def train_sft(arm: Arm):
         from jaxrl.train import sft
 
-        sft.run(None, sft_overrides(preset, base, files["train"], runs["sft"]))
+        sft.run(None, sft_overrides(preset, base, files["train"], runs[arm.name]) + arm.overrides())
 
     timings["grpo"] = stage(out, "grpo", log, train_grpo)
-    timings["sft"] = stage(out, "sft", log, train_sft)
-    models = [base, latest_checkpoint(runs["grpo"]), latest_checkpoint(runs["sft"])]
+    for arm in arms:
+        timings[arm.name] = stage(out, arm.name, log, lambda arm=arm: train_sft(arm))
+    models = {"base": base, "GRPO": latest_checkpoint(runs["grpo"])}
+    models |= {arm.label: latest_checkpoint(runs[arm.name]) for arm in arms}
     timings["eval"] = stage(out, "eval", log, lambda: evaluate(preset, models, files, base, out / "eval"))
+    frozen_arms = [runs[arm.name] for arm in arms if arm.freeze or arm.train_only]
     timings["analysis"] = stage(
-        out, "analysis", log, lambda: _analyze(base, list(runs.values()), out / "analysis", log)
+        out, "analysis", log, lambda: _analyze(base, list(runs.values()), frozen_arms, out / "analysis", log)
     )
-    write_report(out, preset, models, runs, timings)
+    write_report(out, preset, models, runs, arms, timings)
     return out
 
 
@@ -217,9 +222,14 @@ def _copy(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst)
 
 
-def _analyze(base: Path, runs: list[Path], out: Path, log) -> None:
+def _analyze(base: Path, runs: list[Path], frozen_arms: list[Path], out: Path, log) -> None:
+    """The study's analysis (q, k, v, o, gate, up, down) of every run, and every tensor of the
+    freezing arms (embeddings, norms and lm_head too) under `out/all-tensors`: the freezing's check."""
     from jaxrl.analysis.analyze import analyze
     from jaxrl.models.keymap import key_map_of_hf_config
 
     rows = analyze(base, runs, out, key_map_of_hf_config)
     log(f"wrote {len(rows)} rows and figures to {out}")
+    if frozen_arms:
+        rows = analyze(base, frozen_arms, out / "all-tensors", key_map_of_hf_config, modules="all")
+        log(f"wrote {len(rows)} rows of every tensor of the freezing arms to {out / 'all-tensors'}")

@@ -16,7 +16,10 @@ from jaxrl.eval.task import Item, Scored, Task, texts
 
 # Numbers start with a digit and nothing after it can fail, so these never backtrack far.
 _NUM = r"-?\d[\d,]*(?:\.\d+)?"
-_ANSWER_IS = re.compile(r"answer is[:\s]*\$?(" + _NUM + ")", re.IGNORECASE)
+# "answer is N", and the rest of its sentence (a "." that starts no decimal ends it)
+_ANSWER_IS = re.compile(r"answer is[:\s]*\$?(" + _NUM + r")((?:[^.\n]|\.\d)*)", re.IGNORECASE)
+_OPERATOR = re.compile(r"\s*[-+*/×÷^x]")
+_EQUALS = re.compile(r"=\s*\$?(" + _NUM + ")")
 _HASHES = re.compile(r"####\s*\$?(" + _NUM + ")")
 _NUMBER = re.compile(_NUM)
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
@@ -45,13 +48,27 @@ def extract_math(text: str) -> tuple[str, bool] | None:
 
 
 def extract_number(text: str) -> str | None:
-    """A GSM8K-style final number: "answer is N", "#### N", else the last number; commas dropped."""
-    for pattern in (_ANSWER_IS, _HASHES):
-        matches = pattern.findall(text)
-        if matches:
-            return plain_number(matches[-1].replace(",", ""))
-    numbers = _NUMBER.findall(text)
-    return plain_number(numbers[-1].replace(",", "")) if numbers else None
+    """A GSM8K-style final number: "answer is N" (or the result N of "answer is 5 * 4 = N"),
+    "#### N", else the last number; commas dropped."""
+    found = _answer_is(text)
+    if found is None:
+        hashes = _HASHES.findall(text)
+        found = hashes[-1] if hashes else None
+    if found is None:
+        numbers = _NUMBER.findall(text)
+        found = numbers[-1] if numbers else None
+    return None if found is None else plain_number(found.replace(",", ""))
+
+
+def _answer_is(text: str) -> str | None:
+    """The number of the last "answer is" sentence: the one after its last "=" when an expression
+    follows the first number ("So the answer is 5 * 4 = 20." -> 20), else the first number."""
+    matches = _ANSWER_IS.findall(text)
+    if not matches:
+        return None
+    first, rest = matches[-1]
+    results = _EQUALS.findall(rest) if _OPERATOR.match(rest) else []
+    return results[-1] if results else first
 
 
 def gold(row: dict) -> str:

@@ -79,6 +79,12 @@ def test_gsm8k_five_shot_prompt_and_number_extraction():
     assert extract_number("#### 1,200") == "1200"
     assert extract_number("It is 3, then 4.5 in total") == "4.5"
     assert extract_number("none") is None
+    # an expression after "answer is": its result (lm-eval's GSM8K filters read 20 too), not its first number
+    assert extract_number("So the answer is 5 * 4 = 20.") == "20"
+    assert extract_number("The answer is 12 x 3 = 36 apples.") == "36"
+    assert extract_number("answer is -3 - 2 = -5") == "-5"
+    assert extract_number("The answer is 72 - easy. 3+4 = 7") == "72"  # no "=" in its own sentence
+    assert extract_number("The answer is 4.5.") == "4.5"
     scored = p.task.score(p.items[:2], [["The answer is 72.", "I think 71"], ["\\boxed{10}", "The answer is $10.00."]])
     assert [[s.correct for s in row] for row in scored] == [[True, False], [True, True]]
 

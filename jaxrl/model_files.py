@@ -43,8 +43,15 @@ def read_config(path: str | Path) -> dict:
     return read_json_object(find_config(path))
 
 
-def read_json_object(file: str | Path) -> dict:
-    """A JSON file that must hold an object ({...}), as a dict; a JaxrlError naming the file otherwise."""
+class JsonObject(dict):
+    """A JSON object read from `source`, so that a later check of its keys can name the file."""
+
+    source: Path | None = None
+
+
+def read_json_object(file: str | Path) -> JsonObject:
+    """A JSON file that must hold an object ({...}), as a dict that remembers its file (`.source`);
+    a JaxrlError naming the file otherwise."""
     try:
         value = json.loads(Path(file).read_text(encoding="utf-8"))
     except UnicodeDecodeError:
@@ -56,7 +63,9 @@ def read_json_object(file: str | Path) -> dict:
             f"{file} must be a JSON object ({{...}}), not a JSON {_json_kind(value)}; restore it from the model's "
             "source"
         )
-    return value
+    obj = JsonObject(value)
+    obj.source = Path(file)
+    return obj
 
 
 def _json_kind(value) -> str:
@@ -79,6 +88,7 @@ def load_tokenizer(model_path: str | Path | None, tokenizer: str | Path | None =
     """The tokenizer in `tokenizer` when given, else the one beside or above `model_path`.
 
     Local files only: nothing is downloaded and no remote code runs."""
+    from huggingface_hub.errors import StrictDataclassError
     from transformers import AutoTokenizer
 
     directory = Path(tokenizer) if tokenizer else find_tokenizer_dir(model_path)
@@ -86,8 +96,10 @@ def load_tokenizer(model_path: str | Path | None, tokenizer: str | Path | None =
         read_json_object(directory / "config.json")  # transformers reads it too, and fails on a non-object
     try:
         return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
-    except (OSError, ValueError) as e:
-        raise JaxrlError(f"cannot load a tokenizer from {directory}: {str(e).strip().splitlines()[0]}") from None
+    except (OSError, ValueError, TypeError, KeyError, StrictDataclassError) as e:
+        # transformers checks the model's config.json too (a null hidden_size fails its strict dataclass)
+        detail = " ".join(str(e).split())
+        raise JaxrlError(f"cannot load a tokenizer from {directory}: {detail}") from None
 
 
 def check_vocabulary(tokenizer, model_path: str | Path) -> int:
@@ -108,6 +120,23 @@ def check_vocabulary(tokenizer, model_path: str | Path) -> int:
             "row: use the tokenizer the model was trained with"
         )
     return vocab_size
+
+
+def is_run_dir(path: str | Path) -> bool:
+    """A training run's directory: recipe.yaml or checkpoints/ at its root and no weights of its own."""
+    p = Path(path)
+    marked = (p / "recipe.yaml").is_file() or (p / "checkpoints").is_dir()
+    return marked and not is_orbax_model(p) and not any(p.glob("*.safetensors"))
+
+
+def check_not_an_empty_run(path: str | Path) -> None:
+    """A JaxrlError when `path` is a training run with no checkpoint yet (its config.json would
+    otherwise make it look like a HF model directory without weights)."""
+    if is_run_dir(path) and not run_checkpoints(path):
+        raise JaxrlError(
+            f"run {path} has no checkpoint yet (expected checkpoints/<step>/{PARAMS_DIR}): it stopped before its "
+            "first save; resume it, or name a model directory"
+        )
 
 
 def run_checkpoints(run: str | Path) -> list[Path]:

@@ -42,6 +42,12 @@ def load_recipe(cls: type[T], path: str | Path | None = None, overrides: Sequenc
     return _build(cls, None, data, "")
 
 
+def read_recipe_file(path: str | Path) -> dict:
+    """A recipe file's raw mapping (before any checking of its keys), or a one-line JaxrlError for a
+    missing file, bad YAML or anything but a mapping."""
+    return _read_yaml(Path(path))
+
+
 def dump_recipe(obj: Any) -> str:
     """YAML of every field of a dataclass instance (nested ones as sections), in field order."""
     return yaml.dump(recipe_to_dict(obj), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)

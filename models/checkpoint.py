@@ -25,7 +25,7 @@ from jaxrl.models.decoder import Decoder
 from jaxrl.models.params import abstract_decoder, state_shardings
 
 from jaxrl.errors import JaxrlError
-from jaxrl.model_files import PARAMS_DIR, is_hf_model, is_orbax_model, read_config
+from jaxrl.model_files import PARAMS_DIR, check_not_an_empty_run, is_hf_model, is_orbax_model, read_config
 from jaxrl.orbax_io import save_tree
 from jaxrl.sharding import LogicalMesh, make_mesh
 
@@ -75,6 +75,7 @@ def load_model(path: str | Path, mesh: LogicalMesh | None = None, param_dtype: s
         raise JaxrlError(f"model path {path} does not exist")
     if is_orbax_model(path):
         return load_orbax(path, mesh, param_dtype, **config)
+    check_not_an_empty_run(path)
     if is_hf_model(path):
         return load_hf(path, mesh, param_dtype, **config)
     raise JaxrlError(f"{path} is neither a HF model directory (config.json) nor an Orbax checkpoint")

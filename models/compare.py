@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from jaxrl.errors import JaxrlError
+from jaxrl.model_files import load_tokenizer
 
 DEFAULT_PROMPTS = (
     "What is 12 + 30? Think step by step.",
@@ -60,7 +61,7 @@ def compare(model_dir: str | Path, prompts: list[str], dtype: str = "float32", m
     if not prompts:
         raise JaxrlError("no prompts to compare on")
     ours = load_hf(model_dir, LogicalMesh(make_mesh(mesh)), param_dtype=dtype, dtype=dtype)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)  # the shared loader: local files only, one-line errors
     rows = [tokenizer(p).input_ids for p in prompts]
     length = max(map(len, rows))
     tokens = np.zeros((len(rows), length), np.int64)

@@ -8,13 +8,15 @@ dictionaries; `PRESETS` holds the study's and common models plus tiny test shape
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import jax.numpy as jnp
 
 from jaxrl.errors import JaxrlError
-from jaxrl.model_files import read_json_object
+from jaxrl.knobs import check_knobs, check_value, domain_of, numeric_fields
+from jaxrl.model_files import read_config, read_json_object
 
 FAMILIES = ("olmo2", "qwen2", "llama")
 ARCHITECTURES = {"olmo2": "Olmo2ForCausalLM", "qwen2": "Qwen2ForCausalLM", "llama": "LlamaForCausalLM"}
@@ -28,16 +30,35 @@ ATTENTION = ("auto", "blockwise", "xla", "cudnn", "splash")  # the implementatio
 class RopeScaling:
     """HF `rope_parameters` beyond theta: `linear` or `llama3` (Llama 3.1/3.2)."""
 
+    DOMAINS: ClassVar[dict[str, str]] = {  # jaxrl.knobs
+        "factor": "> 0", "low_freq_factor": "> 0", "high_freq_factor": "> 0",
+        "original_max_position_embeddings": ">= 1",
+    }  # fmt: skip
+
     rope_type: str = "llama3"
     factor: float = 8.0
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
 
+    def __post_init__(self):
+        check_knobs(self, "rope_scaling.")
+        if self.rope_type == "llama3" and not self.high_freq_factor > self.low_freq_factor:
+            raise JaxrlError(
+                f"rope_scaling: high_freq_factor ({self.high_freq_factor}) must be larger than low_freq_factor "
+                f"({self.low_freq_factor})"
+            )
+
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Architecture and numerics of a decoder. Shapes: D=hidden_size, F=intermediate_size."""
+
+    DOMAINS: ClassVar[dict[str, str]] = {  # jaxrl.knobs
+        "vocab_size": ">= 1", "hidden_size": ">= 1", "intermediate_size": ">= 1", "num_layers": ">= 1",
+        "num_heads": ">= 1", "num_kv_heads": ">= 1", "head_dim": ">= 1", "rope_theta": "> 0", "rms_norm_eps": ">= 0",
+        "max_position_embeddings": ">= 1", "bos_token_id": "any", "eos_token_ids": "any", "pad_token_id": "any",
+    }  # fmt: skip
 
     family: str = "llama"
     vocab_size: int = 32000
@@ -69,6 +90,7 @@ class ModelConfig:
     attention: str = "auto"  # auto | blockwise | xla | cudnn (see jaxrl.models.attention)
 
     def __post_init__(self):
+        check_knobs(self)
         if self.family not in FAMILIES:
             raise JaxrlError(f"unknown model family {self.family!r}; supported: {', '.join(FAMILIES)}")
         if self.num_heads % self.num_kv_heads:
@@ -113,56 +135,60 @@ class ModelConfig:
 
     @classmethod
     def from_hf_config(cls, hf: dict[str, Any], **overrides) -> ModelConfig:
-        """Reads a HF `config.json` dict (transformers 4.x `rope_scaling` or 5.x `rope_parameters`)."""
-        model_type = hf.get("model_type")
+        """Reads a HF `config.json` dict (transformers 4.x `rope_scaling` or 5.x `rope_parameters`).
+
+        Every key is checked before use: required ones present and not null, each of its type and in
+        its field's domain, and the values that must agree (heads and kv heads, head_dim, the rope
+        type's fields); a JaxrlError names the file (`read_json_object` records it) and the key."""
+        r = _HFReader(hf)
+        model_type = r.get("model_type", str)
         if model_type not in FAMILIES:
-            raise JaxrlError(f"unsupported model_type {model_type!r}; supported: {', '.join(FAMILIES)}")
-        if hf.get("hidden_act", "silu") != "silu":
-            raise JaxrlError(f"unsupported hidden_act {hf['hidden_act']!r}; only 'silu' is supported")
-        if hf.get("mlp_bias"):
-            raise JaxrlError("unsupported mlp_bias=true")
-        if hf.get("use_sliding_window"):
-            raise JaxrlError("unsupported use_sliding_window=true (Qwen2 sliding-window attention)")
-        rope = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
-        theta = float(rope.get("rope_theta", hf.get("rope_theta", 10000.0)))
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        scaling = None
-        if rope_type == "llama3":
-            scaling = RopeScaling(
-                "llama3",
-                float(rope["factor"]),
-                float(rope["low_freq_factor"]),
-                float(rope["high_freq_factor"]),
-                int(rope["original_max_position_embeddings"]),
-            )
-        elif rope_type == "linear":
-            scaling = RopeScaling("linear", float(rope["factor"]))
-        elif rope_type != "default":
-            raise JaxrlError(f"unsupported rope type {rope_type!r}; supported: default, linear, llama3")
-        heads = hf["num_attention_heads"]
+            raise r.error(f"unsupported model_type {model_type!r}; supported: {', '.join(FAMILIES)}")
+        if (r.get("hidden_act", str, required=False) or "silu") != "silu":
+            raise r.error(f"unsupported hidden_act {hf['hidden_act']!r}; only 'silu' is supported")
+        if r.get("mlp_bias", bool, required=False):
+            raise r.error("unsupported mlp_bias=true")
+        if r.get("use_sliding_window", bool, required=False):
+            raise r.error("unsupported use_sliding_window=true (Qwen2 sliding-window attention)")
+        hidden, heads = r.number("hidden_size", "hidden_size"), r.number("num_attention_heads", "num_heads")
+        kv_heads = r.number("num_key_value_heads", "num_kv_heads", required=False) or heads
+        if heads % kv_heads:
+            raise r.error(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv_heads}")
+        head_dim = r.number("head_dim", "head_dim", required=False)
+        if head_dim is None:
+            if hidden % heads:
+                raise r.error(f"no head_dim, and hidden_size={hidden} is not a multiple of num_attention_heads={heads}")
+            head_dim = hidden // heads
+        theta, scaling = r.rope()
         eos = hf.get("eos_token_id")
-        bias = bool(hf.get("attention_bias", False))
+        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
+        for key, value in (("bos_token_id", hf.get("bos_token_id")), ("pad_token_id", hf.get("pad_token_id"))):
+            r.check(value, key, key)
+        r.check(eos_ids, "eos_token_id", "eos_token_ids")
+        bias = bool(r.get("attention_bias", bool, required=False))
+        eps = r.number("rms_norm_eps", "rms_norm_eps", required=False)
+        max_positions = r.number("max_position_embeddings", "max_position_embeddings", required=False)
         fields = dict(
             family=model_type,
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"],
-            num_layers=hf["num_hidden_layers"],
+            vocab_size=r.number("vocab_size", "vocab_size"),
+            hidden_size=hidden,
+            intermediate_size=r.number("intermediate_size", "intermediate_size"),
+            num_layers=r.number("num_hidden_layers", "num_layers"),
             num_heads=heads,
-            num_kv_heads=hf.get("num_key_value_heads") or heads,
-            head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
+            num_kv_heads=kv_heads,
+            head_dim=head_dim,
             rope_theta=theta,
             rope_scaling=scaling,
-            rms_norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-            max_position_embeddings=hf.get("max_position_embeddings", 4096),
+            rms_norm_eps=1e-6 if eps is None else float(eps),
+            max_position_embeddings=4096 if max_positions is None else max_positions,
             post_norm=model_type == "olmo2",
             qk_norm=model_type == "olmo2",
             norm_weight_fp32=model_type == "olmo2",
             qkv_bias=model_type == "qwen2" or bias,
             o_bias=model_type == "llama" and bias,
-            tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
+            tie_word_embeddings=bool(r.get("tie_word_embeddings", bool, required=False)),
             bos_token_id=hf.get("bos_token_id"),
-            eos_token_ids=tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,)),
+            eos_token_ids=eos_ids,
             pad_token_id=hf.get("pad_token_id"),
             freeze_pad_embedding=model_type in PADDING_IDX_FAMILIES,
         )
@@ -209,6 +235,12 @@ class ModelConfig:
         return hf
 
     @classmethod
+    def from_model_path(cls, path: str | Path, **overrides) -> ModelConfig:
+        """The config of a HF directory, an Orbax checkpoint or a run's checkpoint (its config.json is
+        found as `model_files.find_config` finds it), checked as `from_hf_config` checks it."""
+        return cls.from_hf_config(read_config(path), **overrides)
+
+    @classmethod
     def from_hf_dir(cls, directory: str | Path, **overrides) -> ModelConfig:
         path = Path(directory) / "config.json"
         if not Path(directory).is_dir():
@@ -216,6 +248,73 @@ class ModelConfig:
         if not path.exists():
             raise JaxrlError(f"{directory} has no config.json; is it a Hugging Face model directory?")
         return cls.from_hf_config(read_json_object(path), **overrides)
+
+
+class _HFReader:
+    """Typed, checked reads of one config.json dict; errors name its file and the key."""
+
+    RESTORE = "restore it from the model's source"
+
+    def __init__(self, hf: dict[str, Any]):
+        self.hf = hf
+        self.where = str(getattr(hf, "source", None) or "config.json")
+
+    def error(self, what: str) -> JaxrlError:
+        return JaxrlError(f"{self.where}: {what}")
+
+    def get(self, key: str, kind: type, required: bool = True, table: dict | None = None, prefix: str = ""):
+        """`table[key]` (the config by default) as `kind`; None when absent or null and not required."""
+        table = self.hf if table is None else table
+        value = table.get(key)
+        if value is None:
+            if required:
+                state = "null" if key in table else "missing"
+                raise self.error(f"{prefix}{key} is {state}; it is required ({self.RESTORE})")
+            return None
+        if kind is not bool and isinstance(value, bool) or not isinstance(value, kind):
+            raise self.error(f"{prefix}{key} must be {_KIND_NAMES[kind]}, got {value!r} ({self.RESTORE})")
+        return value
+
+    def check(self, value: Any, key: str, field: str, cls: type = None) -> None:
+        """`value` of `key` within the domain of `cls.field` (ModelConfig's by default)."""
+        cls = cls or ModelConfig
+        try:
+            check_value(value, domain_of(cls, field), numeric_fields(cls)[field] is int, key)
+        except JaxrlError as e:
+            raise self.error(f"{e} ({self.RESTORE})") from None
+
+    def number(self, key: str, field: str, required: bool = True, table: dict | None = None, cls=None, prefix=""):
+        """An int or float key (of `table`, named `prefix` + key), checked against the domain of the
+        field it becomes."""
+        value = self.get(key, numbers.Real, required, table, prefix)
+        if value is not None:
+            self.check(value, prefix + key, field, cls)
+        return value
+
+    def rope(self) -> tuple[float, RopeScaling | None]:
+        """rope_theta and the scaling of `rope_parameters` (5.x) or `rope_scaling` (4.x), per rope type."""
+        key = "rope_parameters" if self.hf.get("rope_parameters") is not None else "rope_scaling"
+        rope = self.get(key, dict, required=False) or {}
+        theta = self.number("rope_theta", "rope_theta", required=False, table=rope, prefix=f"{key}.")
+        if theta is None:
+            theta = self.number("rope_theta", "rope_theta", required=False)
+        theta = 10000.0 if theta is None else float(theta)
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type == "default":
+            return theta, None
+        if rope_type not in ("linear", "llama3"):
+            raise self.error(f"unsupported rope type {rope_type!r}; supported: default, linear, llama3")
+        names = ("factor",) if rope_type == "linear" else _LLAMA3_ROPE_KEYS
+        values = {k: self.number(k, k, table=rope, cls=RopeScaling, prefix=f"{key}.") for k in names}
+        values = {k: v if numeric_fields(RopeScaling)[k] is int else float(v) for k, v in values.items()}
+        try:
+            return theta, RopeScaling(rope_type, **values)
+        except JaxrlError as e:
+            raise self.error(f"{e} ({self.RESTORE})") from None
+
+
+_KIND_NAMES = {str: "a string", bool: "true or false", dict: "an object ({...})", numbers.Real: "a number"}
+_LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
 def _olmo2(layers, hidden, inter, heads, **kw) -> ModelConfig:

@@ -50,7 +50,8 @@ def generate_cli(args, out=None) -> None:
     """Loads the model and tokenizer, samples, and prints text or one JSON object per completion;
     with `args.out` the JSON objects go to that file instead, written once sampling is done."""
     from jaxrl.models.checkpoint import load_model
-    from jaxrl.models.sampler import SamplingConfig, sample
+    from jaxrl.models.config import ModelConfig
+    from jaxrl.models.sampler import SamplingConfig, positions_warning, sample
 
     from jaxrl.sharding import LogicalMesh, make_mesh, rules_preset
 
@@ -60,6 +61,7 @@ def generate_cli(args, out=None) -> None:
         raise JaxrlError(f"model path {model_path} does not exist")
     destination = check_destination(args.out, "file", "--out") if args.out else None
     texts = read_prompts(args.prompt, args.prompts)
+    model_config = ModelConfig.from_model_path(model_path)  # a config.json key missing, null or wrong
     tokenizer = load_tokenizer(model_path, args.tokenizer)
     check_vocabulary(tokenizer, model_path)  # before the model loads and the sampler compiles
     prompt_ids = encode_prompts(tokenizer, texts, args.raw, args.system)
@@ -72,6 +74,11 @@ def generate_cli(args, out=None) -> None:
         seed=args.seed,
         stop_strings=tuple(args.stop or ()),
     )
+    warning = positions_warning(
+        [len(p) for p in prompt_ids], config.max_new_tokens, model_config.max_position_embeddings
+    )
+    if warning:
+        print(warning, file=sys.stderr)
     overrides = {"dtype": args.dtype} if args.dtype else {}
     mesh = LogicalMesh(make_mesh(args.mesh), rules_preset(args.rules))
     model = load_model(model_path, mesh, param_dtype=args.dtype, **overrides)

@@ -80,9 +80,9 @@ def test_prompts_file_raw_and_text_output(models, capsys, tmp_path):
         (["{missing}", "--prompt", "hi"], "does not exist"),
         (["{hf}", "--prompts", "{empty}"], "has no prompts"),
         (["{hf}"], "no prompts"),
-        (["{hf}", "--prompt", "hi", "--top-p", "0"], "top_p"),
+        (["{hf}", "--prompt", "hi", "--top-p", "0"], "--top-p must be a finite number in (0, 1], got 0.0"),
         (["{orbax}", "--prompt", "hi"], "no tokenizer files"),
-        (["{hf}", "--prompt", "hi", "--slots", "-1"], "slots=-1 must be >= 0"),
+        (["{hf}", "--prompt", "hi", "--slots", "-1"], "--slots must be an integer >= 0"),
     ],
 )
 def test_bad_inputs_exit_2_with_one_line(models, capsys, tmp_path, argv, message):

@@ -12,6 +12,8 @@ layout, per module and layer. A relative difference is max|a - b| / max(max|a|, 
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import json
 import os
 from pathlib import Path
@@ -29,6 +31,7 @@ from jaxrl.train.trl_step import StepRecord, import_trl
 
 from jaxrl.errors import JaxrlError
 from jaxrl.model_files import check_vocabulary, is_orbax_model, load_tokenizer
+from jaxrl.recipes import read_recipe_file
 from jaxrl.sharding import data_parallel_size
 
 
@@ -204,7 +207,7 @@ def compare_grpo(config, reference: str | Path | None = None):
             seed=loop.seed,
         )
         prompt_batch = next(prompt_batches)
-        batch, _ = generation_batch(trainer.params, prompt_batch, rollout, 0)
+        batch, _, _ = generation_batch(trainer.params, prompt_batch, rollout, 0)
         frozen, out = frozen_tensors(trainer), {}
         prompt_ids, completion_ids = completions_of(batch, s.num_generations)
         data = {
@@ -261,6 +264,7 @@ def compare_step(
     if module is None:
         raise JaxrlError(f"--method {method!r}; choose sft or grpo")
     config = module.load_config(recipe, [*overrides, f"model.path={model_dir}"])
+    check_trl_names(trl, method, trl_args or {})  # before any model loads
     if reference is not None and not (method == "grpo" and config.grpo.beta > 0):
         raise JaxrlError("--reference is the KL's reference model: it needs a GRPO recipe with grpo.beta > 0")
     torch.manual_seed(config.loop.seed)
@@ -292,9 +296,20 @@ def compare_step(
     return report
 
 
+def check_trl_names(trl, method: str, trl_args: dict[str, Any]) -> None:
+    """Each --trl NAME must be a field of TRL's SFTConfig / GRPOConfig (a JaxrlError otherwise)."""
+    cls = trl.SFTConfig if method == "sft" else trl.GRPOConfig
+    known = [f.name for f in dataclasses.fields(cls)]
+    for name in trl_args:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"see the fields of trl.{cls.__name__}"
+            raise JaxrlError(f"--trl {name}: trl.{cls.__name__} has no field {name!r}; {hint}")
+
+
 def _method_of(recipe: str | None) -> str:
     """sft or grpo from the recipe's sections, or a JaxrlError asking for --method."""
-    sections = set(yaml.safe_load(Path(recipe).read_text()) or {}) if recipe and Path(recipe).is_file() else set()
+    sections = set(read_recipe_file(recipe)) if recipe else set()
     found = sections & {"sft", "grpo"}
     if len(found) != 1:
         raise JaxrlError("pass --method sft or --method grpo (the recipe does not say which)")
@@ -328,7 +343,10 @@ def compare_step_cli(args) -> None:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise JaxrlError(f"--trl {item!r}: expected NAME=VALUE, e.g. --trl temperature=0.7")
-        trl_args[key] = yaml.safe_load(value)
+        try:
+            trl_args[key] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise JaxrlError(f"--trl {item!r}: {value!r} is not a YAML value") from None
     report = compare_step(args.model, args.recipe, args.method, args.overrides, tolerances, trl_args, args.reference)
     print(format_report(report))
     if args.json:

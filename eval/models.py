@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from jaxrl.errors import JaxrlError
-from jaxrl.model_files import is_orbax_model, run_checkpoints
+from jaxrl.model_files import check_not_an_empty_run, is_orbax_model, run_checkpoints
 
 
 @dataclasses.dataclass(frozen=True)
@@ -35,6 +35,7 @@ def expand_models(paths: list[str]) -> list[ModelRef]:
         path = Path(rest)
         if not path.exists():
             raise JaxrlError(f"model path {path} does not exist")
+        check_not_an_empty_run(path)
         checkpoints = run_checkpoints(path)
         if checkpoints:
             refs += [ModelRef(f"{label or path.resolve().name}@{c.name}", c) for c in checkpoints]

@@ -9,13 +9,17 @@ and samples/<model>/<task>.jsonl (every completion with its extracted answer and
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
+import shutil
 import sys
+import tempfile
 import time
 from collections import Counter
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 from jaxrl.eval.data import Source, load_rows, parse_rows
@@ -27,12 +31,19 @@ from jaxrl.eval.tasks import STUDY_TASKS, make_task
 
 from jaxrl.destinations import check_destination
 from jaxrl.errors import JaxrlError
+from jaxrl.knobs import check_knobs
 from jaxrl.model_files import check_vocabulary, load_tokenizer
 
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
     """Everything a run depends on; the defaults are the study's decoding settings."""
+
+    DOMAINS: ClassVar[dict[str, str]] = {  # jaxrl.knobs; the CLI checks its options the same way first
+        "num_samples": ">= 1", "temperature": ">= 0; 0 = greedy", "top_p": "(0, 1]", "top_k": ">= 0; 0 = off",
+        "max_new_tokens": ">= 1", "seed": ">= 0", "limit": ">= 1; leave it out for every problem",
+        "batch_size": ">= 1", "slots": ">= 0; 0 = one per completion", "kl_batch_size": ">= 1",
+    }  # fmt: skip
 
     tasks: tuple[str, ...] = STUDY_TASKS
     num_samples: int = 1  # completions per problem (pass@k and maj@k up to this)
@@ -58,6 +69,9 @@ class EvalConfig:
     kl_data: str | None = None  # MATH-500 rows for the KL (default: the math500 data)
     kl_batch_size: int = 4
     strict: bool = False  # a malformed row is an error instead of skipped and counted
+
+    def __post_init__(self):
+        check_knobs(self)
 
 
 def parse_source(text: str, default: Source) -> Source:
@@ -94,6 +108,11 @@ def prepare(name: str, config: EvalConfig) -> Prepared:
     if config.strict and parsed.skipped:
         reason, count = parsed.skipped.most_common(1)[0]
         raise JaxrlError(f"{name}: {parsed.num_skipped} malformed rows in {source.describe()}, e.g. {reason} ({count})")
+    if not parsed.items:  # as in training: a task with nothing to score is an error, not "nan (0 problems)"
+        reasons = ", ".join(f"{reason} ({count})" for reason, count in parsed.skipped.most_common(3))
+        raise JaxrlError(
+            f"{name}: {source.describe()} holds no usable rows ({reasons or 'no rows'}); check its columns"
+        )
     items = parsed.items[: config.limit] if config.limit is not None else parsed.items
     k = config.num_shots.get(name, task.num_shots)
     pool = parsed.items
@@ -189,9 +208,13 @@ def _safe(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._@#-]+", "_", label)
 
 
-def evaluate_model(ref: ModelRef, prepared: list[Prepared], config: EvalConfig, out: Path, progress, mesh, base=None):
-    """Runs every prepared task on one model. Returns ({task: metrics}, kl or None)."""
+def evaluate_model(
+    ref: ModelRef, prepared: list[Prepared], config: EvalConfig, out: Path, progress, mesh, base=None, warned=None
+):
+    """Runs every prepared task on one model. Returns ({task: metrics}, kl or None). `warned`: the
+    warnings already shown in this run (each is shown once)."""
     from jaxrl.models.checkpoint import load_model
+    from jaxrl.models.sampler import positions_warning
 
     tokenizer = load_tokenizer(ref.path, config.tokenizer)
     check_vocabulary(tokenizer, ref.path)  # a larger tokenizer fails before the model loads
@@ -210,6 +233,11 @@ def evaluate_model(ref: ModelRef, prepared: list[Prepared], config: EvalConfig, 
         else:
             from jaxrl.eval.generate import generate
 
+            prompt_lengths = [len(ids) for ids in prompts]
+            warning = positions_warning(prompt_lengths, config.max_new_tokens, model.config.max_position_embeddings)
+            if warning and warned is not None and "positions" not in warned:
+                warned.add("positions")
+                progress.log(warning)
             sampling = sampling_config(config)
             done = [0]
 
@@ -282,15 +310,12 @@ def evaluate(models: list[str], config: EvalConfig, out_dir: str | Path) -> dict
     """Evaluates every model (HF dir, Orbax checkpoint, or run dir) on every task; writes the reports."""
     from jaxrl.eval.report import write_reports
     from jaxrl.models.checkpoint import load_model
+    from jaxrl.models.config import ModelConfig
 
     from jaxrl.sharding import LogicalMesh, make_mesh, rules_preset
 
     if not models:
         raise JaxrlError("no model given; pass --model DIR (a HF dir, an Orbax checkpoint or a run dir)")
-    if config.num_samples < 1 or config.max_new_tokens < 1 or config.batch_size < 1:
-        raise JaxrlError("--num-samples, --max-new-tokens and --batch-size must be at least 1")
-    if config.limit is not None and config.limit < 1:
-        raise JaxrlError(f"--limit {config.limit}: give at least 1 (or leave it out for every problem)")
     if config.kl_base and not Path(config.kl_base).exists():
         raise JaxrlError(f"--kl-base {config.kl_base} does not exist")
     if config.chat_template not in CHAT_TEMPLATES:
@@ -301,26 +326,33 @@ def evaluate(models: list[str], config: EvalConfig, out_dir: str | Path) -> dict
     mesh = LogicalMesh(make_mesh(config.mesh), rules_preset(config.rules))
     prepared = [prepare(name, config) for name in config.tasks]  # bad mesh or data: fail before writing
     for path in [ref.path for ref in refs] + ([Path(config.kl_base)] if config.kl_base else []):
+        ModelConfig.from_model_path(path)  # a config.json key missing, null or wrong: its file and key
         check_vocabulary(load_tokenizer(path, config.tokenizer), path)  # so does a tokenizer the model cannot take
-    out.mkdir(parents=True, exist_ok=True)
-    if _writer():
-        (out / "metrics.jsonl").unlink(missing_ok=True)
-    base = None
-    if config.kl_base:
-        base_path = Path(config.kl_base)
-        pairs = kl_pairs(config, load_tokenizer(base_path, config.tokenizer))
-        base = (load_model(base_path, mesh, config.param_dtype, **_compute(config)), pairs)
-    total = len(refs) * (sum(len(p.items) for p in prepared) + (len(base[1]) if base else 0))
-    progress = Progress(total)
-    results, kls = {}, {}
-    try:
-        for ref in refs:
-            results[ref.label], kl = evaluate_model(ref, prepared, config, out, progress, mesh, base)
-            if kl is not None:
-                kls[ref.label] = kl
-    finally:
-        progress.close()
-    report = {
+    with staged_output(out) as stage:  # `out` changes only when every model has run
+        base = None
+        if config.kl_base:
+            base_path = Path(config.kl_base)
+            pairs = kl_pairs(config, load_tokenizer(base_path, config.tokenizer))
+            base = (load_model(base_path, mesh, config.param_dtype, **_compute(config)), pairs)
+        total = len(refs) * (sum(len(p.items) for p in prepared) + (len(base[1]) if base else 0))
+        progress = Progress(total)
+        results, kls, warned = {}, {}, set()
+        try:
+            for ref in refs:
+                results[ref.label], kl = evaluate_model(ref, prepared, config, stage, progress, mesh, base, warned)
+                if kl is not None:
+                    kls[ref.label] = kl
+        finally:
+            progress.close()
+        report = _report(config, refs, prepared, results, kls)
+        if _writer():
+            write_reports(report, stage)
+    return report
+
+
+def _report(config: EvalConfig, refs: list[ModelRef], prepared: list[Prepared], results: dict, kls: dict) -> dict:
+    """results.json's content."""
+    return {
         "config": dataclasses.asdict(config),
         "models": [{"label": r.label, "path": str(r.path)} for r in refs],
         "tasks": {
@@ -336,9 +368,24 @@ def evaluate(models: list[str], config: EvalConfig, out_dir: str | Path) -> dict
         "kl_base": config.kl_base,
         "kl": kls,
     }
-    if _writer():
-        write_reports(report, out)
-    return report
+
+
+@contextlib.contextmanager
+def staged_output(out: Path):
+    """A temporary directory the run writes into, moved into `out` file by file only when the run
+    ends well: a failed run creates and deletes nothing in `out`, so an earlier run's results stay
+    as they were (a successful one replaces the files it writes, metrics.jsonl included)."""
+    stage = Path(tempfile.mkdtemp(prefix="jaxrl-eval-"))
+    try:
+        yield stage
+        if _writer():
+            out.mkdir(parents=True, exist_ok=True)
+            for file in sorted(p for p in stage.rglob("*") if p.is_file()):
+                target = out / file.relative_to(stage)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(file, target)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _compute(config: EvalConfig) -> dict:

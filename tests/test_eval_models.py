@@ -172,10 +172,10 @@ def test_cli_eval_and_its_errors(models, tmp_path, capsys):
     for bad, message in [
         (["--tasks", "nope"], "unknown task 'nope'"),
         (["--data", "math500"], "expected TASK=VALUE"),
-        (["--temperature", "-1"], "temperature=-1.0 must be >= 0"),
+        (["--temperature", "-1"], "--temperature must be a finite number >= 0 (0 = greedy), got -1.0"),
         (["--chat-template", "chatml"], "unknown chat template 'chatml'"),
         (["--data", f"math500={tmp_path}/missing.jsonl"], "does not exist"),
-        (["--limit", "0"], "--limit 0: give at least 1"),
+        (["--limit", "0"], "--limit must be an integer >= 1"),
     ]:
         argv = ["eval", "--tasks", "math500", "--model", str(hf), "--out", str(tmp_path / "bad"), *bad]
         assert main(argv) == 2

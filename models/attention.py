@@ -22,7 +22,8 @@ Implementations (`ModelConfig.attention`):
   checked on the device, and lengths that are multiples of 128. Elsewhere `blockwise`. On a mesh
   the kernel runs inside `shard_map` (a Mosaic kernel cannot be partitioned by the compiler): rows
   over the batch axes, heads over `tensor`, each shard building its own kernel for its local heads.
-  Compiled for anything but a TPU it runs in Pallas' interpreter (slow; for tests).
+  Compiled for anything but a TPU it runs in Pallas' interpreter (slow; for tests). Mosaic compiles
+  its bf16 matmuls at the default precision only: `jax_default_matmul_precision=highest` fails it.
 - `auto`: `cudnn` on a GPU, `splash` on a TPU, else `blockwise`; sequences that fit one block
   (T and S <= 512) take `xla`, since one block is the whole score matrix anyway and the plain path
   has no loop to run.

@@ -379,7 +379,7 @@ def make_plan(
     topology: a TPU pod type (`jaxrl.topology`): every program of the run is compiled by the TPU
     compiler for that pod's devices instead (`slices` of it), and it judges the fit."""
     import jax
-    from jaxrl.train.loop import Trainer, check_batch_size
+    from jaxrl.train.loop import Trainer, check_batch_size, flops_per_token
 
     from jaxrl.sharding import LogicalMesh, MeshSpec, data_parallel_size, make_mesh
 
@@ -441,6 +441,12 @@ def make_plan(
             + (f", {pod.slices} slices)" if pod.slices > 1 else ")"),
             "attention": resolve(model_config.attention, seq_len, seq_len, "tpu"),
             "mosaic_kernels": sum(p.mosaic_kernels for p in programs),
+            # the time plan's count (6 x matmul params + attention per token) beside the compiler's,
+            # which also counts remat's recomputed forward pass and the optimizer's elementwise work
+            "step_flops_per_device": {
+                "time plan": flops_per_token(model_config, seq_len) * num_rows * seq_len / len(devices),
+                "compiler": step.flops,
+            },
         }
     else:
         target = {"platform": "cpu", "compiler": f"the CPU compiler (jax {jax.__version__}; an estimate of a chip's)"}

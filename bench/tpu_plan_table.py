@@ -1,0 +1,82 @@
+"""The study's recipes on OLMo-2-7B over TPU pods, compiled by the TPU compiler (docs/tpu.md).
+
+    python bench/tpu_plan_table.py [--out DIR]   # 3-8 min a row on 2 cores; needs the `tpu` extra
+
+Each row is one `jaxrl plan --topology POD ... --json`: every program of the run (SFT: the step;
+GRPO: the step, the reshard into the sampling layout, the engine, its shrink, the scoring pass)
+compiled for the pod's devices on this host, no chip. Prints a markdown table, one row as each
+plan ends, then the FLOPs cross-check of the time plan against the compiler's cost analysis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+GIB = 1024**3
+# (recipe, pod type, gradient accumulation steps): the smallest k each needs, by the CPU table
+ROWS = [("sft-3ep.yaml", "v5p-64", 1), ("sft-3ep.yaml", "v5p-128", 1), ("sft-3ep.yaml", "v4-64", 7),
+        ("sft-3ep.yaml", "v6e-64", 7), ("grpo.yaml", "v5p-64", 1), ("grpo.yaml", "v5p-128", 1),
+        ("grpo.yaml", "v4-64", 2), ("grpo.yaml", "v6e-64", 1)]  # fmt: skip
+CHIPS = {"v4": 2, "v5p": 2, "v5e": 1, "v6e": 1}  # pod-type count per chip
+
+
+def plan(recipe: str, pod: str, k: int, out: Path) -> dict:
+    chips = int(pod.split("-")[1]) // CHIPS[pod.split("-")[0]]
+    path = out / f"{recipe.removesuffix('.yaml')}-{pod}-k{k}.json"
+    argv = ["plan", "--recipe", str(REPO / "train/recipes" / recipe), "--model", "olmo2-1124-7b",
+            "--topology", pod, "--mesh", f"fsdp={chips}", "--json", str(path),
+            f"loop.gradient_accumulation_steps={k}"]  # fmt: skip
+    done = subprocess.run([sys.executable, "-m", "jaxrl.cli", *argv], capture_output=True, text=True, cwd=REPO)
+    if done.returncode:
+        raise SystemExit(f"{recipe} on {pod}: {done.stderr.strip().splitlines()[-1]}")
+    return json.loads(path.read_text())
+
+
+def row(recipe: str, pod: str, k: int, p: dict) -> str:
+    g = lambda n: f"{n / GIB:.2f}"
+    programs = {q["name"]: q for q in p["programs"]}
+    generation = [q for name, q in programs.items() if name != "train step"]
+    largest = max(generation, key=lambda q: q["peak"], default=None)
+    step = programs["train step"]
+    cells = [
+        recipe,
+        pod,
+        k,
+        p["rows"] // k // p["devices"],
+        g(p["params"] + p["opt_state"]),
+        "refused" if step["refused"] else g(step["temporaries"]),
+        "refused" if step["refused"] else g(step["peak"]),
+        f"{largest['name']} {g(largest['peak'])}" if largest else "-",
+        g(p["need"]),
+        f"{p['capacity'] / GIB:.2f}",
+        "yes" if p["fits"] else "no",
+        p["target"]["mosaic_kernels"],
+    ]
+    return "| " + " | ".join(map(str, cells)) + " |"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="runs/tpu-plans", help="where the plans' JSON files go")
+    out = Path(parser.parse_args().out)
+    out.mkdir(parents=True, exist_ok=True)
+    print("| recipe | pod | k | rows / device / micro-batch | params + opt (GiB) | step temporaries (GiB) | "
+          "step peak (GiB) | largest generation program, peak (GiB) | needs (GiB) | HBM (GiB) | fits | "
+          "Mosaic kernels |")  # fmt: skip
+    print("|" + "---|" * 12)
+    flops = []
+    for recipe, pod, k in ROWS:
+        p = plan(recipe, pod, k, out)
+        print(row(recipe, pod, k, p), flush=True)
+        count = p["target"]["step_flops_per_device"]
+        flops.append(f"{recipe} {pod} k={k}: time plan {count['time plan']:.3e}, compiler {count['compiler']:.3e}")
+    print("\nstep FLOPs per device:\n" + "\n".join(flops))
+
+
+if __name__ == "__main__":
+    main()

@@ -49,6 +49,7 @@ def compare(model_dir: str | Path, prompts: list[str], dtype: str = "float32", m
         raise JaxrlError("compare needs PyTorch: pip install 'jaxrl[torch]'") from None
     import jax.numpy as jnp
     from jaxrl.models.checkpoint import is_orbax_model
+    from jaxrl.models.config import ModelConfig
     from jaxrl.models.hf_io import load_hf
 
     from jaxrl.sharding import LogicalMesh, make_mesh
@@ -60,8 +61,9 @@ def compare(model_dir: str | Path, prompts: list[str], dtype: str = "float32", m
         raise JaxrlError(f"{model_dir} is an Orbax checkpoint; `jaxrl convert` it to a HF directory first")
     if not prompts:
         raise JaxrlError("no prompts to compare on")
-    ours = load_hf(model_dir, LogicalMesh(make_mesh(mesh)), param_dtype=dtype, dtype=dtype)
+    ModelConfig.from_hf_dir(model_dir)  # a config.json key missing, null or wrong: its file and key
     tokenizer = load_tokenizer(model_dir)  # the shared loader: local files only, one-line errors
+    ours = load_hf(model_dir, LogicalMesh(make_mesh(mesh)), param_dtype=dtype, dtype=dtype)
     rows = [tokenizer(p).input_ids for p in prompts]
     length = max(map(len, rows))
     tokens = np.zeros((len(rows), length), np.int64)

@@ -141,6 +141,8 @@ class ModelConfig:
         its field's domain, and the values that must agree (heads and kv heads, head_dim, the rope
         type's fields); a JaxrlError names the file (`read_json_object` records it) and the key."""
         r = _HFReader(hf)
+        for key in HF_REQUIRED_KEYS:
+            r.get(key, object)  # present and not null; each one's type and domain where it is read
         model_type = r.get("model_type", str)
         if model_type not in FAMILIES:
             raise r.error(f"unsupported model_type {model_type!r}; supported: {', '.join(FAMILIES)}")
@@ -271,7 +273,8 @@ class _HFReader:
                 state = "null" if key in table else "missing"
                 raise self.error(f"{prefix}{key} is {state}; it is required ({self.RESTORE})")
             return None
-        if kind is not bool and isinstance(value, bool) or not isinstance(value, kind):
+        wrong = not isinstance(value, kind) or (kind is not bool and isinstance(value, bool))
+        if kind is not object and wrong:
             raise self.error(f"{prefix}{key} must be {_KIND_NAMES[kind]}, got {value!r} ({self.RESTORE})")
         return value
 
@@ -304,9 +307,14 @@ class _HFReader:
             return theta, None
         if rope_type not in ("linear", "llama3"):
             raise self.error(f"unsupported rope type {rope_type!r}; supported: default, linear, llama3")
-        names = ("factor",) if rope_type == "linear" else _LLAMA3_ROPE_KEYS
+        names = ("factor",) if rope_type == "linear" else LLAMA3_ROPE_KEYS
         values = {k: self.number(k, k, table=rope, cls=RopeScaling, prefix=f"{key}.") for k in names}
         values = {k: v if numeric_fields(RopeScaling)[k] is int else float(v) for k, v in values.items()}
+        if rope_type == "llama3" and not values["high_freq_factor"] > values["low_freq_factor"]:
+            raise self.error(
+                f"{key}.high_freq_factor ({values['high_freq_factor']}) must be larger than {key}.low_freq_factor "
+                f"({values['low_freq_factor']}) ({self.RESTORE})"
+            )
         try:
             return theta, RopeScaling(rope_type, **values)
         except JaxrlError as e:
@@ -314,7 +322,10 @@ class _HFReader:
 
 
 _KIND_NAMES = {str: "a string", bool: "true or false", dict: "an object ({...})", numbers.Real: "a number"}
-_LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+HF_REQUIRED_KEYS = (
+    "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+)  # fmt: skip
+LLAMA3_ROPE_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
 def _olmo2(layers, hidden, inter, heads, **kw) -> ModelConfig:

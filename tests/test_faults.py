@@ -13,8 +13,10 @@ existing empty directory (both watched: a case must leave them as they were).
 from __future__ import annotations
 
 import dataclasses
+import json
 import re
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 
@@ -52,7 +54,7 @@ def data(*overrides: str) -> tuple[str, ...]:
 
 
 def evaluate(*args: str) -> tuple[str, ...]:
-    return ("eval", "--out", "{out}", "--tasks", "gsm8k", "--data", "gsm8k={data}", *args)
+    return ("eval", "--out", "{out}", "--tasks", "gsm8k", "--data", "gsm8k={gsm8k}", *args)
 
 
 TOKENIZER_TOO_BIG = r"the tokenizer in .*big_vocab has 385 tokens \(ids up to 384\) but the model's vocab_size is 384"
@@ -92,13 +94,32 @@ CASES = [
         "recipe-not-a-mapping", ("train", "sft", "--recipe", "{fx}/list.yaml"), r"must be a mapping of keys to values"
     ),
     Case("recipe-not-utf8", ("train", "sft", "--recipe", "{fx}/not_utf8.yaml"), r"is not UTF-8 text"),
-    Case("recipe-negative-lr", sft("optimizer.learning_rate=-1"), r"learning_rate >= 0"),
+    Case(
+        "recipe-negative-lr",
+        sft("optimizer.learning_rate=-1"),
+        r"recipe: optimizer\.learning_rate must be a finite number >= 0, got -1\.0$",
+    ),
+    Case(
+        "recipe-save-steps-nan",
+        sft("checkpoint.save_steps=nan"),
+        r"recipe: checkpoint\.save_steps must be a finite number > 0, got nan$",
+    ),
+    Case(
+        "recipe-epochs-nan",
+        sft("loop.num_train_epochs=nan"),
+        r"recipe: loop\.num_train_epochs must be a finite number > 0, got nan$",
+    ),
+    Case("recipe-lr-inf", sft("optimizer.learning_rate=inf"), r"optimizer\.learning_rate must be a finite number"),
     Case(
         "recipe-unknown-scheduler",
         sft("optimizer.lr_scheduler_type=cosine_restarts"),
         r"lr_scheduler_type='cosine_restarts'",
     ),
-    Case("recipe-max-steps-zero", sft("loop.max_steps=0"), r"loop\.max_steps=0"),
+    Case(
+        "recipe-max-steps-zero",
+        sft("loop.max_steps=0"),
+        r"loop\.max_steps must be an integer >= 1 \(or -1; -1: use num_train_epochs\), got 0",
+    ),
     Case("recipe-save-steps-fraction", sft("checkpoint.save_steps=2.5"), r"checkpoint\.save_steps=2\.5"),
     Case(
         "recipe-prompt-without-completion",
@@ -136,10 +157,25 @@ CASES = [
         grpo("grpo.num_generations=3", "loop.gradient_accumulation_steps=4", "loop.mesh=data=1,fsdp=1,tensor=8"),
         r"6 is not divisible by gradient_accumulation_steps=4",
     ),
-    Case("grpo-one-generation", grpo("grpo.num_generations=1"), r"num_generations=1: group advantages need at least 2"),
+    Case(
+        "grpo-one-generation",
+        grpo("grpo.num_generations=1"),
+        r"grpo\.num_generations must be an integer >= 2 \(group advantages need two\), got 1",
+    ),
     Case("grpo-unknown-loss", grpo("grpo.loss_type=ppo"), r"grpo\.loss_type='ppo'"),
     Case("grpo-weights-vs-rewards", grpo("grpo.reward_weights=[1.0]"), r"1 grpo\.reward_weights for 2 reward_funcs"),
-    Case("grpo-zero-temperature", grpo("grpo.temperature=0"), r"grpo\.temperature must be > 0"),
+    Case("grpo-zero-temperature", grpo("grpo.temperature=0"), r"grpo\.temperature must be a finite number > 0"),
+    Case(
+        "grpo-lengths-past-positions",
+        grpo("grpo.max_prompt_length=4000", "grpo.max_completion_length=200"),
+        r"grpo\.max_prompt_length \+ max_completion_length = 4200 tokens pass the model's "
+        r"max_position_embeddings=4096",
+    ),
+    Case(
+        "sft-length-past-positions",
+        sft("sft.max_length=5000"),
+        r"sft\.max_length = 5000 tokens pass the model's max_position_embeddings=4096",
+    ),
     Case(
         "grpo-epochs-give-no-step",
         grpo("loop.max_steps=-1", "loop.num_train_epochs=0.01"),
@@ -221,14 +257,25 @@ CASES = [
     Case("eval-unknown-task", ("eval", "--out", "{out}", "--tasks", "math9000", "--model", "{model}"), r"math9000"),
     Case("eval-no-model", evaluate(), r"no model given"),
     Case("eval-model-missing", evaluate("--model", "{fx}/no_such_model"), r"no_such_model"),
-    Case("eval-limit-zero", evaluate("--model", "{model}", "--limit", "0"), r"--limit 0"),
+    Case("eval-limit-zero", evaluate("--model", "{model}", "--limit", "0"), r"--limit must be an integer >= 1"),
     Case("eval-bad-num-shots", evaluate("--model", "{model}", "--num-shots", "gsm8k=two"), r"--num-shots gsm8k=two"),
     Case(
         "eval-bad-chat-template",
         evaluate("--model", "{model}", "--chat-template", "jinja"),
         r"unknown chat template 'jinja'",
     ),
-    Case("eval-bad-top-p", evaluate("--model", "{model}", "--top-p", "1.5"), r"top_p"),
+    Case("eval-bad-top-p", evaluate("--model", "{model}", "--top-p", "1.5"), r"--top-p must be .* in \(0, 1\]"),
+    Case("eval-temperature-nan", evaluate("--model", "{model}", "--temperature", "nan"), r"--temperature .*got nan"),
+    Case(
+        "eval-no-usable-rows",
+        ("eval", "--out", "{out}", "--tasks", "gsm8k", "--data", "gsm8k={data}", "--model", "{model}"),
+        r"gsm8k: .*openr1_math_sample\.jsonl holds no usable rows \(missing 'question' \(12\)\)",
+    ),
+    Case(
+        "eval-run-without-checkpoints",
+        evaluate("--model", "{empty_run}"),
+        r"run .*empty_run has no checkpoint yet \(expected checkpoints/<step>/params\)",
+    ),
     Case("eval-bad-mesh", evaluate("--model", "{model}", "--mesh", "data=3,fsdp=1,tensor=1"), r"needs 3 devices"),
     Case(
         "eval-empty-data",
@@ -252,7 +299,7 @@ CASES = [
     Case(
         "analyze-negative-svd",
         ("analyze", "{model}", "{model}", "--out", "{out}", "--svd", "-1"),
-        r"--svd must be >= 0",
+        r"--svd must be an integer >= 0 \(0 = none\), got -1",
     ),
     # jaxrl generate
     Case("generate-model-missing", ("generate", "{fx}/no_such_model", "--prompt", "hi"), r"does not exist"),
@@ -261,6 +308,28 @@ CASES = [
         "generate-empty-prompts-file", ("generate", "{model}", "--prompts", "{fx}/prompts_empty.txt"), r"has no prompts"
     ),
     Case("generate-no-tokenizer", ("generate", "{no_tokenizer}", "--prompt", "hi"), r"no tokenizer files"),
+    Case(
+        "generate-temperature-nan",
+        ("generate", "{model}", "--prompt", "hi", "--temperature", "nan"),
+        r"--temperature must be a finite number >= 0 \(0 = greedy\), got nan",
+    ),
+    Case(
+        "generate-run-without-checkpoints",
+        ("generate", "{empty_run}", "--prompt", "hi"),
+        r"run .*empty_run has no checkpoint yet",
+    ),
+    # compare and compare-step: the shared loaders and checks, before any model loads
+    Case("compare-no-tokenizer", ("compare", "{no_tokenizer}"), r"no tokenizer files next to"),
+    Case(
+        "compare-step-bad-recipe",
+        ("compare-step", "{model}", "--recipe", "{fx}/bad_yaml.yaml"),
+        r"recipe file .*bad_yaml\.yaml is not valid YAML at line 3",
+    ),
+    Case(
+        "compare-step-unknown-trl-name",
+        ("compare-step", "{model}", "--recipe", "{sft}", "--trl", "learning_rat=1e-5"),
+        r"--trl learning_rat: trl\.SFTConfig has no field 'learning_rat'; did you mean 'learning_rate'\?",
+    ),
     Case(
         "generate-bad-mesh", ("generate", "{model}", "--prompt", "hi", "--mesh", "tensor=3,fsdp=1"), r"needs 3 devices"
     ),
@@ -307,7 +376,12 @@ CASES = [
         r"checkpoint\.directory .*a_file/checkpoints cannot be created: .*a_file is a file, not a directory",
     ),
     # jaxrl plan (the checks made before the planning process starts)
-    Case("plan-zero-devices", ("plan", "--recipe", "{sft}", "--devices", "0"), r"--devices 0"),
+    Case("plan-zero-devices", ("plan", "--recipe", "{sft}", "--devices", "0"), r"--devices must be an integer >= 1"),
+    Case(
+        "plan-mfu-nan",
+        ("plan", "--recipe", "{sft}", "--devices", "8", "--chip", "v5p", "--mfu", "nan"),
+        r"--mfu must be a finite number in \(0, 1\], got nan",
+    ),
     Case("plan-unknown-chip", ("plan", "--recipe", "{sft}", "--devices", "8", "--chip", "tpu-v9"), r"tpu-v9"),
     Case(
         "plan-mesh-vs-devices",
@@ -390,10 +464,18 @@ def paths(tmp_path_factory):
     tokenizer = AutoTokenizer.from_pretrained(damaged["big_vocab"])
     tokenizer.add_tokens(["triangle"])  # id 384, one past the embedding; one row of the sample has it
     tokenizer.save_pretrained(damaged["big_vocab"])
+    damaged["empty_run"] = root / "empty_run"  # a training run stopped before its first checkpoint
+    damaged["empty_run"].mkdir()
+    for f in model.iterdir():
+        if f.suffix != ".safetensors":
+            shutil.copy2(f, damaged["empty_run"])
+    (damaged["empty_run"] / "recipe.yaml").write_text("loop:\n  max_steps: 4\n")
+    (damaged["empty_run"] / "checkpoints").mkdir()
     (root / "a_file").write_text("not a directory\n")
     (root / "a_dir").mkdir()
     return {
         "model": model, "fx": FIXTURES, "data": REPO / "tests/fixtures/data/openr1_math_sample.jsonl",
+        "gsm8k": REPO / "tests/fixtures/eval/gsm8k.jsonl",
         "sft": REPO / "train/recipes/sft-tiny.yaml", "grpo": REPO / "train/recipes/grpo-tiny.yaml",
         "root": root, "a_file": root / "a_file", "a_dir": root / "a_dir", **damaged,
     }  # fmt: skip
@@ -432,6 +514,50 @@ def test_bad_input(case: Case, paths, tmp_path, capsys):
     assert snapshot(paths["root"]) == before, "an input was changed"
 
 
+def test_failed_eval_leaves_an_earlier_run_as_it_was(paths, tmp_path, capsys, monkeypatch):
+    """eval writes into a staging directory moved into --out only at the end: a run that fails once
+    its model loads (the weights are cut) changes nothing in --out, and leaves no staging behind."""
+    out = tmp_path / "results"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"model": "earlier", "task": "gsm8k"}\n')
+    (out / "results.json").write_text('{"earlier": true}\n')
+    before = snapshot(out) | {str(p): p.read_text() for p in out.iterdir()}
+    staging = tmp_path / "tmp"
+    staging.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(staging))
+    code = cli.main(["eval", "--out", str(out), "--tasks", "gsm8k", "--data", f"gsm8k={paths['gsm8k']}",
+                     "--limit", "1", "--model", str(paths["cut_weights"])])  # fmt: skip
+    err = capsys.readouterr().err.splitlines()
+    assert code == 2 and len(err) == 1 and "model.safetensors" in err[0], err
+    assert snapshot(out) | {str(p): p.read_text() for p in out.iterdir()} == before
+    assert not any(staging.iterdir()), "a staging directory was left behind"
+
+
+def test_generate_and_eval_warn_once_past_the_positions(paths, tmp_path, capsys):
+    """A prompt plus max_new_tokens past max_position_embeddings is a warning (one line, once per
+    run), not an error: completions usually stop long before the cap (docs/FAULTS.md says why)."""
+    short = shutil.copytree(paths["model"], tmp_path / "short")
+    config = json.loads((short / "config.json").read_text())
+    (short / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 8}))
+    argv = ["generate", str(short), "--prompt", "hi", "--prompt", "a longer prompt", "--max-new-tokens", "4",
+            "--temperature", "0"]  # fmt: skip
+    assert cli.main(argv) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    assert len(warned) == 1 and re.search(
+        r"warning: 2 of 2 prompts plus max_new_tokens=4 pass the model's max_position_embeddings=8 \(up to \d+ "
+        r"positions\)",
+        warned[0],
+    ), warned
+    out = tmp_path / "eval"
+    argv = ["eval", "--out", str(out), "--tasks", "gsm8k", "--data", f"gsm8k={paths['gsm8k']}", "--limit", "2",
+            "--num-shots", "gsm8k=0", "--max-new-tokens", "2", "--model", str(short),
+            "--model", f"again={short}"]  # fmt: skip
+    assert cli.main(argv) == 0
+    warned = [line for line in capsys.readouterr().err.splitlines() if "warning:" in line]
+    assert len(warned) == 1 and "pass the model's max_position_embeddings=8" in warned[0], warned  # two models, once
+    assert (out / "results.json").is_file()
+
+
 def test_every_case_is_documented():
     text = DOC.read_text(encoding="utf-8")
     documented = set(re.findall(r"^\| `([a-z0-9-]+)` \|", text, flags=re.M))
@@ -457,4 +583,6 @@ FAULT_TESTS = {
     "checkpoint-file-deleted": "test_faults_resume.py::test_grpo_killed_at_random_points_resumes_bitwise",
     "nonfinite-stop": "test_faults_nonfinite.py::test_huge_learning_rate_skips_then_stops",
     "nonfinite-skip": "test_faults_nonfinite.py::test_poisoned_steps_are_skipped_counted_and_recovered",
+    "eval-failed-run-keeps-results": "test_faults.py::test_failed_eval_leaves_an_earlier_run_as_it_was",
+    "positions-warning": "test_faults.py::test_generate_and_eval_warn_once_past_the_positions",
 }

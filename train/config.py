@@ -123,7 +123,7 @@ class LoopConfig:
     """
 
     DOMAINS: ClassVar[dict[str, str]] = {  # jaxrl.knobs
-        "seed": ">= 0", "max_steps": ">= 1 or -1; -1: from num_train_epochs", "num_train_epochs": "> 0",
+        "seed": ">= 0", "max_steps": ">= 1 or -1; -1: use num_train_epochs", "num_train_epochs": "> 0",
         "gradient_accumulation_steps": ">= 1", "logging_steps": ">= 1", "max_nonfinite_steps": ">= 1",
         "peak_flops_per_device": ">= 0",
     }  # fmt: skip

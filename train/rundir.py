@@ -47,6 +47,29 @@ def check_model_path(path: str) -> Path:
     return p
 
 
+def sequence_lengths(config) -> list[tuple[str, int]]:
+    """(recipe keys, tokens) of the longest sequences a recipe trains on: SFT's max_length, GRPO's
+    prompt plus completion (the completion alone when prompts are not truncated)."""
+    if hasattr(config, "sft"):
+        return [("sft.max_length", config.sft.max_length)]
+    s = config.grpo
+    if s.max_prompt_length is None:
+        return [("grpo.max_completion_length", s.max_completion_length)]
+    return [("grpo.max_prompt_length + max_completion_length", s.max_prompt_length + s.max_completion_length)]
+
+
+def check_sequence_lengths(config, model_path: Path) -> None:
+    """A recipe whose sequences pass the model's max_position_embeddings fails here, at load: the
+    positions past it are ones the model never trained on."""
+    positions = ModelConfig.from_model_path(model_path).max_position_embeddings
+    for keys, length in sequence_lengths(config):
+        if length > positions:
+            raise JaxrlError(
+                f"{keys} = {length} tokens pass the model's max_position_embeddings={positions} ({model_path}); "
+                "lower them"
+            )
+
+
 def check_output_dir(output_dir: str) -> Path:
     if "://" in output_dir:
         raise JaxrlError(

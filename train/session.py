@@ -42,12 +42,14 @@ class RunSetup:
 
 def prepare(config, check_batch: Callable[[int], None]) -> RunSetup:
     """Checks what can be checked without compiling, in the order a user fixes it: the output
-    and checkpoint directories, the model path, the mesh, then `check_batch(data-parallel size)`
+    and checkpoint directories, the model path and its config (the recipe's lengths within its
+    positions), the mesh, then `check_batch(data-parallel size)`
     (the method's batch arithmetic, before anything is read), then the tokenizer and whether its
     ids fit the model's vocabulary."""
     run_dir = rundir.check_output_dir(config.loop.output_dir)
     checkpoint_dir = rundir.checkpoint_dir(run_dir, config.checkpoint.directory)
     model_path = rundir.check_model_path(config.model.path)
+    rundir.check_sequence_lengths(config, model_path)
     mesh = rundir.training_mesh(config.loop.mesh)
     check_batch(data_parallel_size(mesh))
     tokenizer = load_tokenizer(model_path)

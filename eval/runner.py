@@ -438,7 +438,9 @@ def _pairs(values: list[str], flag: str) -> dict[str, str]:
 def eval_cli(args) -> dict:
     """`jaxrl eval`: the parsed arguments -> EvalConfig -> evaluate; prints where the reports are."""
     from jaxrl.eval.tasks import parse_task_list
+    from jaxrl.eval.wandb_results import log_results, wants_wandb
 
+    wandb = wants_wandb(getattr(args, "report_to", "none"))  # a missing wandb fails before any work
     tasks = parse_task_list(args.tasks)
     data, shots = _pairs(args.data, "--data"), _pairs(args.shots, "--shots")
     num_shots = {}
@@ -476,4 +478,6 @@ def eval_cli(args) -> dict:
     report = evaluate(args.model, config, args.out)
     print(Path(args.out, "results.md").read_text(), end="")
     print(f"wrote {args.out}/results.json, results.md, results.png, metrics.jsonl, samples/")
+    if wandb:
+        print(f"logged the results to W&B run {log_results(report, args.out)}")
     return report

@@ -220,6 +220,7 @@ def _eval(sub):
     p.add_argument("--compute-dtype", default=None, help="matmul dtype (default float32): bfloat16 saves memory")
     _add_decoding_arguments(p)
     p.add_argument("--strict", action="store_true", help="a malformed row is an error, not skipped")
+    p.add_argument("--report-to", default="none", help="wandb: also log the results table to W&B (docs/tracking.md)")
 
     def run(args):
         from jaxrl.eval.runner import eval_cli

@@ -1,8 +1,10 @@
-"""Run metrics: `metrics.jsonl` always, TensorBoard events under `tb/`, a progress bar on a terminal.
+"""Run metrics: `metrics.jsonl` always, TensorBoard events under `tb/` and a W&B run where asked
+for (`jaxrl.tracking`), a progress bar on a terminal.
 
-    logger = MetricsLogger(run_dir, total_steps)
+    logger = MetricsLogger(run_dir, total_steps, wandb=WandbSettings(), config=recipe_dict)
     logger.start(step=0)                          # or the step a resumed run starts from
-    logger.log(step, {"loss": 2.3, "lr": 1e-5})   # one JSON line, TB scalars, bar advanced
+    logger.log(step, {"loss": 2.3, "lr": 1e-5})   # one JSON line, TB scalars, W&B, bar advanced
+    logger.log_samples(step, samples)             # completions.jsonl, and W&B's `completions` table
     logger.message("saved checkpoint 10")         # printed without breaking the bar
     logger.close()
 
@@ -19,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import jax
+
+from jaxrl.tracking import WandbRun, WandbSettings
 
 # Peak dense bf16 FLOP/s per device, for the MFU estimate when the recipe gives none.
 PEAK_FLOPS = {
@@ -52,6 +56,17 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
+def _json_safe(value: Any) -> Any:
+    """Nested data for a strict JSON line: NaN and infinities become null (a reward function's None)."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if hasattr(value, "item"):
+        value = value.item()
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
 def _row_step(line: str) -> float:
     try:
         return json.loads(line).get("step", 0)
@@ -59,8 +74,33 @@ def _row_step(line: str) -> float:
         return float("inf")  # a line cut short by a crash: drop it
 
 
+def _keep_rows_to(path: Path, step: int) -> None:
+    """Drops the rows of a JSON-lines file past `step` (what an interrupted run logged after its
+    last checkpoint), so a resumed run's files tell one story."""
+    if path.exists():
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _row_step(line) <= step]
+        path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+
+def sample_table(samples: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """(columns, rows) of completion samples in TRL's table layout: prompt, completion, one column per
+    reward function, advantage, then the rest (finish_reason, ...)."""
+    names = list(dict.fromkeys(name for s in samples for name in s.get("rewards", {})))
+    rest = list(
+        dict.fromkeys(k for s in samples for k in s if k not in ("prompt", "completion", "rewards", "advantage"))
+    )
+    columns = ["prompt", "completion", *names, "advantage", *rest]
+    rows = [
+        [s.get("prompt"), s.get("completion"), *(s.get("rewards", {}).get(n) for n in names), s.get("advantage")]
+        + [s.get(k) for k in rest]
+        for s in samples
+    ]
+    return columns, rows
+
+
 class MetricsLogger:
-    """Appends one JSON object per logged step to RUN/metrics.jsonl and mirrors scalars to TensorBoard."""
+    """Appends one JSON object per logged step to RUN/metrics.jsonl and mirrors scalars to TensorBoard
+    and W&B. wandb: the W&B run's settings (None: no W&B); config: the recipe, the run's W&B config."""
 
     def __init__(
         self,
@@ -68,14 +108,16 @@ class MetricsLogger:
         total_steps: int,
         *,
         tensorboard: bool = True,
+        wandb: WandbSettings | None = None,
+        config: dict[str, Any] | None = None,
         progress: bool | None = None,
         enabled: bool | None = None,
     ):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.run_dir, self.total_steps = Path(run_dir), total_steps
-        self.tensorboard = tensorboard
+        self.tensorboard, self.wandb_settings, self.config = tensorboard, wandb, config
         self.progress = sys.stderr.isatty() if progress is None else progress
-        self._file = self._tb = self._bar = None
+        self._file = self._tb = self._bar = self._wandb = None
 
     def start(self, step: int = 0) -> None:
         """Opens the outputs at `step` (0, or the checkpoint a run resumes from). Rows and events
@@ -84,10 +126,11 @@ class MetricsLogger:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         path = self.run_dir / "metrics.jsonl"
-        if path.exists():
-            kept = [line for line in path.read_text(encoding="utf-8").splitlines() if _row_step(line) <= step]
-            path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        _keep_rows_to(path, step)
+        _keep_rows_to(self.run_dir / "completions.jsonl", step)
         self._file = open(path, "a", encoding="utf-8")
+        if self.wandb_settings is not None:
+            self._wandb = WandbRun.open(self.run_dir, self.wandb_settings, self.config)
         if self.tensorboard:
             from tensorboardX import SummaryWriter
 
@@ -106,6 +149,8 @@ class MetricsLogger:
         row = {"step": step, **{k: _jsonable(v) for k, v in metrics.items()}, "time": time.time()}
         self._file.write(json.dumps(row) + "\n")
         self._file.flush()
+        if self._wandb is not None:
+            self._wandb.log(step, {k: v.item() if hasattr(v, "item") else v for k, v in metrics.items()})
         if self._tb is not None:
             for name, value in row.items():
                 if name not in ("step", "time") and isinstance(value, int | float):
@@ -115,6 +160,20 @@ class MetricsLogger:
             shown = {k: row[k] for k in ("loss", "grad_norm", "lr") if isinstance(row.get(k), int | float)}
             self._bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
             self._bar.refresh()
+
+    def log_samples(self, step: int, samples: list[dict[str, Any]]) -> None:
+        """Appends one JSON object per sample (e.g. a GRPO completion with its rewards) to
+        RUN/completions.jsonl, and logs them as W&B's `completions` table where W&B is on."""
+        if not self.enabled or not samples:
+            return
+        if self._file is None:
+            self.start(0)
+        with open(self.run_dir / "completions.jsonl", "a", encoding="utf-8") as f:
+            for sample in samples:
+                f.write(json.dumps({"step": step, **_json_safe(sample)}) + "\n")
+        if self._wandb is not None:
+            columns, rows = sample_table(samples)
+            self._wandb.table("completions", ["step", *columns], [[step, *row] for row in rows], step)
 
     def message(self, text: str) -> None:
         """A line for the person watching (stderr), kept clear of the progress bar."""
@@ -132,4 +191,6 @@ class MetricsLogger:
             self._tb.close()
         if self._file is not None:
             self._file.close()
-        self._file = self._tb = self._bar = None
+        if self._wandb is not None:
+            self._wandb.finish()
+        self._file = self._tb = self._bar = self._wandb = None

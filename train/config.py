@@ -14,6 +14,7 @@ from typing import ClassVar
 
 from jaxrl.errors import JaxrlError
 from jaxrl.knobs import check_knobs
+from jaxrl.tracking import WandbSettings, check_report_to
 
 SCHEDULES = ("constant_with_warmup", "linear", "cosine", "constant")
 
@@ -120,6 +121,10 @@ class LoopConfig:
     gradient_accumulation_steps: micro-batches per optimizer step (the batch is split evenly).
     max_nonfinite_steps: stop after this many non-finite updates in a row (each one is skipped).
     peak_flops_per_device: for the MFU estimate (0: a guess from the device kind, none on CPU).
+    report_to: where metrics go besides metrics.jsonl (TRL's name): tensorboard (RUN/tb), wandb
+      (`jaxrl.tracking`; needs `jaxrl[wandb]`), none. run_name: the W&B run's name ("" = the
+      output_dir's name). wandb_project ("" = $WANDB_PROJECT, else "jaxrl"), wandb_dir ("" =
+      $WANDB_DIR, else the run directory): where the W&B run goes; $WANDB_MODE keeps its meaning.
     """
 
     DOMAINS: ClassVar[dict[str, str]] = {  # jaxrl.knobs
@@ -137,9 +142,20 @@ class LoopConfig:
     max_nonfinite_steps: int = 5
     peak_flops_per_device: float = 0.0
     mesh: str = "data=1,fsdp=-1,tensor=1"
+    report_to: tuple[str, ...] = ("tensorboard",)
+    run_name: str = ""
+    wandb_project: str = ""
+    wandb_dir: str = ""
 
     def __post_init__(self):
         check_knobs(self, "loop.")
+        check_report_to(self.report_to)  # a recipe asking for wandb without it fails here, at load
+
+    def wandb_settings(self) -> WandbSettings | None:
+        """The W&B run's settings when report_to has wandb, else None."""
+        if "wandb" not in self.report_to:
+            return None
+        return WandbSettings(project=self.wandb_project, name=self.run_name, directory=self.wandb_dir)
 
     def total_steps(self, steps_per_epoch: int) -> int:
         """Optimizer steps of the run: max_steps, else num_train_epochs of `steps_per_epoch`."""

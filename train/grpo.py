@@ -62,6 +62,9 @@ class GRPOSettings:
     reward_funcs / reward_weights: registered names or "module:function"; weights default to 1.
     gold_column: the dataset column the accuracy reward reads (a solution with a boxed answer, or
       a bare answer). verifier_timeout_s: per-completion bound on math-verify.
+    log_completions: at every logging step, write the current generation batch's completions (this
+      host's prompts) with each reward function's score, the advantage and the finish reason to
+      RUN/completions.jsonl, and as W&B's `completions` table where W&B is on (TRL's name).
     logprob_chunk_size: completion tokens per chunk of the log-prob computation (bounds the
       [rows, chunk, vocab] logits buffer); logprob_vocab_chunk_size > 0 also cuts the vocabulary
       (for a vocabulary not sharded over `tensor`).
@@ -99,6 +102,7 @@ class GRPOSettings:
     logprob_chunk_size: int = 256
     logprob_vocab_chunk_size: int = 0
     shuffle: bool = True
+    log_completions: bool = False
 
     def __post_init__(self):
         check_knobs(self, "grpo.")

@@ -1,12 +1,13 @@
 """GRPO's generation batch, in one function:
 
-    batch, metrics = generation_batch(params, prompts, rollout, generation)
+    batch, metrics, samples = generation_batch(params, prompts, rollout, generation)
 
 This host's prompts -> every host's prompts (all hosts sample the same global batch) -> the
 sampler draws G = num_generations completions of each with `params` -> rewards of this host's
 completions, gathered -> group advantages (global) -> one forward pass of the policy over
 prompt + completion (the "old" log-probs, the entropy, the sampler-vs-trainer log-prob gap; the
-reference model's log-probs when beta > 0) -> the training batch and its metrics. Shapes: N =
+reference model's log-probs when beta > 0) -> the training batch, its metrics and, with
+`log_completions`, this host's completions beside their rewards and advantages. Shapes: N =
 all hosts' prompts x G rows, P prompt slots (left-padded), C = max_completion_length.
 
 `Rollouts` is the batch source `fit` iterates: every `num_iterations` steps it draws a new
@@ -111,9 +112,12 @@ def _score_fn(graphdef, temperature: float, chunk_size: int, vocab_chunk_size: i
 def generation_batch(params, prompts: PromptBatch, rollout: Rollout, generation: int):
     """One GRPO generation batch from this host's `prompts` and the policy's `params`.
 
-    Returns (batch, metrics). batch (global, the same on every host): tokens, segment_ids int32
-    [N, P + C]; completion_mask, advantages float32; old_logprobs [N, C] when num_iterations > 1;
-    ref_logprobs [N, C] when beta > 0. metrics: floats over all hosts (TRL's names where it has them).
+    Returns (batch, metrics, samples). batch (global, the same on every host): tokens, segment_ids
+    int32 [N, P + C]; completion_mask, advantages float32; old_logprobs [N, C] when num_iterations
+    > 1; ref_logprobs [N, C] when beta > 0. metrics: floats over all hosts (TRL's names where it has
+    them). samples (empty unless `log_completions`): one dict per completion of this host's prompts,
+    prompt, completion, rewards (function -> score, None where it gave none), reward (the weighted
+    sum the advantage came from), advantage and finish_reason (eos, length).
     """
     s, G = rollout.settings, rollout.settings.num_generations
     # every host samples the same global prompt list, host order (host h's prompts are block h)
@@ -171,7 +175,22 @@ def generation_batch(params, prompts: PromptBatch, rollout: Rollout, generation:
         errors.update(host_errors)
     metrics.update({f"verifier/{v}": float(n) for v, n in verdicts.items() if v not in ("correct", "wrong")})
     metrics.update({f"rewards/{name}/errors": float(n) for name, n in errors.items()})
-    return batch, metrics
+    samples = []
+    if s.log_completions:
+        finish = list(out.finish_reasons)[mine]
+        for i, row in enumerate(range(len(lengths))[mine]):
+            rewards = {k: float(v[row]) if np.isfinite(v[row]) else None for k, v in scores.per_function.items()}
+            samples.append(
+                {
+                    "prompt": prompt_texts[i],
+                    "completion": texts[i],
+                    "rewards": rewards,
+                    "reward": float(scores.total[row]),
+                    "advantage": float(batch["advantages"][row]),
+                    "finish_reason": finish[i],
+                }
+            )
+    return batch, metrics, samples
 
 
 def loss_rows(
@@ -236,6 +255,7 @@ class Rollouts:
         self.used = 0  # optimizer steps already taken on the current batch
         self.batch: dict[str, np.ndarray] | None = None
         self.batch_metrics: dict[str, float] = {}
+        self.samples: list[dict[str, Any]] = []  # the current batch's, with log_completions
 
     def __iter__(self):
         return self
@@ -243,7 +263,9 @@ class Rollouts:
     def __next__(self) -> dict[str, np.ndarray]:
         if self.batch is None or self.used >= self.rollout.settings.num_iterations:
             prompts = next(self.prompts)
-            self.batch, self.batch_metrics = generation_batch(self.params(), prompts, self.rollout, self.generation)
+            self.batch, self.batch_metrics, self.samples = generation_batch(
+                self.params(), prompts, self.rollout, self.generation
+            )
             self.generation += 1
             self.used = 0
         self.used += 1

@@ -53,7 +53,8 @@ LossFn = Callable[[Decoder, dict[str, jax.Array]], tuple[jax.Array, jax.Array, d
 
 class ResumableIterator(Protocol):
     """What `fit` needs from a batch source: host batches and a JSON-able position. A source may
-    also hold `metrics`, a dict of floats about the batch it gave last; `fit` logs them with the step."""
+    also hold `metrics`, a dict of floats about the batch it gave last, and `samples`, a list of
+    JSON-able dicts (e.g. GRPO's completions with their rewards); `fit` logs both at logging steps."""
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]: ...
     def __next__(self) -> dict[str, np.ndarray]: ...
@@ -441,6 +442,7 @@ def fit(
                 )
             if done % logging_steps == 0 or done == total_steps or skipped:
                 logger.log(done, metrics)
+                logger.log_samples(done, getattr(batches, "samples", []))
             if on_step is not None:
                 on_step(done, metrics)
             if in_a_row >= max_nonfinite_steps:

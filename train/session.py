@@ -26,7 +26,7 @@ from jaxrl.train.loop import ResumableIterator, Trainer, fit
 
 from jaxrl.metrics import MetricsLogger
 from jaxrl.model_files import check_vocabulary, find_tokenizer_dir, load_tokenizer
-from jaxrl.recipes import dump_recipe
+from jaxrl.recipes import dump_recipe, recipe_to_dict
 from jaxrl.sharding import LogicalMesh, data_parallel_size
 
 
@@ -96,12 +96,18 @@ def train(
     tokenizer_dir = find_tokenizer_dir(setup.model_path)
     changed = rundir.write_run_files(setup.run_dir, trainer.config, tokenizer_dir, dump_recipe(config))
     checkpoints = Checkpoints(setup.checkpoint_dir, config.checkpoint)
-    logger = MetricsLogger(setup.run_dir, total_steps)
+    loop = config.loop
+    logger = MetricsLogger(
+        setup.run_dir,
+        total_steps,
+        tensorboard="tensorboard" in loop.report_to,
+        wandb=loop.wandb_settings(),
+        config=recipe_to_dict(config),
+    )
     millions = count_params(trainer.model) / 1e6
     logger.message(f"{method}: {summary}; {total_steps} steps; {millions:.1f}M parameters; {trainer.plan.summary()}")
     if changed and checkpoints.steps() and config.checkpoint.resume:
         logger.message(f"warning: resuming with a recipe that differs from the run's in {', '.join(changed)}")
-    loop = config.loop
     try:
         result = fit(
             trainer,

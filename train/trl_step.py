@@ -111,7 +111,9 @@ def common_args(config, rows: int, total_steps: int) -> Translation:
     not_translated = {
         "model.attention": "an implementation choice; transformers uses its default (sdpa)",
         "loop.mesh": "jaxrl's device layout; TRL runs on one device",
-        "checkpoint.*, loop.output_dir, loop.logging_steps": "run management, no effect on a step",
+        "checkpoint.*, loop.output_dir, loop.logging_steps, loop.report_to, loop.run_name, loop.wandb_*": (
+            "run management, no effect on a step"
+        ),
     }
     return Translation(args, translated, not_translated)
 
@@ -358,6 +360,7 @@ def grpo_step(model_dir, tokenizer, config, rollout: dict, scorer, total_steps: 
             "grpo.top_p, grpo.top_k": "sampling only: jaxrl samples once, TRL generates nothing",
             "grpo.gold_column, grpo.verifier_*": "read by the accuracy reward, the same function on both sides",
             "grpo.logprob_chunk_size, grpo.logprob_vocab_chunk_size": "memory layout only",
+            "grpo.log_completions": "logging only",
             "data.*, chat.*, grpo.shuffle, rollout.*": "jaxrl's first prompt batch and completions go to both sides",
         }
     )

@@ -190,6 +190,7 @@ CASES = [
     # model directories
     Case("model-path-missing", sft("model.path={fx}/no_such_model"), r"model\.path .* does not exist"),
     Case("model-path-empty", sft("model.path="), r"no model: set model\.path"),
+    Case("model-path-run-without-checkpoints", sft("model.path={empty_run}"), r"run .*empty_run has no checkpoint yet"),
     Case("model-dir-without-config", sft("model.path={no_config}"), r"neither a HF model directory"),
     Case("model-dir-without-tokenizer", sft("model.path={no_tokenizer}"), r"no tokenizer files next to"),
     Case("model-config-not-json", sft("model.path={bad_config}"), r"config\.json"),

@@ -23,7 +23,7 @@ from jaxrl.models.hf_io import TOKENIZER_FILES
 
 from jaxrl.destinations import check_destination
 from jaxrl.errors import JaxrlError
-from jaxrl.model_files import is_orbax_model
+from jaxrl.model_files import check_not_an_empty_run, is_orbax_model
 from jaxrl.sharding import LogicalMesh, MeshSpec, init_distributed, make_mesh
 
 
@@ -43,6 +43,7 @@ def check_model_path(path: str) -> Path:
         raise JaxrlError(f"model.path {path} does not exist")
     if not ((p / "config.json").is_file() or is_orbax_model(p)):
         raise JaxrlError(f"model.path {path} is neither a HF model directory (config.json) nor an Orbax checkpoint")
+    check_not_an_empty_run(p)  # a run stopped before its first checkpoint is said to be one
     ModelConfig.from_model_path(p)  # a config.json that is not an object, or a key missing or wrong, fails here
     return p
 

@@ -15,9 +15,10 @@ passes, and infinity only where a spec says `or inf`: a range check written `x <
 NaN, so every check here is written as what must hold. Integers are the field's type (`int`); the
 recipe loader reads the type, this module the range.
 
-`check_field` is the one check: the recipe loader calls it with each field's dotted key before the
-dataclass is built, `check_knobs` calls it for a dataclass built in code, and the CLI calls it for
-its numeric options (`jaxrl.cli.OPTION_DOMAINS`).
+`check_value` is the one check: the recipe loader calls it (through `check_field`) with each
+field's dotted key before the dataclass is built, `check_knobs` for a dataclass built in code, and
+the CLI for its numeric options (`jaxrl.cli.OPTION_DOMAINS`). tests/test_knobs.py walks every
+recipe section, config and option, so a numeric one without a domain fails it.
 """
 
 from __future__ import annotations

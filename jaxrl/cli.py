@@ -38,6 +38,8 @@ OPTION_DOMAINS = {
     "--mfu": "(0, 1]",
     "--slices": ">= 1",
     "--steps": ">= 1",
+    "--prompt-length": ">= 1",
+    "--kl-length": ">= 1",
 }
 
 
@@ -247,17 +249,28 @@ def _data(sub):
 
 @command
 def _plan(sub):
-    p = sub.add_parser("plan", help="per-device memory of a recipe's training step on a mesh (no weights, no TPU)")
+    p = sub.add_parser("plan", help="per-device memory of every program of a run, compiled before renting (no TPU)")
     from jaxrl.train.plan import add_arguments
 
     add_arguments(p)
+    p.add_argument("--prompt-length", type=int, default=1024, help="with --method eval: prompt tokens")
+    p.add_argument("--kl", action="store_true", help="with --method eval: also the KL-to-base program")
+    p.add_argument("--kl-length", type=int, default=2048, help="with --method eval --kl: tokens of a KL row")
 
     def run(args):
         from jaxrl.destinations import check_destination
-        from jaxrl.train.plan import plan_cli
 
         if args.json:
             check_destination(args.json, "file", "--json")  # before the planning process compiles
+        if args.method == "eval":  # compiles here: a TPU topology needs no emulated devices
+            import jax
+
+            jax.config.update("jax_platforms", "cpu")  # JAX itself on the host; libtpu as the compiler only
+            from jaxrl.eval.plan import eval_plan_cli
+
+            return eval_plan_cli(args)
+        from jaxrl.train.plan import plan_cli
+
         plan_cli(args)
 
     return run

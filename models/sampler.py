@@ -395,12 +395,19 @@ def count_collectives(hlo_text: str, rows: int) -> dict[str, int]:
     """How many of each collective a compiled program holds, and "weight all-gather": the
     all-gathers of floating-point arrays with no dimension of `rows` (the decode rows or slots,
     which a decode step does move; pick a row count that no weight dimension equals). Integer
-    gathers are the rows' bookkeeping (slot indices, lengths), which a compiler may reshape."""
+    gathers are the rows' bookkeeping (slot indices, lengths), which a compiler may reshape.
+    "all-gather bytes": what every all-gather's result holds, summed: weights gathered per token
+    are megabytes; the rows' bookkeeping and a vocabulary-sharded choice's candidates are bytes."""
     counts = {name: len(re.findall(rf"\b{name}(?:-start)?\(", hlo_text)) for name in COLLECTIVES}
     shapes = re.findall(r"= \(?([a-z0-9]+)\[([0-9,]*)\][^ ]* all-gather(?:-start)?\(", hlo_text)
     floating = [dims for dtype, dims in shapes if dtype.startswith(("f", "bf"))]
     counts["weight all-gather"] = sum(str(rows) not in dims.split(",") for dims in floating)
+    size = lambda dtype, dims: int(np.prod([int(d) for d in dims.split(",") if d])) * _BYTES.get(dtype, 4)
+    counts["all-gather bytes"] = sum(size(dtype, dims) for dtype, dims in shapes)
     return counts
+
+
+_BYTES = {"f64": 8, "s64": 8, "u64": 8, "f32": 4, "s32": 4, "u32": 4, "bf16": 2, "f16": 2, "s16": 2, "u16": 2}
 
 
 def decode_collectives(

@@ -95,3 +95,20 @@ def test_topology_names_and_errors(capsys):
     assert "not both" in capsys.readouterr().err
     assert cli_main([*argv, "--topology", "v5p-8", "--mesh", "fsdp=8"]) == 2
     assert "needs 8 devices but 4 are available" in capsys.readouterr().err
+
+
+def test_eval_plan_compiles_generation_forced_scoring_and_kl(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    argv = ["plan", "--method", "eval", "--model", "tiny-olmo2", "--topology", "v5p-8", "--mesh", "fsdp=4",
+            "--kl", "--kl-length", "256", "--prompt-length", "128", "--json", str(out),
+            "max_new_tokens=32", "batch_size=4", "num_samples=2"]  # fmt: skip
+    assert cli_main(argv) == 0
+    assert "-> fits" in capsys.readouterr().out
+    plan = json.loads(out.read_text())
+    programs = {p["name"]: p for p in plan["programs"]}
+    assert list(programs) == ["engine", "engine shrink", "forced scoring", "kl"]
+    assert all(p["peak"] > 0 for p in programs.values()) and plan["fits"] is True
+    assert programs["engine"]["collectives"]["weight all-gather"] == 0  # eval loads weights in the sampling layout
+    assert programs["kl"]["arguments"] > programs["forced scoring"]["arguments"]  # two models resident
+    assert cli_main([*argv[:5], "--devices", "4"]) == 2
+    assert "--method eval plans with the TPU compiler" in capsys.readouterr().err

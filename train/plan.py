@@ -180,26 +180,13 @@ class MemoryPlan:
 
     def program_lines(self) -> list[str]:
         """The per-program table of a topology plan."""
-        g = lambda n: f"{n / GIB:8.2f}" if self.params >= GIB // 64 else f"{n / 1024**2:8.1f}"
-        unit = "GiB" if self.params >= GIB // 64 else "MiB"
-        lines = [
+        from jaxrl.models.compiled import program_lines
+
+        head = (
             f"compiled by {self.target['compiler']} for {self.target['topology']}; attention "
-            f"{self.target['attention']} ({self.target['mosaic_kernels']} Mosaic kernels)",
-            f"programs, per device ({unit}):    arguments  outputs  aliased temporaries   peak  collectives",
-        ]
-        for p in self.programs:
-            if p["refused"]:
-                lines.append(f"  {p['name']:<26} does not fit: {p['refused']}")
-                continue
-            coll = ", ".join(f"{k} {v}" for k, v in (p["collectives"] or {}).items() if v) or "none"
-            lines.append(
-                f"  {p['name']:<26}{g(p['arguments'])} {g(p['outputs'])} {g(p['aliased'])}    {g(p['temporaries'])} "
-                f"{g(p['peak'])}  {coll}"
-            )
-        largest = max((p for p in self.programs if not p["refused"]), key=lambda p: p["peak"], default=None)
-        if largest:
-            lines.append(f"  largest: {largest['name']} ({largest['peak'] / GIB:.2f} GiB)")
-        return lines
+            f"{self.target['attention']} ({self.target['mosaic_kernels']} Mosaic kernels)"
+        )
+        return [head, *program_lines(self.programs, mib=self.params < GIB // 64)]
 
     def table(self) -> str:
         g = lambda n: f"{n / GIB:9.2f} GiB" if n >= GIB else f"{n / 1024**2:9.1f} MiB"
@@ -523,7 +510,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--slices", type=int, default=1, help="with --topology: identical slices (multi-slice)")
     p.add_argument("--chip", default=None, help=f"check the fit on one of: {', '.join(CHIP_MEMORY_GB)}")
     p.add_argument("--model", default=None, help="preset name or HF directory (config.json only); default model.path")
-    p.add_argument("--method", default=None, help="sft or grpo (default: from the recipe)")
+    p.add_argument("--method", default=None, help="sft, grpo (default: from the recipe) or eval (--topology only)")
     p.add_argument("--rows", type=int, default=None, help="rows per step (default: the worst case of the recipe)")
     p.add_argument("--json", default=None, help="also write the plan as JSON to this file")
     p.add_argument("--mfu", type=float, default=0.4, help="with --chip: the training MFU the time estimate assumes")

@@ -156,9 +156,15 @@ class MemoryPlan:
         With every program compiled: the largest program's peak, beside the training state that
         stays resident while a generation program runs."""
         if self.programs:
-            resident = self.params + self.opt_state
-            return max(p["peak"] + (resident if p["name"] != "train step" else 0) for p in self.programs)
+            return max(p["peak"] + self.resident_beside(p["name"]) for p in self.programs)
         return max(self.peak, self.sampling or 0)
+
+    def resident_beside(self, program: str) -> int:
+        """Training state held while `program` runs but not among its arguments: the step takes it
+        all; the reshard and the scoring pass take the params; the engine takes neither."""
+        return {"train step": 0, "reshard": self.opt_state, "scoring": self.opt_state}.get(
+            program, self.params + self.opt_state
+        )
 
     @property
     def refused(self) -> list[str]:
@@ -291,8 +297,11 @@ def sampling_copy_bytes(model_config, mesh) -> int:
     return sharded_bytes(jax.tree.map(as_copy, shapes, shardings))
 
 
-def time_plan(config, method, model_config, lm, rows, seq_len, chip_name, mfu, steps, lengths) -> dict[str, Any]:
-    """The time estimate of `jaxrl plan --chip` (see `jaxrl.train.timeplan`), as a JSON-able dict."""
+def time_plan(
+    config, method, model_config, lm, rows, seq_len, chip_name, mfu, steps, lengths, devices=None
+) -> dict[str, Any]:
+    """The time estimate of `jaxrl plan --chip` (see `jaxrl.train.timeplan`), as a JSON-able dict;
+    devices: a topology's, for the rollout's own mesh spec."""
     from jaxrl.models.engine import slot_count
     from jaxrl.train import timeplan
     from jaxrl.train.chips import chip
@@ -311,7 +320,7 @@ def time_plan(config, method, model_config, lm, rows, seq_len, chip_name, mfu, s
         plan = timeplan.sft_plan(model_config, rows, seq_len, steps, chip(chip_name), layout, mfu)
     else:
         s = config.grpo
-        sampling = config.rollout.sampling_mesh(lm) or lm
+        sampling = sampling_mesh_of(config.rollout, lm, devices) or lm
         layout = timeplan.Layout(sampling.mesh.size, data_parallel_size(sampling), sampling.mesh.shape["tensor"])
         if lengths is None:
             measured = timeplan.Lengths(s.max_completion_length / 2, s.max_completion_length)
@@ -377,7 +386,8 @@ def make_plan(
 
         pod = tpu_pod(topology, slices)
         devices = topology_devices(pod)
-        chip = chip or pod.name
+        chip = pod.name
+    time_chip = pod.generation.name if pod else chip  # the time plan's chip figures (train/chips.py)
     capacity = pod.hbm_bytes if pod else chip_capacity(chip) if chip else None
     if method == "sft":
         from jaxrl.train.sft import load_config
@@ -428,8 +438,9 @@ def make_plan(
             + (f", {pod.slices} slices)" if pod.slices > 1 else ")"),
             "attention": resolve(model_config.attention, seq_len, seq_len, "tpu"),
             "mosaic_kernels": sum(p.mosaic_kernels for p in programs),
-            # the time plan's count (6 x matmul params + attention per token) beside the compiler's,
-            # which also counts remat's recomputed forward pass and the optimizer's elementwise work
+            # the time plan's count (6 x matmul params + attention per token) beside the compiler's
+            # cost analysis, which counts each loop body once (the layer scan: one layer of L) and
+            # nothing inside a Mosaic kernel
             "step_flops_per_device": {
                 "time plan": flops_per_token(model_config, seq_len) * num_rows * seq_len / len(devices),
                 "compiler": step.flops,
@@ -461,8 +472,8 @@ def make_plan(
         decode_slots=slots,
         sampling_copy_bytes=copy,
         time_plan=None
-        if chip is None or pod
-        else time_plan(config, method, model_config, lm, num_rows, seq_len, chip, mfu, steps, lengths),
+        if time_chip is None
+        else time_plan(config, method, model_config, lm, num_rows, seq_len, time_chip, mfu, steps, lengths, devices),
         target=target,
         programs=None if programs is None else [dataclasses.asdict(p) for p in programs],
     )
@@ -530,6 +541,8 @@ def plan_cli(args: argparse.Namespace) -> MemoryPlan:
     `--topology`); prints the table."""
     if (args.devices is None) == (args.topology is None):
         raise JaxrlError("pass --topology POD (the TPU compiler) or --devices N (emulated CPU devices), not both")
+    if args.topology and args.chip:
+        raise JaxrlError("--chip goes with --devices; with --topology the pod names the chip")
     if args.topology:
         from jaxrl.topology import libtpu_version, tpu_pod
 

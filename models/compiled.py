@@ -14,7 +14,6 @@ them; training (`jaxrl.train.plan_programs`) and evaluation (`jaxrl.eval.plan`) 
 from __future__ import annotations
 
 import dataclasses
-import re
 from typing import Any
 
 from jaxrl.errors import JaxrlError
@@ -124,16 +123,6 @@ def engine_programs(model_config, sampling_mesh, params, prompts: int, prompt_le
     run, _ = measure("engine", loop, rows=slots)
     shrink, _ = measure("engine shrink", engine._shrink.lower(state, slots=max(slots // 2, 1)))
     return [run, shrink]
-
-
-def refused_figures(message: str) -> tuple[float, float] | None:
-    """(needed GiB, available GiB) from a TPU compiler's out-of-memory message, when it says both."""
-    found = re.findall(r"\(([\d.]+)([KMGT])\)", message)
-    scale = {"K": 2**-20, "M": 2**-10, "G": 1.0, "T": 1024.0}
-    if len(found) < 2:
-        return None
-    (need, u1), (have, u2) = found[-2], found[-1]
-    return float(need) * scale[u1], float(have) * scale[u2]
 
 
 def _collective(name: str, value: int) -> str:

@@ -64,21 +64,15 @@ def eval_programs(model_config, lm, settings, prompt_length: int, kl_length: int
     from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec
     from jaxrl.eval.kl import _kl_sums
+    from jaxrl.eval.runner import sampling_config
     from jaxrl.models.compiled import engine_programs, measure
     from jaxrl.models.engine import slot_count
     from jaxrl.models.logprobs import logprobs_at
-    from jaxrl.models.sampler import SamplingConfig
 
     from jaxrl.shapes import bucket
 
     graphdef, params = _abstract_params(model_config, lm)
-    sampling = SamplingConfig(
-        temperature=settings.temperature,
-        top_p=settings.top_p,
-        top_k=settings.top_k,
-        max_new_tokens=settings.max_new_tokens,
-        num_samples=settings.num_samples,
-    )
+    sampling = sampling_config(settings)  # the run's own
     completions = settings.batch_size * settings.num_samples
     slots = slot_count(settings.slots or 0, completions, lm)
     programs = engine_programs(model_config, lm, params, settings.batch_size, prompt_length, sampling, slots)

@@ -220,7 +220,7 @@ def bad_sources(tmp_path):
         (DataConfig(write(tmp_path, "ok.jsonl", good), filters=("sauce=cn_k12",)), "filter on 'sauce': "),
         (DataConfig(write(tmp_path, "ok2.jsonl", good), filters=("source=cn_k13",)), "keeps none of 12 rows of"),
         (lambda: DataConfig(write(tmp_path, "ok3.jsonl", good), filters=("source",)), "malformed filter 'source'"),
-        (lambda: DataConfig(str(FIXTURE), max_samples=0), "data.max_samples=0: at least 1"),
+        (lambda: DataConfig(str(FIXTURE), max_samples=0), "data.max_samples must be an integer >= 1, got 0"),
         (
             DataConfig("some-org/some-dataset-that-is-not-cached"),
             "cannot load dataset some-org/some-dataset-that-is-not-cached [train]: ",

@@ -48,6 +48,11 @@ def key_cases() -> dict[str, tuple[dict, str]]:
         cases[f"rope-{key}-missing"] = (rope(...), rf"rope_parameters\.{key} is missing")
         cases[f"rope-{key}-null"] = (rope(None), rf"rope_parameters\.{key} is null")
         cases[f"rope-{key}-wrong-type"] = (rope("x"), rf"rope_parameters\.{key} must be")
+    no_factor = {k: v for k, v in LLAMA3.items() if k != "factor"}  # transformers 4.x's key, as in the issue
+    cases["rope-scaling-factor-missing"] = (
+        {"rope_parameters": ..., "rope_scaling": no_factor},
+        r"rope_scaling\.factor is missing",
+    )
     cases["kv-heads-disagree"] = ({"num_key_value_heads": 3}, r"num_attention_heads=4 is not a multiple of")
     cases["head-dim-absent-hidden-indivisible"] = ({"head_dim": ..., "hidden_size": 66}, r"no head_dim, and hidden")
     cases["rope-freq-factors-disagree"] = (

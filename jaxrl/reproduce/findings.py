@@ -55,19 +55,29 @@ def _verdict(holds: bool) -> str:
     return "reproduced" if holds else "not reproduced"
 
 
-def findings(m: Measured) -> list[dict]:
-    """Every finding of the study with the miniature's measurement, the rule and the verdict."""
-    t = m.table
+@dataclasses.dataclass(frozen=True)
+class _Scores:
+    """Reads the results table: a value, the standard error of a difference, an out-of-domain drop."""
 
-    def v(row, name):
-        return t[row][name][0]
+    table: dict
 
-    def se(row, *names):  # standard error of a difference of independent means (0 where unknown)
-        return math.sqrt(sum((t[row][n][1] or 0.0) ** 2 for n in names))
+    def v(self, row: str, name: str) -> float:
+        return self.table[row][name][0]
 
-    def drop(name):  # knowledge + prompt-level instruction loss against the base
+    def se(self, row: str, *names: str) -> float:
+        """Standard error of a difference of independent means (0 where a model has none)."""
+        return math.sqrt(sum((self.table[row][n][1] or 0.0) ** 2 for n in names))
+
+    def drop(self, name: str) -> float:
+        """Knowledge + prompt-level instruction loss against the base."""
+        v = self.v
         return (v(KNOWLEDGE, "base") - v(KNOWLEDGE, name)) + (v(PROMPT_IF, "base") - v(PROMPT_IF, name))
 
+
+def findings(m: Measured) -> list[dict]:
+    """Every finding of the study with the miniature's measurement, the rule and the verdict."""
+    scores = _Scores(m.table)
+    v, se, drop = scores.v, scores.se, scores.drop
     grpo, sft = m.changes["grpo"], m.changes["sft"]
     ratio = float(np.mean([sft[k] / grpo[k] for k in MODULES if grpo.get(k, 0) > 0] or [math.nan]))
     moved = all(x > 0 for run in ("grpo", "sft") for x in m.changes[run].values())
@@ -152,26 +162,16 @@ def findings(m: Measured) -> list[dict]:
             _verdict(d.get("middle", 0) > d.get("early", math.inf) and d.get("late", 0) > d.get("early", math.inf)),
         ),
     ]
-    out += section4(m, sft_gained)
+    out += section4(scores, sft_gained)
     keys = ("section", "claim", "measured", "rule", "verdict")
     return [dict(zip(keys, f, strict=True)) for f in out]
 
 
-def section4(m: Measured, sft_gained: bool) -> list[tuple]:
+def section4(scores: _Scores, sft_gained: bool) -> list[tuple]:
     """The study's reading of its freezing experiments (its section 4), rule by rule."""
-    t = m.table
-    if FROZEN_MLP not in t[INDOMAIN] or QK_ONLY not in t[INDOMAIN]:
+    if FROZEN_MLP not in scores.table[INDOMAIN] or QK_ONLY not in scores.table[INDOMAIN]:
         return []
-
-    def v(row, name):
-        return t[row][name][0]
-
-    def se(row, *names):
-        return math.sqrt(sum((t[row][n][1] or 0.0) ** 2 for n in names))
-
-    def drop(name):
-        return (v(KNOWLEDGE, "base") - v(KNOWLEDGE, name)) + (v(PROMPT_IF, "base") - v(PROMPT_IF, name))
-
+    v, se, drop = scores.v, scores.se, scores.drop
     keep = v(INDOMAIN, FROZEN_MLP) >= v(INDOMAIN, "SFT") - se(INDOMAIN, FROZEN_MLP, "SFT")
     return [
         (

@@ -159,3 +159,12 @@ def test_findings_verdicts_follow_their_rules():
     assert fell[keep] == "differs"  # no gain to keep
     qk_most = [c for c in fell if c.startswith("training only q and k hurts")][0]
     assert fell[qk_most] == "reproduced"  # drop 1.5 >= SFT's 1.3
+
+
+def test_a_stage_runs_once_unless_its_inputs_are_new(tmp_path):
+    from jaxrl.reproduce.pipeline import stage
+
+    calls = []
+    for redo in (False, False, True):
+        stage(tmp_path, "eval", lambda _: None, lambda: calls.append(1), redo=redo)
+    assert len(calls) == 2 and (tmp_path / ".done" / "eval").exists()

@@ -144,9 +144,12 @@ def evaluate(preset: Preset, models: dict[str, Path], files: dict[str, Path], ba
     return {"maths": evaluate(paths, maths, out / "maths"), "probes": evaluate(paths, probes, out / "probes")}
 
 
-def stage(out: Path, name: str, log, work) -> float:
-    """Runs `work()` unless `out/.done/name` exists; returns the seconds it took (then or earlier)."""
+def stage(out: Path, name: str, log, work, redo: bool = False) -> float:
+    """Runs `work()` unless `out/.done/name` exists (or `redo`: its inputs are new); returns the seconds
+    it took (then or earlier)."""
     done = out / ".done" / name
+    if redo:
+        done.unlink(missing_ok=True)
     if done.exists():
         log(f"[{name}] done already")
         return float(done.read_text() or 0)
@@ -203,15 +206,17 @@ def reproduce(
 
         sft.run(None, sft_overrides(preset, base, files["train"], runs[arm.name]) + arm.overrides())
 
+    # a run trained now (e.g. an arm new to an older report directory) makes the evaluation and analysis stale
+    trained = any(not (out / ".done" / name).exists() for name in runs)
     timings["grpo"] = stage(out, "grpo", log, train_grpo)
     for arm in arms:
         timings[arm.name] = stage(out, arm.name, log, lambda arm=arm: train_sft(arm))
     models = {"base": base, "GRPO": latest_checkpoint(runs["grpo"])}
     models |= {arm.label: latest_checkpoint(runs[arm.name]) for arm in arms}
-    timings["eval"] = stage(out, "eval", log, lambda: evaluate(preset, models, files, base, out / "eval"))
+    timings["eval"] = stage(out, "eval", log, lambda: evaluate(preset, models, files, base, out / "eval"), trained)
     frozen_arms = [runs[arm.name] for arm in arms if arm.freeze or arm.train_only]
     timings["analysis"] = stage(
-        out, "analysis", log, lambda: _analyze(base, list(runs.values()), frozen_arms, out / "analysis", log)
+        out, "analysis", log, lambda: _analyze(base, list(runs.values()), frozen_arms, out / "analysis", log), trained
     )
     write_report(out, preset, models, runs, arms, timings)
     return out

@@ -293,6 +293,11 @@ CASES = [
     Case("analyze-base-not-a-model", ("analyze", "{no_config}", "{model}", "--out", "{out}"), r"no_config"),
     Case("analyze-run-missing", ("analyze", "{model}", "{fx}/no_such_run", "--out", "{out}"), r"no_such_run"),
     Case(
+        "analyze-run-weights-cut",
+        ("analyze", "{model}", "{cut_weights}", "--out", "{out}"),
+        r"cut_weights/model\.safetensors",
+    ),
+    Case(
         "analyze-unknown-module",
         ("analyze", "{model}", "{model}", "--out", "{out}", "--modules", "attention"),
         r"unknown module 'attention'",

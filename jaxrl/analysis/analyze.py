@@ -102,10 +102,10 @@ def analyze(
     sources = [c.open() for c in checkpoints]
     total = sum(tensor_bytes(s, base_source, src) for src in sources for s in base_specs)
     meter = Progress(total, enabled=progress)
-    out.mkdir(parents=True, exist_ok=True)
     meter.label = f"{len(checkpoints)} checkpoint(s)"
     all_changes = diff_many(base_source, sources, base_specs, svd=svd, progress=meter)
     meter.done_line()
+    out.mkdir(parents=True, exist_ok=True)  # only now: a checkpoint that cannot be read leaves --out as it was
     rows: list[dict] = []
     with open(out / "metrics.jsonl", "w") as metrics:
         for ckpt, changes in zip(checkpoints, all_changes, strict=True):

@@ -325,23 +325,27 @@ def _diagnosis_lines(names, anatomy: dict, losses: dict, scales: dict, runs: lis
 
 def _readings(anatomy: dict, losses: dict, scales: dict) -> list[str]:
     """The two findings that differ from the study, read off the measurements above."""
-    grpo = [scales[m]["grpo"] for m in MODULES]
     heaviest = sorted(MODULES, key=lambda m: scales[m]["weight_rms"], reverse=True)[:2]
-    lightest = sorted(MODULES, key=lambda m: scales[m]["weight_rms"])[:2]
+    lines = [
+        f"- Which modules move most: the base's weights are largest in {', '.join(heaviest)}. Split into its two "
+        "factors, q's relative change against the module that moved most (ratios q / that module):"
+    ]
+    for run in ("grpo", "sft"):
+        top = max(MODULES, key=lambda m: scales[m][run] / scales[m]["weight_rms"])
+        update = scales["q"][run] / scales[top][run]
+        weight = scales["q"]["weight_rms"] / scales[top]["weight_rms"]
+        lines.append(f"  - {run}: {update / weight:.2f}x {top}'s = update RMS {update:.2f}x / weight RMS {weight:.2f}x.")
     right = {n: anatomy[n]["arithmetic_when_copied"] for n in ("base", "SFT")}
     return [
-        f"- Which modules move most: GRPO's update RMS is the same in every module to within "
-        f"{max(grpo) / min(grpo):.2f}x (Adam's steps are about lr per element, whatever the gradient's scale), so "
-        f"its relative changes rank the modules by the inverse of the base's weight RMS: largest in "
-        f"{', '.join(heaviest)}, smallest in {', '.join(lightest)}. QK-norm leaves the scale of q and k free (and "
-        "the post-norms that of v, o, up and down), so that ranking is a property of the base's pre-training, "
-        "not of the method (docs/reproduce.md: the same base with q and k halved, the same function, puts q and k "
-        "on top in both runs).",
+        *lines,
+        "  - QK-norm leaves the scale of q and k to the optimiser (the post-norms that of v, o, up and down), so the "
+        "weight factor is a property of the base's pre-training, not of the method (docs/reproduce.md: the same "
+        "base with q and k halved, the same function, puts q and k on top in both runs).",
         f"- SFT's in-domain result: the base's loss on the teacher's text at SFT's first step is "
         f"{losses.get('sft', math.nan):.2f} per token (GRPO's, on its own samples, "
-        f"{losses.get('grpo', math.nan):.2f}); "
-        f"of the sums written on the question's own numbers, the base works out {_cell(right['base'])} right and "
-        f"SFT {_cell(right['SFT'])} (docs/reproduce.md: the teacher and learning-rate study).",
+        f"{losses.get('grpo', math.nan):.2f}); of the sums written on the question's own numbers, the base works out "
+        f"{_cell(right['base'])} right and SFT {_cell(right['SFT'])} (docs/reproduce.md: the teacher and "
+        "learning-rate study).",
         "",
     ]
 

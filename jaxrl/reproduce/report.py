@@ -334,7 +334,8 @@ def _readings(anatomy: dict, losses: dict, scales: dict) -> list[str]:
         top = max(MODULES, key=lambda m: scales[m][run] / scales[m]["weight_rms"])
         update = scales["q"][run] / scales[top][run]
         weight = scales["q"]["weight_rms"] / scales[top]["weight_rms"]
-        lines.append(f"  - {run}: {update / weight:.2f}x {top}'s = update RMS {update:.2f}x / weight RMS {weight:.2f}x.")
+        ratio = update / weight
+        lines.append(f"  - {run}: {ratio:.2f}x {top}'s = update RMS {update:.2f}x / weight RMS {weight:.2f}x.")
     right = {n: anatomy[n]["arithmetic_when_copied"] for n in ("base", "SFT")}
     return [
         *lines,

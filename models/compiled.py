@@ -105,6 +105,7 @@ def engine_programs(model_config, sampling_mesh, params, prompts: int, prompt_le
     from jaxrl.models.sampler import DecodeValues
 
     from jaxrl.shapes import bucket
+    from jaxrl.sharding import data_parallel_size
 
     graphdef = nnx.graphdef(abstract_decoder(model_config, sampling_mesh))
     n, new_bucket = sampling.num_samples, bucket(sampling.max_new_tokens)
@@ -121,7 +122,10 @@ def engine_programs(model_config, sampling_mesh, params, prompts: int, prompt_le
     count = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
     loop = engine._run.lower(graphdef, params, state, tokens, lengths, count, values, n=n, hand_back_at=0)
     run, _ = measure("engine", loop, rows=slots)
-    shrink, _ = measure("engine shrink", engine._shrink.lower(state, slots=max(slots // 2, 1)))
+    shards, half = data_parallel_size(sampling_mesh), slots // 2
+    if half < engine.MIN_SLOTS_PER_SHARD * shards or half % shards:
+        return [run]  # the engine never halves these slots
+    shrink, _ = measure("engine shrink", engine._shrink.lower(state, slots=half, shards=shards))
     return [run, shrink]
 
 

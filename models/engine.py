@@ -10,10 +10,10 @@ The (prompt, sample) pairs wait in a queue, prompt-major. One jitted `lax.while_
 - decode, otherwise: one token for every slot. The cache is a ring (`models.row_cache`): every
   row writes at one shared slot, holds its own number of tokens before it and attends to those
   only; a row that ends (EOS or the limit) frees its slot for the next turn.
-When the queue is empty and at most half the slots are busy, the loop hands back to the host,
-which moves the busy rows into the first half (one gather, outside the loop) and decodes on half as
-many slots (down to MIN_SLOTS_PER_SHARD per batch shard): the last long completions do not drag
-idle slots along.
+When the queue is empty and at most half the slots of every batch shard are busy, the loop hands
+back to the host, which moves each shard's busy rows into the first half of its own slots (one
+gather, outside the loop, that no row crosses devices in) and decodes on half as many slots (down
+to MIN_SLOTS_PER_SHARD per batch shard): the last long completions do not drag idle slots along.
 
 The output is the same as `sample`'s for the same seed, in content and order: completion i*n + j
 (prompt i, sample j) draws token t with the key `fold_in(fold_in(seed, i*n + j), t)` whichever slot
@@ -197,9 +197,11 @@ def queue_empty(state: Engine, num_prompts, n: int):
 # The state is donated: its cache is updated in place, never held twice.
 @functools.partial(jax.jit, static_argnames=("graphdef", "n", "hand_back_at"), donate_argnames=("state",))
 def _run(graphdef, params, state: Engine, prompts_bp, lengths_b, num_prompts, values, *, n: int, hand_back_at: int):
-    """Refill and decode turns until the queue is empty and at most `hand_back_at` slots are busy."""
+    """Refill and decode turns until the queue is empty and at most `hand_back_at` slots are busy
+    on every batch shard (the shrink that follows keeps each shard's rows on it)."""
     model = nnx.merge(graphdef, params)
     lm = model.mesh
+    shards = data_parallel_size(lm)
 
     def refill(state):  # the next prompt into the buffer when it is used up, then its samples placed
         buffer = jax.lax.cond(  # only the small buffer passes through the cond, never the cache
@@ -221,7 +223,7 @@ def _run(graphdef, params, state: Engine, prompts_bp, lengths_b, num_prompts, va
         return jnp.any(state.slots.row < 0) & ~queue_empty(state, num_prompts, n)
 
     def going(state):
-        busy = jnp.sum(state.slots.row >= 0)
+        busy = jnp.max(jnp.sum(by_shard(state.slots.row >= 0, shards), axis=1))
         return ~(queue_empty(state, num_prompts, n) & (busy <= hand_back_at))
 
     def phases(state):  # fill every free slot the queue can, then decode until one frees with pairs waiting
@@ -231,12 +233,26 @@ def _run(graphdef, params, state: Engine, prompts_bp, lengths_b, num_prompts, va
     return jax.lax.while_loop(going, phases, state)
 
 
-@functools.partial(jax.jit, static_argnames=("slots",))
-def _shrink(state: Engine, *, slots: int) -> Engine:
-    """Keeps `slots` slots, the busy ones first (in slot order)."""
-    keep = jnp.argsort(state.slots.row < 0, stable=True)[:slots]
+def by_shard(x, shards: int, axis: int = 0):
+    """[..., R, ...] -> [..., shards, R / shards, ...]: the slots of each batch shard on one row
+    (the slots axis splits over the batch axes in blocks, so this moves nothing between devices)."""
+    return x.reshape(*x.shape[:axis], shards, x.shape[axis] // shards, *x.shape[axis + 1 :])
+
+
+@functools.partial(jax.jit, static_argnames=("slots", "shards"))
+def _shrink(state: Engine, *, slots: int, shards: int = 1) -> Engine:
+    """Keeps `slots` slots, `slots / shards` on each batch shard: its busy ones first (in slot
+    order). Each shard keeps its own rows, so the cache never crosses devices (a gather across the
+    sharded axis made the compiler hold the whole cache on every device)."""
+    local = slots // shards
+    keep = jnp.argsort(by_shard(state.slots.row < 0, shards), axis=1, stable=True)[:, :local]  # [shards, local]
+
+    def pick(x, axis=0):
+        taken = jax.vmap(lambda block, k: jnp.take(block, k, axis=axis), in_axes=(axis, 0), out_axes=axis)
+        out = taken(by_shard(x, shards, axis), keep)
+        return out.reshape(*x.shape[:axis], slots, *x.shape[axis + 1 :])
+
     s = state.slots
-    pick = lambda x, axis=0: jnp.take(x, keep, axis=axis)
     cache = RowCache(pick(s.cache.k, 1), pick(s.cache.v, 1), pick(s.cache.lengths), s.cache.index)
     return dataclasses.replace(state, slots=Slots(cache, pick(s.row), pick(s.step), pick(s.last)))
 
@@ -319,11 +335,11 @@ def decode_continuously(
     while True:
         half = r // 2
         smaller = half if half >= MIN_SLOTS_PER_SHARD * shards and half % shards == 0 else 0
-        state = _run(graphdef, params, state, *inputs, n=config.num_samples, hand_back_at=smaller)
+        state = _run(graphdef, params, state, *inputs, n=config.num_samples, hand_back_at=smaller // shards)
         if smaller == 0 or int(jnp.sum(state.slots.row >= 0)) == 0:
             return state.out, len(prompt_ids)
         r = smaller
-        state = _shrink(state, slots=r)
+        state = _shrink(state, slots=r, shards=shards)
 
 
 def lowered_run(model: Decoder, prompt_ids, config: SamplingConfig, slots: int, eos=(), pad_id: int = 0):

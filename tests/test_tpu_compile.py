@@ -51,7 +51,8 @@ def test_the_target_not_the_host_picks_splash_and_it_compiles_as_mosaic_kernels_
 def test_grpo_plan_compiles_every_program_of_a_step_for_the_topology(tmp_path, capsys):
     out = tmp_path / "plan.json"
     argv = ["plan", "--recipe", str(REPO / "train/recipes/grpo-tiny.yaml"), "--model", "tiny-olmo2",
-            "--topology", "v5p-8", "--mesh", "fsdp=4", "--json", str(out)]  # fmt: skip
+            "--topology", "v5p-8", "--mesh", "fsdp=4", "--json", str(out),
+            "grpo.num_generations=16"]  # 32 slots, 8 a shard: the engine halves them  # fmt: skip
     assert cli_main(argv) == 0
     text = capsys.readouterr().out
     assert "compiled by the TPU compiler (libtpu" in text and "v5p-8 (v5p:2x2x1, 4 devices)" in text
@@ -62,6 +63,10 @@ def test_grpo_plan_compiles_every_program_of_a_step_for_the_topology(tmp_path, c
     # the engine decodes on the sampling layout: every weight local, none gathered per token
     assert programs["engine"]["collectives"]["weight all-gather"] == 0
     assert programs["train step"]["collectives"]["all-gather"] > 0  # fsdp gathers weights to train
+    # halving the slots keeps each shard's rows on it: no collective, half the cache out (a gather
+    # across shards made the compiler hold the whole cache on every device: 160 GiB on a v5p-64)
+    shrink = programs["engine shrink"]
+    assert not any(shrink["collectives"].values()) and shrink["outputs"] < 0.6 * shrink["arguments"]
     assert plan["fits"] is True and plan["target"]["platform"] == "tpu"
 
 

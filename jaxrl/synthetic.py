@@ -6,8 +6,9 @@ existing capabilities, like the study's instruct model:
   asked as closed-book questions);
 - arithmetic word problems it solves only part of the time, half of them answered in the study's
   `<think>/<answer>` format (the in-domain task, maths' role). In that format it has two habits:
-  working the sum out (usually right) or a hasty guess (usually wrong), so it can do better than
-  it does, which is what the study says GRPO draws on;
+  working the sum out or a hasty guess (right about one time in four), so it can do better than
+  it does, which is what the study says GRPO draws on (on new problems its worked sums are often
+  wrong too: docs/reproduce.md measures how often);
 - following an instruction about the form of the answer (IFEval's role).
 GRPO and SFT then train on the same held-out word problems; SFT imitates a "teacher" that writes
 its solutions in a different style, as the study's SFT data came from another model. Every row

@@ -172,8 +172,8 @@ def write_report(out: Path, preset, models: dict[str, Path], runs: dict[str, Pat
         + " |",
         "| in-domain answers that are hasty guesses (share) | " + " | ".join(f"{guesses[n]:.3f}" for n in names) + " |",
         "",
-        "The base has two habits on word problems: working the sum out (usually right) and a hasty guess "
-        "(usually wrong). The last row shows which one each model uses.",
+        "The base has two habits on word problems: working the sum out and a hasty guess without working. "
+        "The last row shows which one each model uses; the measurements at the end show how often each is right.",
         "",
         *_parameter_lines(changes),
         *_section4_lines(table, arms, frozen),

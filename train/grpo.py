@@ -190,7 +190,8 @@ def load_config(recipe_path: str | None, overrides=()) -> GRPOConfig:
 
 
 class GRPOTrainer(Trainer):
-    """The loop's Trainer, whose step turns the loss's token sums into ratios (clip ratios, KL)."""
+    """The loop's Trainer, whose step turns the loss's token sums into ratios (clip ratios, KL, and
+    the entropy and sampler-vs-trainer gap when the loss's pass scored the batch)."""
 
     def step(self, batch, step: int) -> dict[str, Any]:
         m = dict(super().step(batch, step))
@@ -200,6 +201,12 @@ class GRPOTrainer(Trainer):
         m["clip_ratio/region_mean"] = (low + high) / tokens
         if "kl_sum" in m:
             m["kl"] = m.pop("kl_sum") / tokens
+        if "sampled_tokens" in m:  # the rollout left the entropy and the gap to the loss's pass
+            sampled = m.pop("sampled_tokens")
+            every = jnp.maximum(sampled, 1.0)
+            m["entropy"] = m.pop("entropy_sum") / every
+            m["logprob_gap/mean"] = m.pop("logprob_gap_sum") / every
+            m["logprob_gap/max"] = jnp.where(sampled > 0, m.pop("logprob_gap_max"), 0.0)
         return m
 
 
@@ -252,6 +259,7 @@ def run(recipe_path: str | None, overrides=()) -> str:
         ref_params=ref_params,
         micro_batches=loop.gradient_accumulation_steps,
         seed=loop.seed,
+        score_in_loss=True,
     )
     rollouts = Rollouts(lambda: trainer.params, prompt_batches, rollout)
     counts = ", ".join(f"{name}={n}" for name, n in prompts.counts.items())

@@ -151,23 +151,46 @@ def make_loss_fn(s: LossSettings):
 
     batch: tokens, segment_ids int32 [B, P + C]; completion_mask float32 [B, C] (truncated
     completions already zeroed when masked); advantages float32 [B]; old_logprobs [B, C] when
-    `s.use_old_logprobs`; ref_logprobs [B, C] when beta > 0.
+    `s.use_old_logprobs`; ref_logprobs [B, C] when beta > 0; sampler_logprobs [B, C] when the
+    rollout did not score the batch itself (`sampled_token_stats`).
     """
 
     def loss_fn(model, batch):
         mask = batch["completion_mask"]
-        logp = completion_logprobs(
+        sampled = "sampler_logprobs" in batch
+        out = completion_logprobs(
             model,
             batch["tokens"],
             batch["segment_ids"],
             mask.shape[1],
             s.temperature,
             s.logprob_chunk_size,
+            with_entropy=sampled,
             vocab_chunk_size=s.logprob_vocab_chunk_size,
         )
+        logp = out[0] if sampled else out
         old = batch["old_logprobs"] if s.use_old_logprobs else None
         token_loss, stats = per_token_objective(logp, old, batch.get("ref_logprobs"), batch["advantages"], mask, s)
         num, den = reduce_loss(token_loss, mask, s)
+        if sampled:
+            live = batch["segment_ids"][:, -mask.shape[1] :] > 0
+            stats.update(sampled_token_stats(jax.lax.stop_gradient(logp), out[1], batch["sampler_logprobs"], live))
         return num, den, stats
 
     return loss_fn
+
+
+def sampled_token_stats(logp, entropy, sampler_logp, live) -> dict:
+    """Sums over every sampled token (`live`, bool [B, C]; truncated completions included) of the
+    policy's entropy and of |logp - sampler_logp|, the sampler-vs-trainer gap, and the gap's max:
+    what the rollout's own scoring pass reports, from the loss's forward pass (float32 [B, C] in).
+    `GRPOTrainer.step` turns them into `entropy` and `logprob_gap/{mean,max}`; a key ending in
+    `_max` is reduced over micro-batches by max (`Trainer`)."""
+    gap = jnp.abs(logp - sampler_logp)
+    m = live.astype(jnp.float32)
+    return {
+        "sampled_tokens": jnp.sum(m),
+        "entropy_sum": jnp.sum(entropy * m),
+        "logprob_gap_sum": jnp.sum(gap * m),
+        "logprob_gap_max": jnp.max(jnp.where(live, gap, 0.0)),
+    }

@@ -6,7 +6,9 @@ This host's prompts -> every host's prompts (all hosts sample the same global ba
 sampler draws G = num_generations completions of each with `params` -> rewards of this host's
 completions, gathered -> group advantages (global) -> one forward pass of the policy over
 prompt + completion (the "old" log-probs, the entropy, the sampler-vs-trainer log-prob gap; the
-reference model's log-probs when beta > 0) -> the training batch, its metrics and, with
+reference model's log-probs when beta > 0) -> the training batch. With `score_in_loss` and one
+update per batch without KL (num_iterations 1, beta 0) that pass is skipped: nothing reads the old
+log-probs, and the loss's own forward pass reports the entropy and the gap, its metrics and, with
 `log_completions`, this host's completions beside their rewards and advantages. Shapes: N =
 all hosts' prompts x G rows, P prompt slots (left-padded), C = max_completion_length.
 
@@ -53,6 +55,10 @@ class Rollout:
     (`models.params.sampling_copy`: cast to the compute dtype and resharded once, device to
     device; e.g. the tensor_parallel rules, so decoding gathers no weight), dropped afterwards.
     slots: the sampler's decode slots (continuous batching; 0 = one per completion).
+    score_in_loss: with num_iterations 1 and beta 0, skip the scoring pass; the batch carries the
+    sampler's log-probs and the loss's forward pass (the same log-probs) reports the entropy and
+    the sampler-vs-trainer gap (`grpo_loss.sampled_token_stats`, turned into metrics by
+    `GRPOTrainer.step`). `grpo.run` turns it on; off, the batch's metrics carry them.
     """
 
     graphdef: Any
@@ -67,6 +73,12 @@ class Rollout:
     micro_batches: int = 1
     seed: int = 0
     slots: int = 0
+    score_in_loss: bool = False
+
+    @property
+    def scores_in_loss(self) -> bool:
+        """True when the loss's forward pass stands in for the scoring pass (see the docstring)."""
+        return self.score_in_loss and self.settings.num_iterations == 1 and self.settings.beta == 0
 
     def policy(self, params):
         """The decoder to sample from: `params` as they are, or their copy in the sampling layout."""
@@ -114,10 +126,12 @@ def generation_batch(params, prompts: PromptBatch, rollout: Rollout, generation:
 
     Returns (batch, metrics, samples). batch (global, the same on every host): tokens, segment_ids
     int32 [N, P + C]; completion_mask, advantages float32; old_logprobs [N, C] when num_iterations
-    > 1; ref_logprobs [N, C] when beta > 0. metrics: floats over all hosts (TRL's names where it has
-    them). samples (empty unless `log_completions`): one dict per completion of this host's prompts,
-    prompt, completion, rewards (function -> score, None where it gave none), reward (the weighted
-    sum the advantage came from), advantage and finish_reason (eos, length).
+    > 1; ref_logprobs [N, C] when beta > 0; sampler_logprobs [N, C] when the loss scores
+    (`Rollout.scores_in_loss`; the metrics then leave out the entropy and the gap). metrics: floats
+    over all hosts (TRL's names where it has them). samples (empty unless `log_completions`): one
+    dict per completion of this host's prompts, prompt, completion, rewards (function -> score,
+    None where it gave none), reward (the weighted sum the advantage came from), advantage and
+    finish_reason (eos, length).
     """
     s, G = rollout.settings, rollout.settings.num_generations
     # every host samples the same global prompt list, host order (host h's prompts are block h)
@@ -152,8 +166,12 @@ def generation_batch(params, prompts: PromptBatch, rollout: Rollout, generation:
     tokens, segments = loss_rows(prompt_ids, np.asarray(out.tokens), lengths, prompt_slots, G, rollout.pad_id)
     token_mask = (np.arange(s.max_completion_length)[None, :] < lengths[:, None]).astype(np.float32)
     truncated = np.array([r == "length" for r in out.finish_reasons])
-    logp, entropy = rollout.score(params, tokens, segments, token_mask)
-    gap = np.abs(logp - np.asarray(out.logprobs, np.float32))
+    sampler_logp = np.asarray(out.logprobs, np.float32)
+    if rollout.scores_in_loss:
+        logp = entropy = gap = None
+    else:
+        logp, entropy = rollout.score(params, tokens, segments, token_mask)
+        gap = np.abs(logp - sampler_logp)
     completion_mask = token_mask * (~truncated[:, None] if s.mask_truncated_completions else 1.0)
     batch = {
         "tokens": tokens,
@@ -161,6 +179,8 @@ def generation_batch(params, prompts: PromptBatch, rollout: Rollout, generation:
         "completion_mask": completion_mask.astype(np.float32),
         "advantages": np.asarray(advantages, np.float32),
     }
+    if rollout.scores_in_loss:
+        batch["sampler_logprobs"] = sampler_logp
     if s.num_iterations > 1:
         batch["old_logprobs"] = logp
     if s.beta > 0:
@@ -217,7 +237,8 @@ def loss_rows(
 def rollout_metrics(scores, completion_mask, lengths, truncated, tied, entropy, gap) -> dict[str, float]:
     """Host metrics of one generation batch (TRL's names where it has them).
 
-    completion_mask, entropy, gap: [N, C]; lengths, truncated: [N]; tied: [N / G]."""
+    completion_mask, entropy, gap: [N, C] (entropy and gap None: left out); lengths, truncated:
+    [N]; tied: [N / G]."""
     out = {}
     for name, r in scores.per_function.items():
         out[f"rewards/{name}/mean"] = float(np.nanmean(r)) if np.isfinite(r).any() else float("nan")
@@ -229,6 +250,8 @@ def rollout_metrics(scores, completion_mask, lengths, truncated, tied, entropy, 
     out["completions/min_length"] = float(np.min(lengths))
     out["completions/max_length"] = float(np.max(lengths))
     out["completions/clipped_ratio"] = float(np.mean(truncated))
+    if entropy is None:
+        return out
     live = completion_mask > 0
     out["entropy"] = float(np.mean(entropy[live])) if live.any() else 0.0
     out["logprob_gap/mean"] = float(np.mean(gap[live])) if live.any() else 0.0

@@ -11,9 +11,10 @@ A loss function maps (model, micro-batch) to a numerator, a denominator and auxi
     loss_fn(model: Decoder, batch: dict[str, jax.Array]) -> (num: f32[], den: f32[], aux: dict[str, f32[]])
 
 The step splits the batch into k micro-batches, sums numerators, denominators, aux values and the
-gradients of the numerators over them in fp32, and divides once: loss = sum(num) / sum(den), so
-k micro-batches give the same update as one batch k times larger (SFT: num = summed token NLL,
-den = loss tokens; GRPO's dr_grpo: den = completions x max_completion_length).
+gradients of the numerators over them in fp32 (an aux value whose name ends in `_max`: their max),
+and divides once: loss = sum(num) / sum(den), so k micro-batches give the same update as one batch
+k times larger (SFT: num = summed token NLL, den = loss tokens; GRPO's dr_grpo: den = completions x
+max_completion_length).
 
 Then: frozen gradients zeroed, global-norm clipping, AdamW, lr(step) scaling, and the update is
 applied only when the loss and gradient norm are finite (otherwise params and optimizer state stay
@@ -94,6 +95,11 @@ def _like_params(state, params, mesh: LogicalMesh):
 
 def _abstract(x, sharding) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
+
+
+def _combine(name: str, total, value):
+    """An auxiliary value summed over micro-batches, or their max for a name ending in `_max`."""
+    return jnp.maximum(total, value) if name.endswith("_max") else total + value
 
 
 def _tree_select(pred, new, old):
@@ -194,7 +200,7 @@ class Trainer:
 
             (n, (d, a)), g = jax.value_and_grad(numerator, has_aux=True)(params)
             grads = jax.tree.map(lambda s, x: s + x.astype(jnp.float32), grads, g)
-            aux = {k: aux[k] + a[k].astype(jnp.float32) for k in aux}
+            aux = {k: _combine(k, aux[k], a[k].astype(jnp.float32)) for k in aux}
             return (grads, num + n, den + d, aux), None
 
         first = jax.tree.map(lambda x: x[0], batch)

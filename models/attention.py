@@ -71,11 +71,18 @@ def resolve(implementation: str, t: int, s: int, platform: str) -> str:
     """The implementation `attend` runs for T queries and S keys compiled for `platform`."""
     if implementation not in IMPLEMENTATIONS:
         raise JaxrlError(f"attention={implementation!r}; choose one of {', '.join(IMPLEMENTATIONS)}")
-    if implementation != "auto":
-        return implementation
-    if t <= BLOCK_Q and s <= BLOCK_K:
-        return "xla"
-    return {"gpu": "cudnn", "tpu": "splash"}.get(platform, "blockwise")
+    if implementation == "auto":
+        if t <= BLOCK_Q and s <= BLOCK_K:
+            return "xla"
+        implementation = {"gpu": "cudnn", "tpu": "splash"}.get(platform, "blockwise")
+    if implementation == "splash" and not splash_fits(t, s):
+        return "blockwise"
+    return implementation
+
+
+def splash_fits(t: int, s: int) -> bool:
+    """Whether the splash kernel takes T queries and S keys: self-attention in blocks of 128."""
+    return t == s and t % 128 == 0
 
 
 def attend(
@@ -364,8 +371,7 @@ def splash_attention(
     the target, `mesh`'s devices or else the host, is a TPU); on a mesh of more than one device the
     kernel runs per shard (`_sharded`)."""
     b, t, h, e = q_bthe.shape
-    s = k_bske.shape[1]
-    if t != s or not any(t % n == 0 for n in (512, 256, 128)):
+    if not splash_fits(t, k_bske.shape[1]):
         return blockwise_attention(q_bthe, k_bske, v_bske, sq, pq, sk, pk)
     interpret = target_platform(mesh) != "tpu" if interpret is None else interpret
     run = _splash_kernel(interpret)

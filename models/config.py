@@ -58,6 +58,7 @@ class ModelConfig:
         "vocab_size": ">= 1", "hidden_size": ">= 1", "intermediate_size": ">= 1", "num_layers": ">= 1",
         "num_heads": ">= 1", "num_kv_heads": ">= 1", "head_dim": ">= 1", "rope_theta": "> 0", "rms_norm_eps": ">= 0",
         "max_position_embeddings": ">= 1", "bos_token_id": "any", "eos_token_ids": "any", "pad_token_id": "any",
+        "scan_unroll": ">= 0; 0 = the backend's default",
     }  # fmt: skip
 
     family: str = "llama"
@@ -87,6 +88,9 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of matmuls
     param_dtype: str = "float32"
     remat: bool = False  # recompute each layer in the backward pass
+    # layers per iteration of the layer scan without a cache (training, scoring); 0: the backend's
+    # default, `decoder.layer_unroll` (all layers on CPU, 1 elsewhere); decoding always scans
+    scan_unroll: int = 0
     attention: str = "auto"  # auto | blockwise | xla | cudnn (see jaxrl.models.attention)
 
     def __post_init__(self):

@@ -73,3 +73,6 @@ def test_sft_estimate_and_the_command(tmp_path, capsys):
     assert t["run_s"] == pytest.approx(571 * (t["generation_s"] + t["train_step_s"]))  # one update per batch
     assert cli_main([*argv, "--lengths", "six,7"]) == 2
     assert "--lengths 'six,7'" in capsys.readouterr().err
+    for bad in ("nan,7", "6,inf", "-1,7"):
+        assert cli_main([*argv, f"--lengths={bad}"]) == 2
+        assert "must be finite token counts > 0" in capsys.readouterr().err

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -330,6 +331,8 @@ def time_plan(
                 measured = timeplan.Lengths(*map(float, lengths.split(",")))
             except (TypeError, ValueError):
                 raise JaxrlError(f"--lengths {lengths!r}: MEAN,LONGEST completion tokens, or a GRPO run") from None
+            if not all(math.isfinite(x) and x > 0 for x in (measured.mean, measured.longest)):
+                raise JaxrlError(f"--lengths {lengths!r}: MEAN and LONGEST must be finite token counts > 0")
         else:
             measured = timeplan.lengths_from_run(lengths)
             assumed.append(

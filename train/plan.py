@@ -565,7 +565,7 @@ def plan_cli(args: argparse.Namespace) -> MemoryPlan:
     argv = [sys.executable, "-m", "jaxrl.train.plan", "--mesh", args.mesh]
     for flag in ("recipe", "devices", *PLAN_OPTIONS):
         if getattr(args, flag) is not None:
-            argv += [f"--{flag}", str(getattr(args, flag))]
+            argv.append(f"--{flag}={getattr(args, flag)}")  # one word: a value may start with "-"
     argv += ["--emit-json", *args.overrides]
     result = subprocess.run(argv, env=env, capture_output=True, text=True)
     if result.returncode != 0:

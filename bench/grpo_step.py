@@ -38,7 +38,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-SIDES = ("jaxrl", "tunix", "trl")
+SIDES = ("jaxrl", "tunix", "trl", "jaxrl-before")  # jaxrl-before: the step before bench/grpo_step.py's changes
 PROMPTS = ("What is 12 + 7? Think step by step, then answer.", "What is 3 + 15? Think step by step, then answer.")
 NUM_GENERATIONS, COMPLETION_TOKENS, LR, CLIP = 8, 64, 1e-6, 1.0
 VOCAB = 384  # the tiny tokenizer's
@@ -46,7 +46,12 @@ VOCAB = 384  # the tiny tokenizer's
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--sides", default=",".join(SIDES), help="comma-separated: jaxrl, tunix, trl")
+    p.add_argument(
+        "--sides",
+        default="jaxrl,tunix,trl",
+        help="comma-separated: jaxrl, tunix, trl, jaxrl-before (jaxrl with its separate scoring pass and its "
+        "layer scan rolled, as before this bench's changes)",
+    )
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--steps", type=int, default=8, help="steps per run; the first is not counted")
     p.add_argument("--threads", type=int, default=None, help="pin every side to this many CPUs (default: all)")
@@ -136,9 +141,9 @@ class Timer:
         return out
 
 
-def run_jaxrl(directory: str, steps: int, timer: Timer) -> dict:
+def run_jaxrl(directory: str, steps: int, timer: Timer, before: bool = False) -> dict:
     """jaxrl's step as `jaxrl train grpo` runs it (`grpo.run`'s Rollout and trainer): `generation_batch`
-    then `GRPOTrainer.step`."""
+    then `GRPOTrainer.step`. before: with the rollout's own scoring pass and the layer scan rolled."""
     import jax
     import numpy as np
     from jaxrl.models.checkpoint import load_model
@@ -161,12 +166,13 @@ def run_jaxrl(directory: str, steps: int, timer: Timer) -> dict:
         max_prompt_length=None,
     )  # fmt: skip
     optimizer = OptimizerConfig(learning_rate=LR, max_grad_norm=CLIP, weight_decay=0.0, lr_scheduler_type="constant")
-    trainer = GRPOTrainer(load_model(directory, mesh), make_loss_fn(settings.loss), optimizer, 10**6, mesh=mesh)
+    model = load_model(directory, mesh, scan_unroll=1 if before else 0)
+    trainer = GRPOTrainer(model, make_loss_fn(settings.loss), optimizer, 10**6, mesh=mesh)
     rollout_config = RolloutConfig()
     rollout = Rollout(
         trainer.graphdef, tokenizer, RewardScorer(settings.reward_funcs), settings, mesh=mesh,
         sampling_mesh=rollout_config.sampling_mesh(mesh), slots=rollout_config.slots,
-        pad_id=trainer.config.pad_token_id or 0, score_in_loss=True,
+        pad_id=trainer.config.pad_token_id or 0, score_in_loss=not before,
     )  # fmt: skip
     prompts = PromptBatch([tokenizer.encode(p) for p in PROMPTS], [{} for _ in PROMPTS])
 
@@ -294,7 +300,8 @@ def run_tunix(directory: str, steps: int, timer: Timer) -> dict:
 
 def child(args) -> int:
     timer = Timer()
-    runner = {"jaxrl": run_jaxrl, "trl": run_trl, "tunix": run_tunix}[args.side]
+    before = lambda *a: run_jaxrl(*a, before=True)
+    runner = {"jaxrl": run_jaxrl, "trl": run_trl, "tunix": run_tunix, "jaxrl-before": before}[args.side]
     result = runner(args.model, args.steps, timer)
     print(json.dumps(result))
     return 0
@@ -324,7 +331,7 @@ def main(argv=None) -> int:
     sides = [s for s in args.sides.split(",") if s]
     unknown = set(sides) - set(SIDES)
     if unknown or "jaxrl" not in sides:
-        raise SystemExit(f"--sides takes jaxrl and any of tunix, trl (got {args.sides})")
+        raise SystemExit(f"--sides takes jaxrl and any of tunix, trl, jaxrl-before (got {args.sides})")
     runs: dict[str, list[dict]] = {s: [] for s in sides}
     with tempfile.TemporaryDirectory() as directory:
         config = build_model(directory)
@@ -345,7 +352,7 @@ def main(argv=None) -> int:
                 )
     seconds = {s: statistics.median(run["step_s"] for run in runs[s]) for s in sides}
     result = {"metric": "grpo_step_s", "jaxrl": round(seconds["jaxrl"], 3), "unit": "s/step"}
-    for peer in sides[1:] if sides[0] == "jaxrl" else [s for s in sides if s != "jaxrl"]:
+    for peer in [s for s in sides if s != "jaxrl"]:
         result[peer] = round(seconds[peer], 3)
         result[f"ratio_{peer}"] = round(seconds[peer] / seconds["jaxrl"], 3)
     first = runs["jaxrl"][0]["phases_s"]

@@ -151,8 +151,9 @@ class RolloutConfig:
     decoded at once with continuous batching (`jaxrl.models.engine`; 0 = all of a generation
     batch's); a slot freed by a finished completion takes the next waiting one. 224, half the
     study's 448 completions: on 8 H100s the KV cache of all 448 (55 GiB per GPU) does not fit beside
-    the sampling copy and the training state, and on a v4-64 neither does the copy; with 224 both
-    fit, and a v5p-64, where all 448 fit, plans a generation batch ~18% slower (`jaxrl plan`)."""
+    the sampling copy and the training state, and a v5p-64, where all 448 fit, plans a generation
+    batch ~18% slower (`jaxrl plan`). A v4-64 needs 128: with 224 the TPU compiler's engine needs
+    31.7 of its 30.75 GiB beside the training state (`jaxrl plan --topology v4-64`, docs/tpu.md)."""
 
     DOMAINS: ClassVar[dict[str, str]] = {"slots": ">= 0; 0 = all completions at once"}  # jaxrl.knobs
 

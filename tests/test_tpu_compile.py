@@ -111,7 +111,7 @@ def test_eval_plan_compiles_generation_forced_scoring_and_kl(tmp_path, capsys):
     assert "-> fits" in capsys.readouterr().out
     plan = json.loads(out.read_text())
     programs = {p["name"]: p for p in plan["programs"]}
-    assert list(programs) == ["engine", "engine shrink", "forced scoring", "kl"]
+    assert list(programs) == ["engine", "forced scoring", "kl"]  # 8 slots on 4 shards: never halved
     assert all(p["peak"] > 0 for p in programs.values()) and plan["fits"] is True
     assert programs["engine"]["collectives"]["weight all-gather"] == 0  # eval loads weights in the sampling layout
     assert programs["kl"]["arguments"] > programs["forced scoring"]["arguments"]  # two models resident

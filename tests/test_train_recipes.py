@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -111,7 +112,8 @@ def test_bad_recipes_fail_with_one_line(overrides, message, tmp_path):
 def test_batch_not_divisible_by_data_parallel_fails_before_loading(tmp_path):
     model = tmp_path / "model"
     model.mkdir()
-    (model / "config.json").write_text("{}")  # never read: the batch check comes first
+    # a valid config and no weights: the config is checked first, then the batch, before any loading
+    (model / "config.json").write_text(json.dumps(preset("tiny-olmo2").to_hf_config()))
     overrides = [f"model.path={model}", f"loop.output_dir={tmp_path / 'run'}", "loop.mesh=data=2,fsdp=4,tensor=1",
                  "sft.batch_size=12", "sft.padding_free=false"]  # fmt: skip
     with pytest.raises(JaxrlError, match="data-parallel size 8"):

@@ -17,7 +17,7 @@ for jaxrl, the split of a step into sampling, scoring (the separate forward pass
 rewards and the update.
 
     bash bench/peers_env.sh                          # once: .venv-peers, with Tunix added
-    .venv-peers/bin/python bench/grpo_step.py        # ~10 minutes on 2 cores
+    .venv-peers/bin/python bench/grpo_step.py        # ~10 minutes on 2 busy cores
     python bench/grpo_step.py --sides jaxrl          # jaxrl alone (no peers needed)
 
 The last line is one JSON object: `jaxrl`, each peer's seconds per step and `ratio_<peer>` (the

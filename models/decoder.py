@@ -215,11 +215,13 @@ def layer_unroll(c: ModelConfig, lm: LogicalMesh | None) -> int:
     the default of the mesh's platform (the default backend without a mesh): all layers on CPU,
     where one scanned layer's work is small beside the loop's own cost (the GRPO bench's update ran
     ~7% faster unrolled; partial unrolls gained nothing, and decoding unrolled ran slower, so the
-    cached path always scans), 1 on TPU and GPU, where no measurement says otherwise."""
+    cached path always scans), 1 on TPU and GPU, where no measurement says otherwise, and 1 with
+    `remat` (unrolled, XLA may merge a layer's recomputation with its forward pass and keep every
+    activation: the plan of the study's 7B SFT step grew from < 32 GB to 155 GB per device)."""
     if c.scan_unroll:
         return min(c.scan_unroll, c.num_layers)
     platform = lm.mesh.devices.flat[0].platform if lm is not None else jax.default_backend()
-    return c.num_layers if platform == "cpu" else 1
+    return c.num_layers if platform == "cpu" and not c.remat else 1
 
 
 def cache_plan(cache: KVCache | RowCache, segment_ids_bt, positions_bt):
@@ -285,9 +287,10 @@ class Decoder(nnx.Module):
             def step(x, p):
                 return block(c, lm, p, x, rope, (segment_ids_bt, positions_bt))[0], None
 
-            if c.remat:
-                step = jax.checkpoint(step, prevent_cse=False)
-            x, _ = jax.lax.scan(step, x, params, unroll=layer_unroll(c, lm))
+            unroll = layer_unroll(c, lm)
+            if c.remat:  # inside a rolled scan nothing can merge the recomputation away
+                step = jax.checkpoint(step, prevent_cse=unroll > 1)
+            x, _ = jax.lax.scan(step, x, params, unroll=unroll)
         else:
             # The whole stacked cache rides in the scan's carry and each layer writes only its new
             # slots into it, so XLA updates the buffer in place instead of copying every layer's

@@ -29,8 +29,8 @@ def test_every_unroll_computes_what_the_rolled_scan_does():
     config = preset("tiny-olmo2", num_layers=4)
     tokens = jax.random.randint(jax.random.key(0), (2, 12), 0, config.vocab_size)
     h1, g1 = _loss_and_grads(config.replace(scan_unroll=1), tokens)
-    for unroll in (0, 3, 4, 9):
-        h, g = _loss_and_grads(config.replace(scan_unroll=unroll), tokens)
+    for changes in ({"scan_unroll": 0}, {"scan_unroll": 3}, {"scan_unroll": 9}, {"scan_unroll": 4, "remat": True}):
+        h, g = _loss_and_grads(config.replace(**changes), tokens)
         np.testing.assert_allclose(h, h1, rtol=1e-5, atol=1e-5)
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), g, g1)
 
@@ -41,3 +41,4 @@ def test_zero_takes_the_platform_default():
     assert layer_unroll(config, cpu) == 4  # CPU: all layers
     assert layer_unroll(config.replace(scan_unroll=2), cpu) == 2
     assert layer_unroll(config.replace(scan_unroll=9), cpu) == 4
+    assert layer_unroll(config.replace(remat=True), cpu) == 1  # the scan keeps remat's savings

@@ -52,7 +52,8 @@ def test_grpo_plan_compiles_every_program_of_a_step_for_the_topology(tmp_path, c
     out = tmp_path / "plan.json"
     argv = ["plan", "--recipe", str(REPO / "train/recipes/grpo-tiny.yaml"), "--model", "tiny-olmo2",
             "--topology", "v5p-8", "--mesh", "fsdp=4", "--json", str(out),
-            "grpo.num_generations=16"]  # 32 slots, 8 a shard: the engine halves them  # fmt: skip
+            "grpo.num_generations=16",  # 32 slots, 8 a shard: the engine halves them
+            "grpo.num_iterations=2"]  # two updates per batch: the run scores the old log-probs  # fmt: skip
     assert cli_main(argv) == 0
     text = capsys.readouterr().out
     assert "compiled by the TPU compiler (libtpu" in text and "v5p-8 (v5p:2x2x1, 4 devices)" in text

@@ -2,8 +2,9 @@
 
 A GRPO generation batch runs, in order: the params' copy into the sampling layout (`reshard`),
 the engine's loop (`engine`: refill and decode turns in one program, `models.engine._run`) and its
-halving of the slots (`engine shrink`), and the scoring pass that gives the old / reference
-log-probs (`scoring`, one training micro-batch of rows). Each is lowered exactly as the run lowers
+halving of the slots (`engine shrink`, where the engine halves them), and the scoring pass that
+gives the old / reference log-probs (`scoring`, one training micro-batch of rows; only where the
+run scores: num_iterations > 1 or beta > 0, as `jaxrl train grpo` decides). Each is lowered exactly as the run lowers
 it, on `jax.ShapeDtypeStruct`s with their shardings, and measured by `jaxrl.models.compiled.measure`
 (the compiler's memory figures, FLOPs, collectives and Mosaic kernels, or its refusal).
 """
@@ -64,6 +65,7 @@ def grpo_programs(config, trainer, sampling_mesh, rows: int, slots: int) -> list
     programs += engine_programs(
         trainer.config, sampling_mesh, params, s.prompts_per_step, s.max_prompt_length, sampling, slots
     )
-    micro_rows = rows // config.loop.gradient_accumulation_steps
-    programs.append(scoring_program(trainer, micro_rows, s.max_prompt_length, s.max_completion_length, s.loss))
+    if s.num_iterations > 1 or s.beta > 0:  # else the loss's forward pass gives the log-probs (no scoring pass)
+        micro_rows = rows // config.loop.gradient_accumulation_steps
+        programs.append(scoring_program(trainer, micro_rows, s.max_prompt_length, s.max_completion_length, s.loss))
     return programs

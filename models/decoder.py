@@ -25,7 +25,7 @@ from jaxrl.models.attention import NEG_INF, allowed, attend
 from jaxrl.models.config import ModelConfig
 from jaxrl.models.row_cache import RingWindow, RowCache, advance, ring_attention, window
 
-from jaxrl.sharding import LogicalMesh, constrain
+from jaxrl.sharding import LogicalMesh, constrain, target_platform
 
 # The cache's layouts after its leading layer axis: b batch, k KV head, s slot, e head_dim. Keys
 # keep slots beside head_dim and values put slots last: the orders XLA's attention matmuls want, so
@@ -220,8 +220,7 @@ def layer_unroll(c: ModelConfig, lm: LogicalMesh | None) -> int:
     activation: the plan of the study's 7B SFT step grew from < 32 GB to 155 GB per device)."""
     if c.scan_unroll:
         return min(c.scan_unroll, c.num_layers)
-    platform = lm.mesh.devices.flat[0].platform if lm is not None else jax.default_backend()
-    return c.num_layers if platform == "cpu" and not c.remat else 1
+    return c.num_layers if target_platform(lm) == "cpu" and not c.remat else 1
 
 
 def cache_plan(cache: KVCache | RowCache, segment_ids_bt, positions_bt):

@@ -47,14 +47,13 @@ def eval_settings(words) -> Any:
 
 
 def _abstract_params(config, lm):
-    import jax
+    """(graphdef, params as ShapeDtypeStructs in `lm`'s layout) of the decoder `config` describes."""
     from flax import nnx
+    from jaxrl.models.compiled import abstract
     from jaxrl.models.params import abstract_decoder, state_shardings
 
     graphdef, state = nnx.split(abstract_decoder(config, lm))
-    shardings = nnx.to_pure_dict(state_shardings(state, lm))
-    as_struct = lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s)
-    return graphdef, jax.tree.map(as_struct, nnx.to_pure_dict(state), shardings)
+    return graphdef, abstract(nnx.to_pure_dict(state), nnx.to_pure_dict(state_shardings(state, lm)))
 
 
 def eval_programs(model_config, lm, settings, prompt_length: int, kl_length: int | None) -> list:
@@ -105,23 +104,18 @@ def make_eval_plan(
 ) -> dict[str, Any]:
     """Compiles an evaluation's programs for the pod `topology` (see the module docstring)."""
     import jax
-    from jaxrl.models.config import PRESETS, ModelConfig
+    from jaxrl.models.compiled import config_of
 
-    from jaxrl.model_files import find_config
     from jaxrl.sharding import LogicalMesh, MeshSpec, make_mesh, rules_preset
     from jaxrl.topology import libtpu_version, topology_devices, tpu_pod
 
     settings = eval_settings(words)
-    if model in PRESETS:
-        config = PRESETS[model]
-    elif Path(model).expanduser().exists():
-        config = ModelConfig.from_hf_dir(find_config(Path(model).expanduser()).parent)
-    else:
-        raise JaxrlError(f"model {model!r} is neither a preset ({', '.join(PRESETS)}) nor an existing path")
-    config = config.replace(param_dtype=settings.param_dtype or "float32", dtype=settings.compute_dtype or "float32")
+    config = config_of(model).replace(
+        param_dtype=settings.param_dtype or "float32", dtype=settings.compute_dtype or "float32"
+    )
     pod = tpu_pod(topology, slices)
-    lm = LogicalMesh(make_mesh(MeshSpec.parse(mesh or "data=1,fsdp=-1,tensor=1"), topology_devices(pod)))
-    lm = LogicalMesh(lm.mesh, rules_preset(settings.rules))
+    spec = MeshSpec.parse(mesh) if mesh else MeshSpec()
+    lm = LogicalMesh(make_mesh(spec, topology_devices(pod)), rules_preset(settings.rules))
     programs = [dataclasses.asdict(p) for p in eval_programs(config, lm, settings, prompt_length, kl_length)]
     # the models stay loaded while every program runs: the KL's base beside the tuned model
     need = max(p["peak"] for p in programs) if programs else 0
@@ -129,7 +123,7 @@ def make_eval_plan(
     return {
         "method": "eval",
         "model": model,
-        "mesh": str(MeshSpec.parse(mesh or "data=1,fsdp=-1,tensor=1")),
+        "mesh": str(spec),
         "devices": pod.devices,
         "settings": dataclasses.asdict(settings),
         "target": {

@@ -99,11 +99,15 @@ def libtpu_version() -> str:
     raise JaxrlError("compiling for a TPU topology needs libtpu: pip install 'jaxrl[tpu]' (the `tpu` extra)")
 
 
+# libtpu takes a lock file so that one process owns the chips; a host with no chips compiles only,
+# so any number of processes may load it (and none asks a metadata server about its VM).
+SHARED_LIBTPU = {"ALLOW_MULTIPLE_LIBTPU_LOAD": "1", "TPU_SKIP_MDS_QUERY": "1"}
+
+
 def allow_shared_libtpu() -> None:
-    """libtpu takes a lock file so that one process owns the chips; a host with no chips compiles
-    only, so any number of processes may load it (and none asks a metadata server about its VM)."""
-    os.environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
+    """This process's environment set for `SHARED_LIBTPU`, before libtpu loads."""
+    for name, value in SHARED_LIBTPU.items():
+        os.environ.setdefault(name, value)
 
 
 def topology_devices(pod: TpuPod) -> list:

@@ -41,6 +41,22 @@ class Program:
     refused: str | None = None
 
 
+def config_of(name: str):
+    """The ModelConfig a plan compiles: a preset's, or a HF directory's config.json (no weights)."""
+    from pathlib import Path
+
+    from jaxrl.models.config import PRESETS, ModelConfig
+
+    from jaxrl.model_files import find_config
+
+    if name in PRESETS:
+        return PRESETS[name]
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise JaxrlError(f"model {name!r} is neither a preset ({', '.join(PRESETS)}) nor an existing path")
+    return ModelConfig.from_hf_dir(find_config(path).parent)
+
+
 def out_of_memory(error: Exception) -> str | None:
     """The compiler's first line when `error` says the program does not fit the device."""
     text = str(error)

@@ -38,7 +38,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from jaxrl.train import plan_programs
 from jaxrl.train.chips import CHIPS
 
 from jaxrl.errors import JaxrlError
@@ -80,20 +79,12 @@ def recipe_method(recipe: str | None, method: str | None) -> str:
 
 def model_config_of(model: str | None, source) -> Any:
     """The ModelConfig to plan: --model (preset or HF dir), else the recipe's model.path."""
-    from jaxrl.models.config import PRESETS, ModelConfig
-
-    from jaxrl.model_files import find_config
+    from jaxrl.models.compiled import config_of
 
     name = model or source.path
     if not name:
         raise JaxrlError("no model: pass --model PRESET_OR_DIR or set model.path in the recipe")
-    if name in PRESETS:
-        config = PRESETS[name]
-    else:
-        path = Path(name).expanduser()
-        if not path.exists():
-            raise JaxrlError(f"model {name!r} is neither a preset ({', '.join(PRESETS)}) nor an existing path")
-        config = ModelConfig.from_hf_dir(find_config(path).parent)
+    config = config_of(name)
     changes = {"dtype": source.dtype, "remat": source.remat, "attention": source.attention}
     if source.param_dtype:
         changes["param_dtype"] = source.param_dtype
@@ -378,6 +369,7 @@ def make_plan(
     topology: a TPU pod type (`jaxrl.topology`): every program of the run is compiled by the TPU
     compiler for that pod's devices instead (`slices` of it), and it judges the fit."""
     import jax
+    from jaxrl.train import plan_programs
     from jaxrl.train.loop import Trainer, check_batch_size, flops_per_token
 
     from jaxrl.sharding import LogicalMesh, MeshSpec, data_parallel_size, make_mesh
@@ -426,9 +418,6 @@ def make_plan(
         copy = 0 if sampling_mesh is None else sampling_copy_bytes(model_config, sampling_mesh)
         if pod:
             programs += plan_programs.grpo_programs(config, trainer, sampling_mesh, num_rows, slots)
-    if step.refused and not pod:
-        raise JaxrlError(f"the step does not compile: {step.refused}")
-    target = None
     if pod:
         from jaxrl.models.attention import resolve
 
@@ -506,11 +495,11 @@ def device_env(devices: int, env: dict[str, str] | None = None) -> dict[str, str
 
 def topology_env(env: dict[str, str] | None = None) -> dict[str, str]:
     """`env` for a process that compiles for a TPU topology: JAX itself on the CPU (the host has
-    no chip), libtpu loaded only as the compiler, by any number of processes at once."""
-    env = dict(os.environ if env is None else env)
+    no chip), libtpu loaded only as the compiler (`jaxrl.topology.SHARED_LIBTPU`)."""
+    from jaxrl.topology import SHARED_LIBTPU
+
+    env = {**SHARED_LIBTPU, **dict(os.environ if env is None else env)}
     env["JAX_PLATFORMS"] = "cpu"
-    env.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")
-    env.setdefault("TPU_SKIP_MDS_QUERY", "1")
     return env
 
 

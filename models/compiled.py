@@ -138,8 +138,9 @@ def engine_programs(model_config, sampling_mesh, params, prompts: int, prompt_le
     count = jax.ShapeDtypeStruct((), jnp.int32, sharding=replicated)
     loop = engine._run.lower(graphdef, params, state, tokens, lengths, count, values, n=n, hand_back_at=0)
     run, _ = measure("engine", loop, rows=slots)
-    shards, half = data_parallel_size(sampling_mesh), slots // 2
-    if half < engine.MIN_SLOTS_PER_SHARD * shards or half % shards:
+    shards = data_parallel_size(sampling_mesh)
+    half = engine.halved(slots, shards)
+    if not half:
         return [run]  # the engine never halves these slots
     shrink, _ = measure("engine shrink", engine._shrink.lower(state, slots=half, shards=shards))
     return [run, shrink]

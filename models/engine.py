@@ -233,6 +233,13 @@ def _run(graphdef, params, state: Engine, prompts_bp, lengths_b, num_prompts, va
     return jax.lax.while_loop(going, phases, state)
 
 
+def halved(slots: int, shards: int) -> int:
+    """The slot count after the next halving of `slots` over `shards` batch shards, or 0 where the
+    engine stops halving (under MIN_SLOTS_PER_SHARD a shard, or not splitting evenly)."""
+    half = slots // 2
+    return half if half >= MIN_SLOTS_PER_SHARD * shards and half % shards == 0 else 0
+
+
 def by_shard(x, shards: int, axis: int = 0):
     """[..., R, ...] -> [..., shards, R / shards, ...]: the slots of each batch shard on one row
     (the slots axis splits over the batch axes in blocks, so this moves nothing between devices)."""
@@ -333,8 +340,7 @@ def decode_continuously(
     state, (graphdef, params, *inputs), r = engine_inputs(model, prompt_ids, config, eos, pad_id, slots)
     shards = data_parallel_size(model.mesh)
     while True:
-        half = r // 2
-        smaller = half if half >= MIN_SLOTS_PER_SHARD * shards and half % shards == 0 else 0
+        smaller = halved(r, shards)
         state = _run(graphdef, params, state, *inputs, n=config.num_samples, hand_back_at=smaller // shards)
         if smaller == 0 or int(jnp.sum(state.slots.row >= 0)) == 0:
             return state.out, len(prompt_ids)

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx
 from jaxrl.models.config import preset
-from jaxrl.models.params import init_decoder, sampling_copy
+from jaxrl.models.params import init_decoder, sampling_copy, sampling_layout
 from jaxrl.models.sampler import SamplingConfig, decode_collectives, sample
 from jaxrl.train.grpo import RolloutConfig
 
@@ -79,3 +79,19 @@ def test_rollout_config_names_its_rules():
     with pytest.raises(JaxrlError, match=r"rollout\.slots must be an integer >= 0 .*got -1"):
         RolloutConfig(slots=-1)
     assert jax.device_count() == 8
+
+
+def test_the_sampling_copy_is_built_once_and_skipped_when_the_layout_is_already_there():
+    mesh = LogicalMesh(make_mesh("data=1,fsdp=8,tensor=1"))
+    config = preset("tiny-olmo2")
+    params = nnx.to_pure_dict(nnx.state(init_decoder(config, mesh, seed=3)))
+    sampling_layout.cache_clear()
+    tensor_parallel = LogicalMesh(mesh.mesh, rules_preset("tensor_parallel"))
+    copies = [nnx.to_pure_dict(nnx.state(sampling_copy(params, config, tensor_parallel))) for _ in range(3)]
+    assert sampling_layout.cache_info().misses == 1  # traced and compiled once, not per batch
+    assert copies[0]["layers"]["gate"] is not params["layers"]["gate"]  # resharded: a new array
+    np.testing.assert_array_equal(copies[2]["layers"]["gate"], params["layers"]["gate"])
+    same = nnx.to_pure_dict(nnx.state(sampling_copy(params, config, mesh)))  # the training layout
+    assert same["layers"]["gate"] is params["layers"]["gate"]  # nothing to copy
+    bf16 = nnx.to_pure_dict(nnx.state(sampling_copy(params, config.replace(dtype="bfloat16"), mesh)))
+    assert bf16["layers"]["gate"].dtype == jax.numpy.bfloat16  # a cast is a copy

@@ -20,15 +20,9 @@ def reshard_program(trainer, sampling_mesh) -> tuple[Program, Any]:
     """(the params' copy into the sampling layout, the copy's abstract params): `sampling_copy`'s
     one jitted program, cast to the compute dtype."""
     import jax
-    import jax.numpy as jnp
-    from flax import nnx
-    from jaxrl.models.params import abstract_decoder, state_shardings
+    from jaxrl.models.params import sampling_layout
 
-    config = trainer.config
-    state = nnx.state(abstract_decoder(config, sampling_mesh))
-    shardings = nnx.to_pure_dict(state_shardings(state, sampling_mesh))
-    cast = lambda x: x.astype(config.compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x
-    copy = jax.jit(lambda p: jax.tree.map(cast, p), out_shardings=shardings)
+    _, shardings, copy = sampling_layout(trainer.config, sampling_mesh)
     program, _ = measure("reshard", copy.lower(trainer.params))
     return program, abstract(jax.eval_shape(copy, trainer.params), shardings)
 

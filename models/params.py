@@ -60,8 +60,8 @@ def sampling_layout(config: ModelConfig, mesh: LogicalMesh):
 def in_layout(params, shardings, dtype) -> bool:
     """Whether every array of `params` already has its sharding in `shardings` and, if floating,
     `dtype`: then the sampling copy would copy the weights unchanged."""
-    same = lambda x, s: x.sharding.is_equivalent_to(s, x.ndim) and (
-        x.dtype == dtype or not jnp.issubdtype(x.dtype, jnp.floating)
+    same = lambda x, s: (
+        x.sharding.is_equivalent_to(s, x.ndim) and (x.dtype == dtype or not jnp.issubdtype(x.dtype, jnp.floating))
     )
     return all(jax.tree.leaves(jax.tree.map(same, params, shardings)))
 

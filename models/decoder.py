@@ -62,6 +62,21 @@ class KVCache:
     index: jax.Array
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class SharedPrompts:
+    """Prompts that `group` consecutive rows each continue (GRPO's completions of one prompt), run
+    once instead of once per row: every layer's keys and values k, v [L, N, P, K, E] (compute dtype,
+    after RoPE; [N, P, K, E] inside a layer) and the prompts' segment ids and positions int32
+    [N, P]. Row b continues prompt b // group."""
+
+    k: jax.Array
+    v: jax.Array
+    segments: jax.Array
+    positions: jax.Array
+    group: int = dataclasses.field(metadata={"static": True})
+
+
 def rms_norm(x, weight, eps: float, weight_fp32: bool, axes=(-1,)):
     """RMSNorm over `axes` in fp32; OLMo-2 multiplies by the weight before casting back."""
     xf = x.astype(jnp.float32)
@@ -185,10 +200,11 @@ def project(x_bt_in, w_in_out, contracted: int = 1, flat: bool = False):
 
 def block(c: ModelConfig, lm: LogicalMesh | None, p, x_btd, rope, mask, kv=None):
     """One decoder layer on one layer's weights `p`. Without a cache, `mask` is (segment ids,
-    positions) [B, T] and `attend` applies them with `c.attention`'s implementation. With
-    `kv = (k_all, v_all, layer, index)` (the whole stacked cache), `mask` is bool [B, T, S]: the
-    layer writes its new keys/values into the cache and attends to all its slots.
-    Returns (x_btd, None or the updated (k_all, v_all))."""
+    positions [B, T], this layer's `SharedPrompts` or None) and `attend` applies them with
+    `c.attention`'s implementation. With `kv = (k_all, v_all, layer, index)` (the whole stacked
+    cache), `mask` is bool [B, T, S]: the layer writes its new keys/values into the cache and
+    attends to all its slots. Returns (x_btd, the new tokens' (k, v) [B, T, K, E] without a cache,
+    else the updated (k_all, v_all))."""
     dt = c.compute_dtype
     cos, sin = rope
     norm = lambda x, w, axes=(-1,): rms_norm(x, w, c.rms_norm_eps, c.norm_weight_fp32, axes)
@@ -204,8 +220,15 @@ def block(c: ModelConfig, lm: LogicalMesh | None, p, x_btd, rope, mask, kv=None)
     q = constrain(lm, apply_rope(q, cos, sin), ("batch", "seq", "heads", None))
     k = constrain(lm, apply_rope(k, cos, sin), ("batch", "seq", "kv_heads", None))
     if kv is None:
-        segments, positions = mask
-        heads = attend(q, k, v, segments, positions, segments, positions, c.attention, lm)
+        segments, positions, prefix = mask
+        keys, values, segments_k, positions_k = k, v, segments, positions
+        if prefix is not None:  # rows continue shared prompts: each attends to its prompt's keys first
+            rows = lambda x: jnp.repeat(x, prefix.group, axis=0)
+            keys, values = jnp.concatenate([rows(prefix.k), k], 1), jnp.concatenate([rows(prefix.v), v], 1)
+            segments_k = jnp.concatenate([rows(prefix.segments), segments], 1)
+            positions_k = jnp.concatenate([rows(prefix.positions), positions], 1)
+        heads = attend(q, keys, values, segments, positions, segments_k, positions_k, c.attention, lm)
+        kv_out = (k, v)
     else:  # write the new keys/values into this layer's cache, attend to all slots
         k_all, v_all, layer, index = kv
         k_all, k = write_layer(k_all, k, layer, index, K_CACHE_LAYOUT)
@@ -214,6 +237,7 @@ def block(c: ModelConfig, lm: LogicalMesh | None, p, x_btd, rope, mask, kv=None)
             heads = ring_attention(q, k_all, v_all, layer, mask)
         else:
             heads = cached_attention(q, k.astype(dt), v.astype(dt), mask)
+        kv_out = (k_all, v_all)
     out = mm(heads, p["o"], contracted=2)
     if c.o_bias:
         out = out + p["o_bias"].astype(dt)
@@ -224,7 +248,7 @@ def block(c: ModelConfig, lm: LogicalMesh | None, p, x_btd, rope, mask, kv=None)
     gated = constrain(lm, gated, ("batch", "seq", "mlp"))
     out = mm(gated, p["down"])
     x_btd = x_btd + (norm(out, p["mlp_norm"]) if c.post_norm else out)
-    return constrain(lm, x_btd, ("batch", "seq", None)), (None if kv is None else (k_all, v_all))
+    return constrain(lm, x_btd, ("batch", "seq", None)), kv_out
 
 
 def layer_unroll(c: ModelConfig, lm: LogicalMesh | None) -> int:
@@ -271,13 +295,17 @@ class Decoder(nnx.Module):
             else nnx.Param(nnx.initializers.normal(0.02)(rngs.params(), (D, V), dtype), axes=("embed", "vocab"))
         )
 
-    def hidden_states(self, tokens_bt, segment_ids_bt=None, positions_bt=None, cache=None):
+    def hidden_states(self, tokens_bt, segment_ids_bt=None, positions_bt=None, cache=None, prompts=None, group=0):
         """Final-normed hidden states [B, T, D] (compute dtype) and the updated cache.
 
         segment_ids_bt: int [B, T], 0 for padding (default: all 1).
         positions_bt: int [B, T] (default: count of non-padding tokens before each token).
         cache: a KVCache (the T tokens go to slots [cache.index, cache.index + T)) or a RowCache
         (T = 1; rows of independent lengths, `jaxrl.models.row_cache`).
+        Without a cache, for prompts that groups of rows continue (GRPO's completions):
+        group > 0: the rows are prompts, and every layer's keys and values come back in place of
+        the cache as stacked `SharedPrompts` that `group` consecutive rows each continue;
+        prompts: those `SharedPrompts`; each row's tokens also attend to its prompt's.
         """
         c, lm = self.config, self.mesh
         if segment_ids_bt is None:
@@ -300,13 +328,19 @@ class Decoder(nnx.Module):
         params = self.layers.arrays()
         if cache is None:
 
-            def step(x, p):
-                return block(c, lm, p, x, rope, (segment_ids_bt, positions_bt))[0], None
+            def step(x, layer):
+                p, prompt_kv = layer
+                prefix = None if prompts is None else dataclasses.replace(prompts, k=prompt_kv[0], v=prompt_kv[1])
+                x, kv = block(c, lm, p, x, rope, (segment_ids_bt, positions_bt, prefix))
+                return x, (kv if group else None)
 
             unroll = layer_unroll(c, lm)
             if c.remat:  # inside a rolled scan nothing can merge the recomputation away
                 step = jax.checkpoint(step, prevent_cse=unroll > 1)
-            x, _ = jax.lax.scan(step, x, params, unroll=unroll)
+            prompt_kv = None if prompts is None else (prompts.k, prompts.v)
+            x, kv = jax.lax.scan(step, x, (params, prompt_kv), unroll=unroll)
+            if group:
+                cache = SharedPrompts(*kv, segment_ids_bt, positions_bt, group)
         else:
             # The whole stacked cache rides in the scan's carry and each layer writes only its new
             # slots into it, so XLA updates the buffer in place instead of copying every layer's

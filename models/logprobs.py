@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxrl.errors import JaxrlError
 
@@ -123,17 +124,44 @@ def completion_logprobs(
     chunk_size: int = 256,
     with_entropy: bool = False,
     vocab_chunk_size: int = 0,
+    prompt_group: int = 1,
 ):
     """Log-probs [B, C] of the completion tokens (the last C slots of `tokens_bt`) under `model`.
 
     tokens_bt / segment_ids_bt: int32 [B, P + C], prompt left-padded, completion right-padded;
     segment 0 marks padding. The token at slot P + t is predicted from the hidden state at P + t - 1.
+    prompt_group > 1: every `prompt_group` consecutive rows share their prompt (`shared_prompt_rows`
+    checks a batch), which then runs once for the group instead of once per row.
     """
-    h_btd, _ = model.hidden_states(tokens_bt, segment_ids_bt)
     t = tokens_bt.shape[1]
-    h_bcd = h_btd[:, t - completion_length - 1 : t - 1]
-    targets = tokens_bt[:, t - completion_length :]
+    p = t - completion_length
+    if prompt_group > 1:
+        positions = jnp.maximum(jnp.cumsum(segment_ids_bt > 0, axis=1) - 1, 0)
+        first = lambda x: x[::prompt_group, :p]
+        h_prompt, prompts = model.hidden_states(
+            first(tokens_bt), first(segment_ids_bt), first(positions), group=prompt_group
+        )
+        h_new, _ = model.hidden_states(tokens_bt[:, p:], segment_ids_bt[:, p:], positions[:, p:], prompts=prompts)
+        last = jnp.repeat(h_prompt[:, -1:], prompt_group, axis=0)  # predicts each completion's first token
+        h_bcd = jnp.concatenate([last, h_new[:, :-1]], axis=1)
+    else:
+        h_btd, _ = model.hidden_states(tokens_bt, segment_ids_bt)
+        h_bcd = h_btd[:, p - 1 : t - 1]
+    targets = tokens_bt[:, p:]
     return token_logprobs(h_bcd, model.unembed(), targets, temperature, chunk_size, with_entropy, vocab_chunk_size)
+
+
+def shared_prompt_rows(tokens_bt, completion_length: int, group: int) -> bool:
+    """Whether every `group` consecutive rows of `tokens_bt` (a host array [B, P + C]) hold the same
+    prompt (the first P slots): what `completion_logprobs(prompt_group=group)` needs."""
+    tokens = np.asarray(tokens_bt)
+    rows, t = tokens.shape
+    if group <= 1:
+        return True
+    if rows % group:
+        return False
+    prompts = tokens[:, : t - completion_length].reshape(rows // group, group, -1)
+    return bool(np.all(prompts == prompts[:, :1]))
 
 
 def logprobs_at(model, tokens_bt, segment_ids_bt, where_bc, targets_bc):

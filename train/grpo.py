@@ -65,6 +65,9 @@ class GRPOSettings:
     log_completions: at every logging step, write the current generation batch's completions (this
       host's prompts) with each reward function's score, the advantage and the finish reason to
       RUN/completions.jsonl, and as W&B's `completions` table where W&B is on (TRL's name).
+    share_prompt_pass: run each prompt once for its G completions in the loss's forward and backward
+      pass (its keys and values shared by the group's rows) instead of once per completion; the
+      same log-probs and gradients. null: the platform's default (on for CPU; `grpo_loss.prompt_group`).
     logprob_chunk_size: completion tokens per chunk of the log-prob computation (bounds the
       [rows, chunk, vocab] logits buffer); logprob_vocab_chunk_size > 0 also cuts the vocabulary
       (for a vocabulary not sharded over `tensor`).
@@ -103,6 +106,7 @@ class GRPOSettings:
     logprob_vocab_chunk_size: int = 0
     shuffle: bool = True
     log_completions: bool = False
+    share_prompt_pass: bool | None = None
 
     def __post_init__(self):
         check_knobs(self, "grpo.")

@@ -271,6 +271,9 @@ class Trainer:
         if len(rows) != 1:
             raise JaxrlError(f"batch arrays disagree on the number of rows: {sorted(rows)}")
         check_batch_size(rows.pop() * jax.process_count(), k, data_parallel_size(self.mesh))
+        check_rows = getattr(self.loss_fn, "check_batch", None)  # what the loss needs of its rows
+        if check_rows is not None:
+            check_rows(batch)
         if self._step_fn is None:
             self._step_fn = self._build(batch)
         out = {}

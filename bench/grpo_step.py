@@ -38,7 +38,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-SIDES = ("jaxrl", "tunix", "trl", "jaxrl-before")  # jaxrl-before: the step before bench/grpo_step.py's changes
+SIDES = ("jaxrl", "tunix", "trl", "jaxrl-before")  # jaxrl-before: the step without the knobs this bench set
 PROMPTS = ("What is 12 + 7? Think step by step, then answer.", "What is 3 + 15? Think step by step, then answer.")
 NUM_GENERATIONS, COMPLETION_TOKENS, LR, CLIP = 8, 64, 1e-6, 1.0
 VOCAB = 384  # the tiny tokenizer's
@@ -49,8 +49,9 @@ def parse_args(argv=None):
     p.add_argument(
         "--sides",
         default="jaxrl,tunix,trl",
-        help="comma-separated: jaxrl, tunix, trl, jaxrl-before (jaxrl with its separate scoring pass and its "
-        "layer scan rolled, as before this bench's changes)",
+        help="comma-separated: jaxrl, tunix, trl, jaxrl-before (jaxrl with its separate scoring pass, its "
+        "layer scan rolled and each completion running its own prompt, as before this bench's changes; the "
+        "CPU projections and the sampling copy's reuse have no switch)",
     )
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--steps", type=int, default=8, help="steps per run; the first is not counted")
@@ -143,7 +144,8 @@ class Timer:
 
 def run_jaxrl(directory: str, steps: int, timer: Timer, before: bool = False) -> dict:
     """jaxrl's step as `jaxrl train grpo` runs it (`grpo.run`'s Rollout and trainer): `generation_batch`
-    then `GRPOTrainer.step`. before: with the rollout's own scoring pass and the layer scan rolled."""
+    then `GRPOTrainer.step`. before: with the rollout's own scoring pass, the layer scan rolled and
+    no shared prompt pass."""
     import jax
     import numpy as np
     from jaxrl.models.checkpoint import load_model
@@ -163,7 +165,7 @@ def run_jaxrl(directory: str, steps: int, timer: Timer, before: bool = False) ->
     settings = GRPOSettings(
         prompts_per_step=len(PROMPTS), num_generations=NUM_GENERATIONS, max_completion_length=COMPLETION_TOKENS,
         temperature=1.0, beta=0.0, num_iterations=1, loss_type="grpo", reward_funcs=("grpo_step:digit_share",),
-        max_prompt_length=None,
+        max_prompt_length=None, share_prompt_pass=False if before else None,
     )  # fmt: skip
     optimizer = OptimizerConfig(learning_rate=LR, max_grad_norm=CLIP, weight_decay=0.0, lr_scheduler_type="constant")
     model = load_model(directory, mesh, scan_unroll=1 if before else 0)

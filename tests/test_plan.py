@@ -238,3 +238,15 @@ def test_plan_measures_the_recipes_own_sft_loss(tmp_path):
         make_plan(str(recipe), "fsdp=8", overrides=[f"sft.loss_chunk_size={c}"], model="tiny-olmo2") for c in (0, 32)
     )
     assert chunked.temporaries < whole.temporaries, (chunked.temporaries, whole.temporaries)
+
+
+def test_a_grpo_plan_keeps_the_accelerators_prompt_pass():
+    """A plan is for TPUs and GPUs: its CPU estimate keeps their default of one prompt per row."""
+    from jaxrl.train.grpo import load_config
+    from jaxrl.train.plan import grpo_inputs
+
+    recipe = str(REPO / "train/recipes/grpo-tiny.yaml")
+    loss_fn, _ = grpo_inputs(load_config(recipe, ["grpo.num_generations=2"]), rows=None)
+    assert loss_fn.settings.share_prompt_pass is False
+    loss_fn, _ = grpo_inputs(load_config(recipe, ["grpo.share_prompt_pass=true"]), rows=None)
+    assert loss_fn.settings.share_prompt_pass is True  # asked for: planned as asked

@@ -213,6 +213,7 @@ def make_loss_fn(s: LossSettings):
             )
 
     loss_fn.check_batch = check_batch  # the Trainer calls it on every host batch
+    loss_fn.settings = s
     return loss_fn
 
 

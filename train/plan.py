@@ -270,6 +270,8 @@ def grpo_inputs(config, rows: int | None):
         "advantages": jax.ShapeDtypeStruct((n,), jnp.float32),
     }
     settings = s.loss
+    if settings.share_prompt_pass is None:  # a plan is for TPUs and GPUs, where the default is off,
+        settings = dataclasses.replace(settings, share_prompt_pass=False)  # also as a CPU estimate
     if settings.use_old_logprobs:
         batch["old_logprobs"] = jax.ShapeDtypeStruct((n, c), jnp.float32)
     if s.beta > 0:

@@ -135,6 +135,19 @@ def test_accumulation_matches_one_big_batch(model_dir):
         np.testing.assert_allclose(p1[name], p4[name], atol=1e-6, rtol=0, err_msg=name)
 
 
+def test_gradients_then_their_update_is_the_step_and_compiles_once(model_dir):
+    stepped, split = trainer_for(model_dir, devices=2), trainer_for(model_dir, devices=2)
+    want = host(stepped.step(batch(3), 0))
+    loss, grads = split.gradients(batch(3))
+    got = host(split.apply_gradients(loss, grads, 0))
+    np.testing.assert_allclose(got["loss"], want["loss"], rtol=1e-6)
+    np.testing.assert_allclose(got["grad_norm"], want["grad_norm"], rtol=1e-5)
+    for name, value in flat(stepped.params).items():
+        np.testing.assert_allclose(flat(split.params)[name], value, atol=1e-7, err_msg=name)
+    split.gradients(batch(4))  # another batch of the same shapes: no new compilation
+    assert split._gradients_fn._cache_size() == 1
+
+
 def test_batch_not_divisible_is_a_clear_error():
     assert data_parallel_size(mesh_of("data=2,fsdp=2,tensor=2")) == 4
     assert check_batch_size(32, 2, 4) == 16

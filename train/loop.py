@@ -166,6 +166,7 @@ class Trainer:
         self.opt_shardings = _like_params(jax.eval_shape(self.tx.init, params), params, mesh)
         self._step_fn = None
         self._apply_fn = None
+        self._gradients_fn = None
         self._batch_shardings = None
 
     # -- state ------------------------------------------------------------------------------------
@@ -289,11 +290,12 @@ class Trainer:
         """(loss, gradients) of this batch before clipping: fp32 arrays like the params, frozen
         values zeroed; the parameters stay as they are (`jaxrl compare-step` reads them)."""
         device_batch = self.device_batch(batch)
-        fn = jax.jit(
-            lambda params, b: self._accumulate(params, b)[:2],
-            out_shardings=(self.mesh.replicated(), self.param_shardings),
-        )
-        return fn(self.params, device_batch)
+        if self._gradients_fn is None:  # one jitted function, so later calls reuse its compilation
+            self._gradients_fn = jax.jit(
+                lambda params, b: self._accumulate(params, b)[:2],
+                out_shardings=(self.mesh.replicated(), self.param_shardings),
+            )
+        return self._gradients_fn(self.params, device_batch)
 
     def updated(self, loss, grads, step: int):
         """(params, opt_state, metrics) that the update of `step` from (loss, grads) gives:

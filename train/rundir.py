@@ -4,7 +4,9 @@
     RUN/tokenizer*.json ...  the tokenizer files, copied from the model source
     RUN/recipe.yaml          the resolved recipe (every field, overrides applied)
     RUN/metrics.jsonl        one JSON object per logged step
-    RUN/tb/                  TensorBoard events
+    RUN/tb/                  TensorBoard events (with loop.report_to)
+    RUN/wandb/, wandb_run_id the W&B run's local files and id (loop.report_to: [wandb])
+    RUN/completions.jsonl    GRPO with grpo.log_completions: each logging step's completions
     RUN/checkpoints/<step>/  params/, opt_state/, train_state/ (see checkpointing.py)
 
 Only process 0 writes the files; every process takes part in checkpoints.

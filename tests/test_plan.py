@@ -250,3 +250,18 @@ def test_a_grpo_plan_keeps_the_accelerators_prompt_pass():
     assert loss_fn.settings.share_prompt_pass is False
     loss_fn, _ = grpo_inputs(load_config(recipe, ["grpo.share_prompt_pass=true"]), rows=None)
     assert loss_fn.settings.share_prompt_pass is True  # asked for: planned as asked
+
+
+def test_a_grpo_plan_with_a_kl_term_holds_the_reference(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    argv = ["plan", "--recipe", str(REPO / "train/recipes/grpo-tiny.yaml"), "--model", "tiny-olmo2",
+            "--devices", "4", "--mesh", "fsdp=4", "--chip", "v4", "--json", str(out)]  # fmt: skip
+    assert cli_main(argv) == 0
+    without = json.loads(out.read_text())
+    assert without["reference"] == 0 and "reference" not in capsys.readouterr().out
+    assert cli_main([*argv, "grpo.beta=0.04"]) == 0
+    assert "reference  " in capsys.readouterr().out
+    plan = json.loads(out.read_text())
+    assert plan["reference"] == plan["params"] > 0  # the initial params, in the training layout
+    generation = plan["params"] + plan["opt_state"] + plan["kv_cache_bytes"] + plan["sampling_copy_bytes"]
+    assert plan["need"] == max(plan["peak"] + plan["reference"], generation + plan["reference"])

@@ -132,31 +132,37 @@ class MemoryPlan:
     time_plan: dict[str, Any] | None = None  # with a chip: `timeplan.TimePlan`'s fields, chip and mfu
     target: dict[str, Any] | None = None  # the compiler: platform, libtpu, topology, attention compiled
     programs: list[dict[str, Any]] | None = None  # every program of the run (`plan_programs.Program`)
+    reference: int = 0  # GRPO with beta > 0: the frozen initial params (training layout), held all run
 
     @property
     def sampling(self) -> int | None:
-        """GRPO generation: params + optimizer state stay resident beside the KV cache and the
-        params' sampling copy (the step's temporaries are free then); the sampler's own small
-        buffers are not counted."""
+        """GRPO generation: params + optimizer state (+ the reference params) stay resident beside
+        the KV cache and the params' sampling copy (the step's temporaries are free then); the
+        sampler's own small buffers are not counted."""
         if self.kv_cache_bytes is None:
             return None
-        return self.params + self.opt_state + self.kv_cache_bytes + (self.sampling_copy_bytes or 0)
+        resident = self.params + self.opt_state + self.reference
+        return resident + self.kv_cache_bytes + (self.sampling_copy_bytes or 0)
 
     @property
     def need(self) -> int:
-        """The most a device holds at once: the step's peak, or generation when that is larger.
+        """The most a device holds at once: the step's peak (+ the reference params), or generation
+        when that is larger.
         With every program compiled: the largest program's peak, beside the training state that
         stays resident while a generation program runs."""
         if self.programs:
             return max(p["peak"] + self.resident_beside(p["name"]) for p in self.programs)
-        return max(self.peak, self.sampling or 0)
+        return max(self.peak + self.reference, self.sampling or 0)
 
     def resident_beside(self, program: str) -> int:
         """Training state held while `program` runs but not among its arguments: the step takes it
-        all; the reshard and the scoring pass take the params; the engine takes neither."""
-        return {"train step": 0, "reshard": self.opt_state, "scoring": self.opt_state}.get(
+        all; the reshard and the scoring pass take the params; the engine takes neither. The
+        reference params (beta > 0) are held beside every program (the scoring pass of the
+        reference takes them and leaves the policy's, which weigh the same)."""
+        state = {"train step": 0, "reshard": self.opt_state, "scoring": self.opt_state}.get(
             program, self.params + self.opt_state
         )
+        return state + self.reference
 
     @property
     def refused(self) -> list[str]:
@@ -208,7 +214,10 @@ class MemoryPlan:
             )
             if self.sampling_copy_bytes:
                 lines.append(f"  sampling copy{g(self.sampling_copy_bytes)}  (the params in the rollout layout)")
-            lines.append(f"  generation   {g(self.sampling)}  (params + opt_state + KV cache + sampling copy)")
+            if self.reference:
+                lines.append(f"  reference    {g(self.reference)}  (beta > 0: the frozen initial params, held all run)")
+            extra = " + reference" if self.reference else ""
+            lines.append(f"  generation   {g(self.sampling)}  (params + opt_state + KV cache + sampling copy{extra})")
         if self.time_plan is not None:
             from jaxrl.train.timeplan import TimePlan
 
@@ -470,6 +479,7 @@ def make_plan(
         else time_plan(config, method, model_config, lm, num_rows, seq_len, time_chip, mfu, steps, lengths, devices),
         target=target,
         programs=None if programs is None else [dataclasses.asdict(p) for p in programs],
+        reference=sharded_bytes(trainer.params) if method == "grpo" and config.grpo.beta > 0 else 0,
     )
 
 

@@ -76,6 +76,15 @@ class SharedPrompts:
     positions: jax.Array
     group: int = dataclasses.field(metadata={"static": True})
 
+    def each_row(self, x_n):
+        """[N, ...] -> [N x group, ...]: a prompt's array for each row that continues it."""
+        return jnp.repeat(x_n, self.group, axis=0)
+
+
+def default_positions(segment_ids_bt):
+    """int32 [B, T]: each token's count of non-padding tokens before it (0 for padding)."""
+    return jnp.maximum(jnp.cumsum(segment_ids_bt > 0, axis=1) - 1, 0)
+
 
 def rms_norm(x, weight, eps: float, weight_fp32: bool, axes=(-1,)):
     """RMSNorm over `axes` in fp32; OLMo-2 multiplies by the weight before casting back."""
@@ -223,7 +232,7 @@ def block(c: ModelConfig, lm: LogicalMesh | None, p, x_btd, rope, mask, kv=None)
         segments, positions, prefix = mask
         keys, values, segments_k, positions_k = k, v, segments, positions
         if prefix is not None:  # rows continue shared prompts: each attends to its prompt's keys first
-            rows = lambda x: jnp.repeat(x, prefix.group, axis=0)
+            rows = prefix.each_row
             keys, values = jnp.concatenate([rows(prefix.k), k], 1), jnp.concatenate([rows(prefix.v), v], 1)
             segments_k = jnp.concatenate([rows(prefix.segments), segments], 1)
             positions_k = jnp.concatenate([rows(prefix.positions), positions], 1)
@@ -312,7 +321,7 @@ class Decoder(nnx.Module):
             segment_ids_bt = jnp.ones(tokens_bt.shape, jnp.int32)
         segment_ids_bt = segment_ids_bt.astype(jnp.int32)
         if positions_bt is None:
-            positions_bt = jnp.maximum(jnp.cumsum(segment_ids_bt > 0, axis=1) - 1, 0)
+            positions_bt = default_positions(segment_ids_bt)
         positions_bt = positions_bt.astype(jnp.int32)
         angles = positions_bt[..., None].astype(jnp.float32) * rope_frequencies(c)
         rope = (jnp.cos(angles), jnp.sin(angles))

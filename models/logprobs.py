@@ -12,6 +12,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jaxrl.models.decoder import default_positions
 
 from jaxrl.errors import JaxrlError
 
@@ -136,13 +137,13 @@ def completion_logprobs(
     t = tokens_bt.shape[1]
     p = t - completion_length
     if prompt_group > 1:
-        positions = jnp.maximum(jnp.cumsum(segment_ids_bt > 0, axis=1) - 1, 0)
+        positions = default_positions(segment_ids_bt)
         first = lambda x: x[::prompt_group, :p]
         h_prompt, prompts = model.hidden_states(
             first(tokens_bt), first(segment_ids_bt), first(positions), group=prompt_group
         )
         h_new, _ = model.hidden_states(tokens_bt[:, p:], segment_ids_bt[:, p:], positions[:, p:], prompts=prompts)
-        last = jnp.repeat(h_prompt[:, -1:], prompt_group, axis=0)  # predicts each completion's first token
+        last = prompts.each_row(h_prompt[:, -1:])  # predicts each completion's first token
         h_bcd = jnp.concatenate([last, h_new[:, :-1]], axis=1)
     else:
         h_btd, _ = model.hidden_states(tokens_bt, segment_ids_bt)

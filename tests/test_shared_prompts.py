@@ -120,6 +120,8 @@ def test_a_batch_whose_groups_do_not_share_their_prompt_is_refused():
     trainer = Trainer(init_decoder(preset("tiny-olmo2"), lm), make_loss_fn(s), OptimizerConfig(), 4, mesh=lm)
     with pytest.raises(JaxrlError, match="do not come in groups of num_generations=4 sharing a prompt"):
         trainer.gradients(other)
+    two = LogicalMesh(make_mesh("data=1,fsdp=2,tensor=1", jax.devices()[:2]))
+    make_loss_fn(s).check_batch(other, two, 12)  # 6 rows a shard: no whole groups, nothing shared
     per_row = make_loss_fn(dataclasses.replace(s, share_prompt_pass=False))
     off = Trainer(init_decoder(preset("tiny-olmo2"), lm), per_row, OptimizerConfig(), 4, mesh=lm)
     assert np.isfinite(jax.device_get(off.gradients(other)[0]))

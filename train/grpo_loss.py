@@ -203,10 +203,12 @@ def make_loss_fn(s: LossSettings):
             stats.update(sampled_token_stats(jax.lax.stop_gradient(logp), out[1], batch["sampler_logprobs"], live))
         return num, den, stats
 
-    def check_batch(batch) -> None:
-        """A host batch's rows must come in groups sharing a prompt where the loss may share it."""
+    def check_batch(batch, mesh, micro_rows: int) -> None:
+        """Where the loss shares each group's prompt pass (micro-batches of `micro_rows` rows on
+        `mesh`), a host batch's rows must come in groups sharing a prompt."""
         tokens, completions = batch["tokens"], batch["completion_mask"].shape[1]
-        if s.share_prompt_pass is not False and not shared_prompt_rows(tokens, completions, s.num_generations):
+        group = prompt_group(s, mesh, micro_rows)
+        if not shared_prompt_rows(tokens, completions, group):
             raise JaxrlError(
                 f"the GRPO batch's rows do not come in groups of num_generations={s.num_generations} sharing "
                 "a prompt; set grpo.share_prompt_pass=false to train such a batch"

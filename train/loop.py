@@ -271,10 +271,11 @@ class Trainer:
         rows = {v.shape[0] for v in batch.values()}
         if len(rows) != 1:
             raise JaxrlError(f"batch arrays disagree on the number of rows: {sorted(rows)}")
-        check_batch_size(rows.pop() * jax.process_count(), k, data_parallel_size(self.mesh))
+        global_rows = rows.pop() * jax.process_count()
+        check_batch_size(global_rows, k, data_parallel_size(self.mesh))
         check_rows = getattr(self.loss_fn, "check_batch", None)  # what the loss needs of its rows
         if check_rows is not None:
-            check_rows(batch)
+            check_rows(batch, self.mesh, global_rows // k)
         if self._step_fn is None:
             self._step_fn = self._build(batch)
         out = {}

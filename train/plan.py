@@ -416,6 +416,7 @@ def make_plan(
         model_config, loss_fn, config.optimizer, total_steps, freeze=config.freeze, accumulation=k, mesh=lm
     )
     lowered, batch = trainer.lower(host_batch)
+    params_bytes = sharded_bytes(trainer.params)
     step, _ = plan_programs.measure("train step", lowered)
     kv = copy = slots = None
     programs = [step] if pod else None
@@ -460,7 +461,7 @@ def make_plan(
         rows=num_rows,
         seq_len=seq_len,
         accumulation=k,
-        params=sharded_bytes(trainer.params),
+        params=params_bytes,
         opt_state=sharded_bytes(trainer.opt_state),
         batch=sharded_bytes(batch),
         arguments=step.arguments,
@@ -479,7 +480,7 @@ def make_plan(
         else time_plan(config, method, model_config, lm, num_rows, seq_len, time_chip, mfu, steps, lengths, devices),
         target=target,
         programs=None if programs is None else [dataclasses.asdict(p) for p in programs],
-        reference=sharded_bytes(trainer.params) if method == "grpo" and config.grpo.beta > 0 else 0,
+        reference=params_bytes if method == "grpo" and config.grpo.beta > 0 else 0,  # the initial params
     )
 
 

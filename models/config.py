@@ -24,6 +24,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 # Families whose HF embedding is nn.Embedding(..., padding_idx=config.pad_token_id).
 PADDING_IDX_FAMILIES = ("olmo2", "qwen2", "llama")
 ATTENTION = ("auto", "blockwise", "xla", "cudnn", "splash")  # the implementations of jaxrl.models.attention
+DECODE_LAYERS = ("auto", "scan", "split")  # how a decode loop runs the layers (jaxrl.models.decoder.decode_layers)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,8 +90,11 @@ class ModelConfig:
     param_dtype: str = "float32"
     remat: bool = False  # recompute each layer in the backward pass
     # layers per iteration of the layer scan without a cache (training, scoring); 0: the backend's
-    # default, `decoder.layer_unroll` (all layers on CPU, 1 elsewhere); decoding always scans
+    # default, `decoder.layer_unroll` (all layers on CPU, 1 elsewhere)
     scan_unroll: int = 0
+    # a decode loop's layers: scan the stacked weights, or split them once before the loop and run
+    # the layers one after another; auto: split on CPU, scan elsewhere (`decoder.decode_layers`)
+    decode_layers: str = "auto"
     attention: str = "auto"  # auto | blockwise | xla | cudnn (see jaxrl.models.attention)
 
     def __post_init__(self):
@@ -104,6 +108,8 @@ class ModelConfig:
                 raise JaxrlError(f"{name}={getattr(self, name)!r}; choose one of {sorted(DTYPES)}")
         if self.attention not in ATTENTION:
             raise JaxrlError(f"attention={self.attention!r}; choose one of {', '.join(ATTENTION)}")
+        if self.decode_layers not in DECODE_LAYERS:
+            raise JaxrlError(f"decode_layers={self.decode_layers!r}; choose one of {', '.join(DECODE_LAYERS)}")
 
     @property
     def compute_dtype(self):

@@ -32,7 +32,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jaxrl.models.decoder import K_CACHE_LAYOUT, V_CACHE_LAYOUT, Decoder, KVCache, cache_axes, cache_shape
+from jaxrl.models.decoder import (
+    K_CACHE_LAYOUT,
+    V_CACHE_LAYOUT,
+    Decoder,
+    KVCache,
+    cache_axes,
+    cache_shape,
+    decode_layers,
+)
 from jaxrl.models.row_cache import RowCache, place
 from jaxrl.models.sampler import DecodeValues, SamplingConfig, checked_prompts, choose_tokens
 
@@ -126,7 +134,7 @@ def _ends(values: DecodeValues, tokens_r, steps_r):
     return jnp.isin(tokens_r, values.eos_ids) | (steps_r + 1 >= values.max_new_tokens)
 
 
-def _prefill_next(model: Decoder, i, prompts_bp, lengths_b, values, n: int) -> Buffer:
+def _prefill_next(model: Decoder, layers, i, prompts_bp, lengths_b, values, n: int) -> Buffer:
     """Prompt `i` prefilled into the buffer, its samples' first tokens drawn."""
     c = model.config
     p = prompts_bp.shape[1]
@@ -136,7 +144,7 @@ def _prefill_next(model: Decoder, i, prompts_bp, lengths_b, values, n: int) -> B
     zeros = lambda layout: jnp.zeros(cache_shape(c, 1, p, layout), c.compute_dtype)
     empty_1p = jnp.zeros((1, p), jnp.int32)
     empty = KVCache(zeros(K_CACHE_LAYOUT), zeros(V_CACHE_LAYOUT), empty_1p, empty_1p, jnp.zeros((), jnp.int32))
-    h, cache = model.hidden_states(tokens, segments, cache=empty)
+    h, cache = model.hidden_states(tokens, segments, cache=empty, layers=layers)
     logits = model.logits(jax.lax.dynamic_slice_in_dim(h, length - 1, 1, axis=1))[0, 0]
     rows = i * n + jnp.arange(n, dtype=jnp.int32)
     first, logprobs = _draw(values, jnp.broadcast_to(logits, (n, logits.shape[0])), rows, jnp.zeros_like(rows))
@@ -163,12 +171,13 @@ def _place(state: Engine, values: DecodeValues, n: int) -> Engine:
     return dataclasses.replace(state, slots=slots, buffer=buffer, out=out)
 
 
-def _decode_turn(model: Decoder, state: Engine, values: DecodeValues) -> Engine:
-    """One token for every slot; busy slots record theirs, and a row that ends frees its slot."""
+def _decode_turn(model: Decoder, layers, state: Engine, values: DecodeValues) -> Engine:
+    """One token for every slot; busy slots record theirs, and a row that ends frees its slot.
+    layers: `decoder.decode_layers(model)`."""
     s, lm = state.slots, model.mesh
     busy = s.row >= 0
     ones = jnp.ones((s.row.shape[0], 1), jnp.int32)
-    h, cache = model.hidden_states(s.last[:, None], ones, s.cache.lengths[:, None], cache=s.cache)
+    h, cache = model.hidden_states(s.last[:, None], ones, s.cache.lengths[:, None], cache=s.cache, layers=layers)
     logits = constrain(lm, model.logits(h)[:, 0], ("batch", "vocab"))
     tokens, logprobs = _draw(values, logits, jnp.maximum(s.row, 0), s.step)
     out = _record(state.out, s.row, s.step, tokens, logprobs, busy)
@@ -202,11 +211,12 @@ def _run(graphdef, params, state: Engine, prompts_bp, lengths_b, num_prompts, va
     model = nnx.merge(graphdef, params)
     lm = model.mesh
     shards = data_parallel_size(lm)
+    layers = decode_layers(model)
 
     def refill(state):  # the next prompt into the buffer when it is used up, then its samples placed
         buffer = jax.lax.cond(  # only the small buffer passes through the cond, never the cache
             state.buffer.taken >= n,
-            lambda b, i: _prefill_next(model, i, prompts_bp, lengths_b, values, n),
+            lambda b, i: _prefill_next(model, layers, i, prompts_bp, lengths_b, values, n),
             lambda b, i: b,
             state.buffer,
             state.next_prompt,
@@ -217,7 +227,7 @@ def _run(graphdef, params, state: Engine, prompts_bp, lengths_b, num_prompts, va
 
     def decode(state):
         state = dataclasses.replace(state, slots=_constrain_slots(lm, state.slots))
-        return _decode_turn(model, state, values)
+        return _decode_turn(model, layers, state, values)
 
     def can_refill(state):
         return jnp.any(state.slots.row < 0) & ~queue_empty(state, num_prompts, n)

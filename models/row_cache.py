@@ -10,7 +10,8 @@ its prompt (`place`), so rows of every length share one write position; S = prom
 new-token bucket suffices, since a row never holds more.
 
 `ring_attention` reads the cache in aligned blocks of `chunk` slots, only the blocks that hold the
-last max(lengths) + 1 slots before `index`, with an online softmax in fp32: never the rest.
+last max(lengths) + 1 slots before `index`, with an online softmax in fp32: never the rest. A ring
+of at most MAX_CHUNK slots is read whole, in one pass.
 """
 
 from __future__ import annotations
@@ -72,34 +73,41 @@ def advance(cache: RowCache, k, v) -> RowCache:
 
 def ring_attention(q_bthe, k_all, v_all, layer, w: RingWindow):
     """Attention of one new token per row to that row's tokens only, reading from the stacked cache
-    (`layer` of k_all / v_all) just the blocks `w` names. Returns [B, 1, H, E] in v's dtype."""
+    (`layer` of k_all / v_all) just the blocks `w` names (a ring of at most MAX_CHUNK slots whole:
+    the loop's own ops cost more there than the slots it skips). Returns [B, 1, H, E] in v's dtype."""
     b, t, h, e = q_bthe.shape
     kv, slots, c = k_all.shape[2], k_all.shape[3], w.chunk
     g = h // kv
     q = q_bthe.reshape(b, t, kv, g, e)
 
-    def one_block(carry):
-        j, top, total, acc = carry  # running max and sum [B, K, G, T], weighted values [B, K, G, T, E]
-        at = ((w.first + j) % (slots // c)) * c
-        k = jax.lax.dynamic_slice(k_all, (layer, 0, 0, at, 0), (1, b, kv, c, e))[0]
-        v = jax.lax.dynamic_slice(v_all, (layer, 0, 0, 0, at), (1, b, kv, e, c))[0]
-        age = (w.index - at - jnp.arange(c)) % slots
-        seen = age[None, :] <= w.ages[:, None]  # [B, c]
+    def add_block(at, width, top, total, acc):
+        """The running max and sum [B, K, G, T] and weighted values [B, K, G, T, E] after the
+        `width` slots from slot `at`."""
+        k = jax.lax.dynamic_slice(k_all, (layer, 0, 0, at, 0), (1, b, kv, width, e))[0]
+        v = jax.lax.dynamic_slice(v_all, (layer, 0, 0, 0, at), (1, b, kv, e, width))[0]
+        age = (w.index - at - jnp.arange(width)) % slots
+        seen = age[None, :] <= w.ages[:, None]  # [B, width]
         s = jnp.einsum("btkge,bkse->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(e)
         s = jnp.where(seen[:, None, None, None], s, NEG_INF)
         new_top = jnp.maximum(top, jnp.max(s, axis=-1))
         p = jnp.exp(s - new_top[..., None])
         rescale = jnp.exp(top - new_top)
         pv = jnp.einsum("bkgts,bkes->bkgte", p.astype(v.dtype), v, preferred_element_type=jnp.float32)
-        return j + 1, new_top, total * rescale + jnp.sum(p, axis=-1), acc * rescale[..., None] + pv
+        return new_top, total * rescale + jnp.sum(p, axis=-1), acc * rescale[..., None] + pv
+
+    def one_block(carry):
+        j, *running = carry
+        return j + 1, *add_block(((w.first + j) % (slots // c)) * c, c, *running)
 
     init = (
-        jnp.zeros((), jnp.int32),
         jnp.full((b, kv, g, t), -jnp.inf, jnp.float32),
         jnp.zeros((b, kv, g, t), jnp.float32),
         jnp.zeros((b, kv, g, t, e), jnp.float32),
     )
-    _, _, total, acc = jax.lax.while_loop(lambda carry: carry[0] < w.blocks, one_block, init)
+    if slots <= MAX_CHUNK:
+        _, total, acc = add_block(0, slots, *init)
+    else:
+        _, _, total, acc = jax.lax.while_loop(lambda carry: carry[0] < w.blocks, one_block, (jnp.int32(0), *init))
     out = acc / total[..., None]  # every row sees its new token, so total > 0
     return jnp.einsum("bkgte->btkge", out).reshape(b, t, h, e).astype(v_all.dtype)
 

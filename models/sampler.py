@@ -44,7 +44,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jaxrl.models.decoder import K_CACHE_LAYOUT, V_CACHE_LAYOUT, Decoder, KVCache, cache_axes, cache_shape
+from jaxrl.models.decoder import (
+    K_CACHE_LAYOUT,
+    V_CACHE_LAYOUT,
+    Decoder,
+    KVCache,
+    cache_axes,
+    cache_shape,
+    decode_layers,
+)
 from jaxrl.models.sampling import choose_tokens
 
 from jaxrl.errors import JaxrlError
@@ -260,6 +268,7 @@ def _decode(
     model = nnx.merge(graphdef, state)
     lm, v = model.mesh, values
     rows = logits_rv.shape[0]
+    layers = decode_layers(model)
     row_keys = jax.vmap(jax.random.fold_in, (None, 0))(jax.random.key(v.seed), row_ids)
 
     def choose(logits, step, done):
@@ -283,7 +292,8 @@ def _decode(
     def step_fn(carry):
         step, cache, last, done, out_tokens, out_logprobs, lengths = carry
         ones = jnp.ones((rows, 1), jnp.int32)
-        h, cache = model.hidden_states(last[:, None], ones, (positions_r + step - 1)[:, None], cache=cache)
+        positions = (positions_r + step - 1)[:, None]
+        h, cache = model.hidden_states(last[:, None], ones, positions, cache=cache, layers=layers)
         logits = constrain(lm, model.logits(h)[:, 0], ("batch", "vocab"))
         tokens, logprobs, finished = choose(logits, step, done)
         out_tokens = jax.lax.dynamic_update_slice_in_dim(out_tokens, tokens[:, None], step, axis=1)

@@ -163,6 +163,28 @@ def test_ring_attention_reads_only_the_blocks_holding_each_rows_tokens():
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
 
 
+def test_a_short_ring_is_read_whole_in_one_pass():
+    """A ring of at most MAX_CHUNK slots (96 here: blocks of 32 before) is attended whole, with no
+    loop, and each row still sees only its own tokens, wrapping round; the layer may be static."""
+    from jaxrl.models.decoder import cached_attention
+    from jaxrl.models.row_cache import RowCache, ring_attention, window
+
+    b, kv, g, e, layers, slots = 3, 2, 2, 8, 2, 96
+    keys = jax.random.split(jax.random.key(1), 3)
+    q = jax.random.normal(keys[0], (b, 1, kv * g, e))
+    k_all = jax.random.normal(keys[1], (layers, b, kv, slots, e))
+    v_all = jax.random.normal(keys[2], (layers, b, kv, e, slots))
+    lengths, index = jnp.array([0, 70, 95]), jnp.int32(20)  # rows 1 and 2 wrap round to the ring's end
+    age = (index - jnp.arange(slots)) % slots
+    want = cached_attention(q, k_all[1], v_all[1], (age[None, :] <= lengths[:, None])[:, None])
+    ring = window(RowCache(k_all, v_all, lengths, index))
+    for layer in (1, jnp.int32(1)):
+        got = ring_attention(q, k_all, v_all, layer, ring)
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5)
+    hlo = jax.jit(ring_attention).lower(q, k_all, v_all, jnp.int32(1), ring).as_text()
+    assert "while" not in hlo
+
+
 @pytest.mark.parametrize("mesh_spec", ["fsdp=2,tensor=2", "fsdp=2,tensor=4"])
 def test_splash_per_shard_on_a_mesh_equals_the_reference(mesh_spec):
     """Rows over fsdp, heads over tensor (with tensor=4 the 2 KV heads do not split: each shard

@@ -275,7 +275,8 @@ def test_top_k_one_is_greedy():
 
 
 def test_the_engine_updates_its_cache_in_place(models):
-    """The engine's state is donated: its compiled loop aliases the cache and holds no second copy."""
+    """The engine's state is donated: its compiled loop aliases the cache and holds no second copy
+    (beside the cache, its temporaries hold the layers' weights split for decoding on CPU)."""
     from jaxrl.models.engine import lowered_run
 
     _, _, ours = models["olmo2"]
@@ -285,4 +286,5 @@ def test_the_engine_updates_its_cache_in_place(models):
     memory = lowered.compile().memory_analysis()
     cache = 2 * c.num_layers * slots * c.num_kv_heads * (32 + 512) * c.head_dim * 4  # k and v, fp32
     assert memory.alias_size_in_bytes >= cache
-    assert memory.temp_size_in_bytes < cache / 4
+    split_weights = sum(a.nbytes for a in jax.tree.leaves(ours.layers.arrays()))
+    assert memory.temp_size_in_bytes < cache / 4 + split_weights

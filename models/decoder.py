@@ -266,8 +266,8 @@ def layer_unroll(c: ModelConfig, lm: LogicalMesh | None) -> int:
     """Layers per iteration of the layer scan without a cache: `c.scan_unroll`, or where it is 0
     the default of the mesh's platform (the default backend without a mesh): all layers on CPU,
     where one scanned layer's work is small beside the loop's own cost (the GRPO bench's update ran
-    ~7% faster unrolled; partial unrolls gained nothing, and decoding unrolled ran slower, so the
-    cached path always scans), 1 on TPU and GPU, where no measurement says otherwise, and 1 with
+    ~7% faster unrolled; partial unrolls gained nothing; the cached path has its own rule,
+    `decode_layers`), 1 on TPU and GPU, where no measurement says otherwise, and 1 with
     `remat` (unrolled, XLA may merge a layer's recomputation with its forward pass and keep every
     activation: the plan of the study's 7B SFT step grew from < 32 GB to 155 GB per device)."""
     if c.scan_unroll:

@@ -281,8 +281,8 @@ def decode_layers(model: Decoder) -> tuple[dict[str, jax.Array], ...] | None:
     to every cached `hidden_states` call of the loop.
 
     On CPU a scanned layer first copies its weights out of the stacked arrays (a dynamic slice per
-    matrix, every token: on the GRPO bench ~40% of a decode step) and its cache layer too; split
-    weights are read in place and each layer's cache index is static. The barrier keeps XLA from
+    matrix, every token: on the GRPO bench close to half a decode step's work); split weights are
+    read in place and each layer's cache index is static. The barrier keeps XLA from
     moving the slices back into the loop. Elsewhere the scan stays (no measurement says otherwise,
     and compile time would grow with depth)."""
     c = model.config
